@@ -1,0 +1,36 @@
+# The two commands a user needs: `make run` and `make test`. Both install what they need.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: run test install test-deps lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Set up (data dir, database, the main group) and start the host with the built-in web chat.
+run: install
+	$(BIN)/nanohost setup
+	$(BIN)/nanohost serve
+
+## Install the test tools (Docker engine, debootstrap, Node/npm, Codex CLI) and run every test.
+test: install test-deps
+	$(BIN)/python -m pytest
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+lint: install
+	$(BIN)/ruff check nanohost container tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/runner_pickup.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,381 @@
+"""The admin CLI through its real entry point, against a temp data dir.
+
+Refusals are checked three ways: the one-line message, the non-zero exit, and that neither the
+database nor the disk changed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from nanohost.cli import app
+from nanohost.db import AgentGroup, AgentSession, Message, make_engine, make_session_factory
+from nanohost.db.engine import transaction
+from nanohost.settings import load_settings
+
+Run = Callable[..., "Result"]
+
+
+class Result:
+    def __init__(self, code: int, stdout: str, stderr: str) -> None:
+        self.code, self.stdout, self.stderr = code, stdout, stderr
+
+    def json(self) -> object:
+        return json.loads(self.stdout)
+
+
+@pytest.fixture
+def cli(host_env: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    monkeypatch.setenv("COLUMNS", "200")  # as the real entry point sets for piped output
+    runner = CliRunner()
+
+    def run(*args: str, ok: bool = True) -> Result:
+        result = runner.invoke(app, list(args), catch_exceptions=False)
+        outcome = Result(result.exit_code, result.stdout, result.stderr)
+        if ok:
+            assert outcome.code == 0, f"{args} failed: {outcome.stdout}{outcome.stderr}"
+        return outcome
+
+    return run
+
+
+@pytest.fixture
+def ready(cli: Run) -> Run:
+    cli("setup")
+    return cli
+
+
+def snapshot(root: Path) -> tuple[list[str], dict[str, object]]:
+    """Files on disk plus the content of every table: what a refusal must leave untouched."""
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if "data" not in p.parts)
+    engine = make_engine(load_settings().db_url)
+    tables = {}
+    with engine.connect() as connection:
+        for table in ("agent_groups", "container_configs", "chat_bindings", "sessions", "messages"):
+            rows = connection.exec_driver_sql(f"SELECT * FROM {table} ORDER BY id").all()
+            tables[table] = [tuple(row) for row in rows]
+    engine.dispose()
+    return files, tables
+
+
+def refused(run: Run, root: Path, *args: str, says: str) -> None:
+    before = snapshot(root)
+    result = run(*args, ok=False)
+    assert result.code != 0
+    assert says in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, f"one line expected: {result.stderr!r}"
+    assert snapshot(root) == before
+
+
+def test_console_script_runs(host_env: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "nanohost.cli", "--version"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("nanohost ")
+    help_text = subprocess.run(
+        [sys.executable, "-m", "nanohost.cli", "--help"], capture_output=True, text=True
+    )
+    for command in ("setup", "groups", "bind", "sessions", "messages", "status", "doctor", "db", "image"):
+        assert command in help_text.stdout
+
+
+def test_setup_is_idempotent_and_uses_mock_without_a_key(cli: Run, host_env: Path) -> None:
+    first = cli("setup")
+    assert "mock" in first.stdout and "--provider codex" in first.stdout
+    second = cli("setup")
+    assert "created group" not in second.stdout
+    groups = cli("groups", "list", "--json").json()
+    assert [(g["name"], g["provider"], g["chats"]) for g in groups] == [("main", "mock", 1)]
+    assert (host_env / "groups" / "main" / "memory" / "index.md").is_file()
+    assert (host_env / "groups" / "main" / "memory" / "system" / "definition.md").is_file()
+    assert (host_env / "groups" / "main" / "conversations").is_dir()
+    assert (host_env / "groups" / "main" / "skills").is_dir()
+    assert not list((host_env / "groups" / "main").rglob(".gitkeep"))
+
+
+def test_setup_uses_codex_when_a_key_is_configured(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    cli("setup")
+    assert cli("groups", "show", "main", "--json").json()["provider"] == "codex"
+
+
+def test_setup_never_overwrites_group_files(cli: Run, host_env: Path) -> None:
+    cli("setup")
+    index = host_env / "groups" / "main" / "memory" / "index.md"
+    index.write_text("my memories")
+    cli("setup")
+    assert index.read_text() == "my memories"
+
+
+def test_bad_settings_are_named(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANOHOST_WEB_PORT", "eighty")
+    result = cli("groups", "list", ok=False)
+    assert result.code == 1
+    assert "NANOHOST_WEB_PORT" in result.stderr
+
+
+def test_groups_create_show_list_delete(ready: Run, host_env: Path) -> None:
+    ready("groups", "create", "Team-A", "--provider", "CODEX")
+    shown = ready("groups", "show", "Team-A", "--json").json()
+    assert shown["folder"] == "team-a" and shown["provider"] == "codex"
+    assert (host_env / "groups" / "team-a" / "memory" / "index.md").is_file()
+    ready("groups", "create", "b", "--folder", "bee")
+    assert {g["name"] for g in ready("groups", "list", "--json").json()} == {"main", "Team-A", "b"}
+    table = ready("groups", "list").stdout
+    assert "Team-A" in table and "bee" in table
+    ready("groups", "delete", "b", "--keep-files")
+    assert (host_env / "groups" / "bee").is_dir()
+    ready("groups", "delete", "Team-A")
+    assert not (host_env / "groups" / "team-a").exists()
+    assert {g["name"] for g in ready("groups", "list", "--json").json()} == {"main"}
+    # a kept folder is adopted by a new group with that folder, its files untouched
+    (host_env / "groups" / "bee" / "notes.txt").write_text("keep me")
+    ready("groups", "create", "bee")
+    assert (host_env / "groups" / "bee" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("groups", "create", "../evil"), "path separator"),
+        (("groups", "create", ".hidden"), "start with a dot"),
+        (("groups", "create", "x" * 65), "longer than 64"),
+        (("groups", "create", "ok", "--folder", "a/../b"), "path separator"),
+        (("groups", "create", "ok", "--folder", ".."), "'..'"),
+        (("groups", "create", "ok", "--folder", "templates"), "reserved"),
+        (("groups", "create", "ok", "--provider", "gpt"), "unknown provider"),
+        (("groups", "create", "main"), "already exists"),
+        (("groups", "create", "Main2", "--folder", "main"), "already belongs to group 'main'"),
+        (("groups", "show", "nope"), "no group named 'nope'"),
+        (("groups", "delete", "nope"), "no group named 'nope'"),
+        (("groups", "config", "nope", "--model", "m"), "no group named 'nope'"),
+    ],
+)
+def test_group_refusals_change_nothing(ready: Run, host_env: Path, args: tuple[str, ...], says: str) -> None:
+    refused(ready, host_env, *args, says=says)
+
+
+def test_config_changes_and_effective_config(ready: Run) -> None:
+    result = ready(
+        "groups",
+        "config",
+        "main",
+        "--model",
+        "gpt-5.5",
+        "--effort",
+        "HIGH",
+        "--provider",
+        "codex",
+        "--env",
+        "TZ=Europe/Paris",
+        "--env",
+        "MODE=fast",
+        "--mcp-add",
+        "fs",
+        "--command",
+        "npx",
+        "--arg",
+        "-y",
+        "--arg",
+        "server-fs",
+        "--instructions",
+        "Use fs.",
+        "--memory",
+        "2G",
+        "--cpus",
+        "1.5",
+        "--pids",
+        "128",
+        "--allow-sender",
+        "alice",
+        "--allow-sender",
+        "bob",
+        "--engage",
+        "trigger",
+        "--trigger",
+        "@bot",
+        "--skill",
+        "pdf",
+    )
+    assert "next wake" in result.stdout
+    config = ready("groups", "show", "main", "--json").json()
+    assert config["model"] == "gpt-5.5"
+    assert config["reasoning_effort"] == "high"
+    assert config["provider"] == "codex"
+    assert config["env"] == {"TZ": "Europe/Paris", "MODE": "fast"}
+    assert config["mcp_servers"] == {
+        "fs": {"command": "npx", "args": ["-y", "server-fs"], "env": {}, "instructions": "Use fs."}
+    }
+    assert (config["memory"], config["cpus"], config["pids"]) == ("2g", 1.5, 128)
+    assert config["allowed_senders"] == ["alice", "bob"]
+    assert (config["engage"], config["trigger"]) == ("trigger", "@bot")
+    assert config["skills"] == ["pdf"]
+
+    ready(
+        "groups",
+        "config",
+        "main",
+        "--unset-env",
+        "MODE",
+        "--mcp-remove",
+        "fs",
+        "--deny-sender",
+        "alice",
+        "--no-skill",
+        "pdf",
+        "--engage",
+        "mention",
+    )
+    config = ready("groups", "show", "main", "--json").json()
+    assert config["env"] == {"TZ": "Europe/Paris"}
+    assert config["mcp_servers"] == {}
+    assert config["allowed_senders"] == ["bob"]
+    assert config["skills"] == []
+    assert config["engage"] == "mention"
+
+
+def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NANOHOST_CONTAINER_MEMORY", "3g")
+    config = ready("groups", "show", "main", "--json").json()
+    assert config["memory"] == "3g"
+    assert config["allowed_senders"] == "everyone"
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("--effort", "turbo"), "unknown reasoning effort 'turbo'"),
+        (("--model", "ok", "--effort", "ultra"), "unknown reasoning effort"),  # valid parts don't land either
+        (("--env", "OPENAI_API_KEY=sk-x"), "looks like a credential"),
+        (("--env", "GH_TOKEN=x"), "looks like a credential"),
+        (("--env", "NOEQUALS"), "NAME=VALUE"),
+        (("--env", "1BAD=x"), "env name"),
+        (("--unset-env", "NEVER_SET"), "is not set"),
+        (("--mcp-add", "bad name", "--command", "x"), "MCP server name"),
+        (("--mcp-add", "fs"), "needs --command"),
+        (("--command", "x"), "go with --mcp-add"),
+        (("--mcp-remove", "ghost"), "no MCP server 'ghost'"),
+        (("--memory", "lots"), "not a memory size"),
+        (("--cpus", "0"), "--cpus"),
+        (("--pids", "5"), "--pids"),
+        (("--deny-sender", "stranger"), "not on group 'main''s allow-list"),
+        (("--engage", "sometimes"), "unknown engage mode"),
+        (("--engage", "trigger"), "needs --trigger"),
+        (("--trigger", "two words"), "one word"),
+        (("--skill", "../x"), "path separator"),
+        (("--no-skill", "never"), "is not selected"),
+        (("--model", "line1\nline2"), "single line"),
+    ],
+)
+def test_config_refusals_change_nothing(ready: Run, host_env: Path, args: tuple[str, ...], says: str) -> None:
+    refused(ready, host_env, "groups", "config", "main", *args, says=says)
+
+
+def test_config_without_options_shows_the_config(ready: Run) -> None:
+    assert "nanohost-agent:0.138.0" in ready("groups", "config", "main").stdout
+
+
+def test_bind_and_unbind(ready: Run, host_env: Path) -> None:
+    ready("groups", "create", "other")
+    ready("bind", "telegram", "-1001234", "main", "--session", "per-chat")
+    assert "telegram:-1001234 (per-chat)" in ready("groups", "show", "main", "--json").json()["chats"]
+    ready("bind", "telegram", "-1001234", "main", "--session", "per-chat")  # same binding again is fine
+    refused(ready, host_env, "bind", "telegram", "-1001234", "other", says="already bound to group 'main'")
+    refused(ready, host_env, "bind", "irc", "#x", "main", says="unknown channel 'irc'")
+    refused(ready, host_env, "bind", "slack", "C 1", "main", says="chat id")
+    refused(
+        ready, host_env, "bind", "slack", "C1", "main", "--session", "private", says="unknown session mode"
+    )
+    refused(ready, host_env, "bind", "slack", "C1", "ghost", says="no group named 'ghost'")
+    ready("unbind", "telegram", "-1001234")
+    refused(ready, host_env, "unbind", "telegram", "-1001234", says="is not bound")
+    ready("bind", "telegram", "-1001234", "other")
+    assert "telegram:-1001234 (shared)" in ready("groups", "show", "other", "--json").json()["chats"]
+
+
+def _add_rows(host_env: Path) -> None:
+    engine = make_engine(load_settings().db_url)
+    with transaction(make_session_factory(engine)) as session:
+        group = session.scalar(select(AgentGroup).where(AgentGroup.name == "main"))
+        assert group is not None
+        agent_session = AgentSession(
+            group=group,
+            continuation="thread-1",
+            status="failed",
+            crash_count=3,
+            last_error="container exited 1",
+        )
+        session.add(agent_session)
+        session.flush()
+        for i in range(5):
+            session.add(
+                Message(
+                    group_id=group.id,
+                    session_id=agent_session.id,
+                    direction="in" if i % 2 == 0 else "out",
+                    channel="web",
+                    chat_id="main",
+                    sender="alice",
+                    text=f"message {i}",
+                    status="failed" if i == 3 else "delivered",
+                )
+            )
+    engine.dispose()
+
+
+def test_sessions_messages_and_status(ready: Run, host_env: Path) -> None:
+    _add_rows(host_env)
+    sessions = ready("sessions", "list", "main", "--json").json()
+    assert [(s["status"], s["thread"], s["crashes"]) for s in sessions] == [("failed", "thread-1", 3)]
+    status = ready("status", "--json").json()
+    assert status[0]["group"] == "main" and status[0]["session"] == "failed"
+    assert status[0]["last_error"] == "container exited 1"
+    assert status[0]["undelivered"] == 1
+    assert "container exited 1" in ready("status").stdout
+    tail = ready("messages", "tail", "main", "-n", "3", "--json").json()
+    assert [m["text"] for m in tail] == ["message 2", "message 3", "message 4"]
+    assert "message 4" in ready("messages", "tail", "main").stdout
+    ready("sessions", "reset", "main")
+    sessions = ready("sessions", "list", "--json").json()
+    assert [(s["status"], s["thread"], s["crashes"], s["last_error"]) for s in sessions] == [
+        ("idle", None, 0, None)
+    ]
+    refused(ready, host_env, "messages", "tail", "ghost", says="no group named 'ghost'")
+    refused(ready, host_env, "sessions", "reset", "ghost", says="no group named 'ghost'")
+    assert ready("messages", "tail", "main", "-n", "0", ok=False).code == 2
+
+
+def test_db_commands(cli: Run) -> None:
+    current = cli("db", "current", "--json").json()
+    assert current["current"] is None and current["at_head"] is False
+    assert "was empty" in cli("db", "upgrade").stdout
+    current = cli("db", "current", "--json").json()
+    assert current["at_head"] is True and current["current"] == current["head"]
+
+
+def test_doctor_says_what_to_fix(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    result = cli("doctor", "--json", ok=False)
+    assert result.code == 1
+    checks = {c["name"]: c for c in result.json()}
+    assert checks["data dir"]["ok"] is True
+    assert checks["database"]["ok"] is False and "nanohost setup" in checks["database"]["detail"]
+    assert checks["docker engine"]["ok"] is False and "dockerd" in checks["docker engine"]["detail"]
+    assert (
+        checks["model credential"]["ok"] is False and "OPENAI_API_KEY" in checks["model credential"]["detail"]
+    )
+    cli("setup")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    checks = {c["name"]: c for c in cli("doctor", "--json", ok=False).json()}
+    assert checks["database"]["ok"] is True
+    assert checks["model credential"]["ok"] is True
+    assert "sk-test" not in json.dumps(checks)
