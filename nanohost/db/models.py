@@ -131,6 +131,9 @@ class AgentSession(Base):
     last_active_at: Mapped[datetime | None] = mapped_column(DateTime)
     crash_count: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    outbound_cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """The last outbound.db row imported; advanced in the same transaction as the import."""
+    failure_notified: Mapped[bool] = mapped_column(default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     group: Mapped[AgentGroup] = relationship(back_populates="sessions")

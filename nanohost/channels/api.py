@@ -1,0 +1,223 @@
+"""The HTTP API channel: a fixed interface that scripts and the web chat build on.
+
+Every call needs ``Authorization: Bearer $NANOHOST_API_TOKEN``.
+
+- ``POST /api/groups/{group}/messages`` ``{"text", "sender"}`` → ``201 {"id"}``
+- ``GET /api/groups/{group}/messages?after=<id>&wait=<seconds>`` → ``{"messages": [...]}``,
+  long-polling up to ``wait`` seconds (at most 60) for something newer than ``after``
+- websocket ``/api/groups/{group}/stream`` (``?after=<id>`` replays newer messages first): the same
+  messages pushed as JSON (``{"type": "message", ...}``) plus ``{"type": "progress", "text"}`` events
+- ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from sqlalchemy import select
+
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentGroup, Message
+from nanohost.router import Duplicate, InboundMessage, Router
+
+ROUTER = web.AppKey("router", Router)
+API_TOKEN = web.AppKey("api_token", str)
+MAX_TEXT = 100_000
+MAX_WAIT = 60.0
+PAGE = 200
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bearer-token check for /api/*; with no token configured the API is closed, not open."""
+    if not request.path.startswith("/api/"):
+        return await handler(request)
+    token = request.app.get(API_TOKEN)
+    if not token:
+        return _error(503, "the API is disabled: set NANOHOST_API_TOKEN")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+        return _error(401, "missing or wrong bearer token")
+    return await handler(request)
+
+
+def message_json(message: Message, group: str) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "direction": message.direction,
+        "text": message.text,
+        "sender": message.sender,
+        "status": message.status,
+        "files": [
+            {"name": str(a.get("name", "")), "url": f"/api/groups/{group}/files/{message.id}/{i}"}
+            for i, a in enumerate(message.attachments)
+            if isinstance(a, dict)
+        ],
+        "created_at": message.created_at.isoformat() + "Z",
+    }
+
+
+def _group(request: web.Request) -> AgentGroup:
+    router = request.app[ROUTER]
+    name = request.match_info["group"]
+    with transaction(router.orchestrator.ctx.db) as db:
+        group = db.scalar(select(AgentGroup).where(AgentGroup.name == name))
+    if group is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": f"no group named {name!r}"}), content_type="application/json"
+        )
+    return group
+
+
+def _messages_after(request: web.Request, group: AgentGroup, after: int) -> list[dict[str, Any]]:
+    with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+        rows = db.scalars(
+            select(Message)
+            .where(Message.group_id == group.id, Message.id > after)
+            .order_by(Message.id)
+            .limit(PAGE)
+        ).all()
+        return [message_json(m, group.name) for m in rows]
+
+
+async def post_message(request: web.Request) -> web.Response:
+    group = _group(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, 'body must be JSON: {"text": "...", "sender": "..."}')
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object")
+    text, sender = body.get("text"), body.get("sender", "api")
+    if not isinstance(text, str) or not text.strip():
+        return _error(400, '"text" must be a non-empty string')
+    if len(text) > MAX_TEXT:
+        return _error(413, f'"text" is longer than {MAX_TEXT} characters')
+    if not isinstance(sender, str) or not 0 < len(sender) <= 128:
+        return _error(400, '"sender" must be a string of 1-128 characters')
+    platform_id = body.get("client_id")
+    if platform_id is not None and not isinstance(platform_id, str):
+        return _error(400, '"client_id" must be a string')
+    inbound = InboundMessage("api", group.name, sender, text, platform_message_id=platform_id)
+    try:
+        message_id = await request.app[ROUTER].to_group(group.name, inbound)
+    except Duplicate as exc:
+        return _error(409, str(exc))
+    return web.json_response({"id": message_id}, status=201)
+
+
+def _number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be a number"}), content_type="application/json"
+        ) from None
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"{name} must be between {low:g} and {high:g}"}),
+            content_type="application/json",
+        )
+    return value
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    group = _group(request)
+    after = int(_number(request, "after", 0, 0, 2**62))
+    wait = _number(request, "wait", 0, 0, MAX_WAIT)
+    bus = request.app[ROUTER].orchestrator.ctx.bus
+    queue = bus.subscribe(group.id)  # subscribe before reading, so nothing slips in between
+    try:
+        messages = _messages_after(request, group, after)
+        deadline = time.monotonic() + wait
+        while not messages and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                event = await asyncio.wait_for(queue.get(), left)
+                if event.get("type") == "message":
+                    messages = _messages_after(request, group, after)
+    finally:
+        bus.unsubscribe(group.id, queue)
+    return web.json_response({"messages": messages})
+
+
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    group = _group(request)
+    after = int(_number(request, "after", -1, -1, 2**62))
+    ws = web.WebSocketResponse(heartbeat=30)
+    await ws.prepare(request)
+    bus = request.app[ROUTER].orchestrator.ctx.bus
+    queue = bus.subscribe(group.id)
+    last = after
+    try:
+        if after >= 0:
+            for message in _messages_after(request, group, after):
+                await ws.send_json({"type": "message", **message})
+                last = message["id"]
+        else:
+            with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+                newest = db.scalar(
+                    select(Message.id).where(Message.group_id == group.id).order_by(Message.id.desc())
+                )
+            last = newest or 0
+        receiver = asyncio.ensure_future(ws.receive())
+        while not ws.closed:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver in done:
+                getter.cancel()
+                if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                    break
+                receiver = asyncio.ensure_future(ws.receive())
+                continue
+            event = getter.result()
+            if event.get("type") == "message":
+                for message in _messages_after(request, group, last):
+                    await ws.send_json({"type": "message", **message})
+                    last = message["id"]
+            else:
+                await ws.send_json(event)
+        receiver.cancel()
+    finally:
+        bus.unsubscribe(group.id, queue)
+    return ws
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    group = _group(request)
+    try:
+        message_id, index = int(request.match_info["message_id"]), int(request.match_info["index"])
+    except ValueError:
+        return _error(400, "message id and index must be numbers")
+    with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+        message = db.get(Message, message_id)
+        attachments = list(message.attachments) if message and message.group_id == group.id else []
+    if not 0 <= index < len(attachments) or not isinstance(attachments[index], dict):
+        return _error(404, "no such file")
+    path = Path(str(attachments[index].get("path", "")))
+    if not await asyncio.to_thread(path.is_file):
+        return _error(404, "the file is no longer there")
+    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/groups/{group}/messages", post_message)
+    app.router.add_get("/api/groups/{group}/messages", get_messages)
+    app.router.add_get("/api/groups/{group}/stream", stream)
+    app.router.add_get("/api/groups/{group}/files/{message_id}/{index}", get_file)

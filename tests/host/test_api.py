@@ -1,0 +1,94 @@
+"""The API channel's contract at its edges: auth, bad input, unknown groups, long-poll timeout.
+
+Runs the real host app (real SQLite, real Docker backend); no container is started here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from nanohost.app import build_app
+from nanohost.db import make_engine, make_session_factory
+from nanohost.db import migrate
+from nanohost.db.engine import transaction
+from nanohost.groups import create_group
+from nanohost.settings import load_settings
+
+pytestmark = pytest.mark.docker
+TOKEN = "test-token"
+
+
+@pytest.fixture
+async def client(host_env: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[TestClient]:
+    import docker
+
+    try:
+        docker.from_env().close()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"NO DOCKER ENGINE: {exc}")
+    monkeypatch.setenv("NANOHOST_API_TOKEN", TOKEN)
+    settings = load_settings()
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    with transaction(make_session_factory(engine)) as db:
+        create_group(db, settings, "team")
+    engine.dispose()
+    async with TestClient(TestServer(build_app(settings))) as test_client:
+        yield test_client
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
+async def test_api_needs_the_token(client: TestClient, headers: dict[str, str]) -> None:
+    response = await client.get("/api/groups/team/messages", headers=headers)
+    assert response.status == 401
+
+
+async def test_healthz_reports_database_and_containers(client: TestClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status == 200
+    assert await response.json() == {"ok": True, "database": "ok", "containers": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ("not json", 400, "must be JSON"),
+        ("[1, 2]", 400, "JSON object"),
+        ('{"sender": "a"}', 400, "\"text\""),
+        ('{"text": "   "}', 400, "\"text\""),
+        ('{"text": 5}', 400, "\"text\""),
+        ('{"text": "hi", "sender": ""}', 400, "\"sender\""),
+        ('{"text": "' + "x" * 100_001 + '"}', 413, "longer than"),
+    ],
+)
+async def test_bad_messages_are_refused(client: TestClient, body: str, status: int, says: str) -> None:
+    response = await client.post("/api/groups/team/messages", data=body, headers=AUTH)
+    assert response.status == status
+    assert says in (await response.json())["error"]
+    listing = await client.get("/api/groups/team/messages", headers=AUTH)
+    assert (await listing.json())["messages"] == []
+
+
+async def test_unknown_group_is_404(client: TestClient) -> None:
+    response = await client.post("/api/groups/ghost/messages", json={"text": "hi"}, headers=AUTH)
+    assert response.status == 404
+    assert "ghost" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize("query", ["after=x", "wait=999", "wait=-1", "after=-5"])
+async def test_bad_query_values(client: TestClient, query: str) -> None:
+    response = await client.get(f"/api/groups/team/messages?{query}", headers=AUTH)
+    assert response.status == 400
+
+
+async def test_long_poll_returns_empty_after_wait(client: TestClient) -> None:
+    response = await client.get("/api/groups/team/messages?after=0&wait=0.2", headers=AUTH)
+    assert response.status == 200
+    assert (await response.json()) == {"messages": []}
