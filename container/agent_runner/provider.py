@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, Union
+from typing import Literal, Protocol
 
 ErrorKind = Literal["auth", "quota", "sandbox", "stale_session", "crash", "timeout", "config", "other"]
 TurnStatus = Literal["completed", "interrupted", "failed"]
@@ -77,7 +77,7 @@ class ResultEvent:
     error: str | None = None
 
 
-Event = Union[InitEvent, ActivityEvent, ProgressEvent, FileEvent, ErrorEvent, ResultEvent]
+Event = InitEvent | ActivityEvent | ProgressEvent | FileEvent | ErrorEvent | ResultEvent
 
 
 class Query(Protocol):

@@ -62,7 +62,9 @@ async def test_placeholder_is_swapped_for_the_key_and_the_stream_is_not_buffered
     placeholder = gateway.grant("team", 1)
     async with ClientSession(connector=UnixConnector(path=str(gateway.socket_path))) as client:
         async with client.post(
-            "http://gateway/v1/responses", json={"input": "hi"}, headers={"Authorization": f"Bearer {placeholder}"}
+            "http://gateway/v1/responses",
+            json={"input": "hi"},
+            headers={"Authorization": f"Bearer {placeholder}"},
         ) as response:
             assert response.status == 200
             first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
@@ -74,10 +76,14 @@ async def test_placeholder_is_swapped_for_the_key_and_the_stream_is_not_buffered
 
 
 @pytest.mark.parametrize("auth", ["", "Bearer nh-ph-unknown", f"Bearer {REAL_KEY}", "Basic abc"])
-async def test_unknown_placeholders_get_401(gateway: Gateway, upstream: tuple[Upstream, str], auth: str) -> None:
+async def test_unknown_placeholders_get_401(
+    gateway: Gateway, upstream: tuple[Upstream, str], auth: str
+) -> None:
     headers = {"Authorization": auth} if auth else {}
     async with ClientSession(connector=UnixConnector(path=str(gateway.socket_path))) as client:
-        async with client.post("http://gateway/v1/responses", json={"input": "x"}, headers=headers) as response:
+        async with client.post(
+            "http://gateway/v1/responses", json={"input": "x"}, headers=headers
+        ) as response:
             assert response.status == 401
             assert REAL_KEY not in await response.text()
     assert upstream[0].seen_auth == []

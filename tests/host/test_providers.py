@@ -28,7 +28,13 @@ def layout(tmp_path: Path) -> dict[str, Path]:
     (skills / "pdf").mkdir(parents=True)
     (skills / "pdf" / "SKILL.md").write_text("pdf skill")
     (skills / "web").mkdir()
-    return {"folder": folder, "contract": contract, "modules": modules, "skills": skills, "data": tmp_path / "data"}
+    return {
+        "folder": folder,
+        "contract": contract,
+        "modules": modules,
+        "skills": skills,
+        "data": tmp_path / "data",
+    }
 
 
 def spec(layout: dict[str, Path], **kwargs: object) -> GroupSpec:
@@ -55,8 +61,15 @@ def test_composed_doc_has_every_section(layout: dict[str, Path]) -> None:
     result = contribution(layout).prepare(group)
     text = (layout["data"] / "composed" / "team" / "AGENTS.md").read_text()
     assert text.startswith("<!-- Composed by nanohost")
-    for marker in ("RUNTIME-CONTRACT-MARKER", "INDEX-ENTRY-MARKER", "memory/system/definition.md",
-                   "`pdf`", "`mine`", "MODULE-SCHEDULING-MARKER", "MCP-FS-MARKER"):
+    for marker in (
+        "RUNTIME-CONTRACT-MARKER",
+        "INDEX-ENTRY-MARKER",
+        "memory/system/definition.md",
+        "`pdf`",
+        "`mine`",
+        "MODULE-SCHEDULING-MARKER",
+        "MCP-FS-MARKER",
+    ):
         assert marker in text
     assert "Omitted for size" not in text
     assert result.runner == {
