@@ -1,0 +1,53 @@
+"""Message in through the API → the mock agent in its real container → reply out."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import add_group, make_settings
+
+pytestmark = pytest.mark.docker
+
+
+async def test_round_trip_in_a_locked_down_container(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    add_group(settings, "team", memory_limit="256m", pids_limit=128, cpu_limit=0.5)
+    host = await start_host(settings)
+    message_id = await host.send("team", "hello there")
+    replies = await host.replies_after("team", message_id)
+    assert [r["text"] for r in replies] == ["echo: hello there"]
+
+    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=team"})
+    config, hostconfig = container.attrs["Config"], container.attrs["HostConfig"]
+    assert config["User"] == "1000:1000"
+    assert hostconfig["NetworkMode"] == "none"
+    assert hostconfig["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in hostconfig["SecurityOpt"]
+    assert hostconfig["Init"] is True
+    assert hostconfig["Memory"] == 256 * 1024**2
+    assert hostconfig["PidsLimit"] == 128
+    assert hostconfig["NanoCpus"] == 500_000_000
+    assert container.name == f"nanohost-team-s{1}"
+    assert config["Labels"]["nanohost.session"] == "1"
+    # the exchange was archived in the group's folder, owned by the container user
+    archived = list((settings.groups_dir / "team" / "conversations").glob("*.md"))
+    assert len(archived) == 1 and "hello there" in archived[0].read_text()
+
+
+async def test_two_messages_at_once_start_one_container(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    add_group(settings, "pair")
+    host = await start_host(settings)
+    first, second = await asyncio.gather(host.send("pair", "one"), host.send("pair", "two"))
+    replies = await host.replies_after("pair", min(first, second))
+    while sum(r["text"].count("one") + r["text"].count("two") for r in replies) < 2:
+        replies += await host.replies_after("pair", replies[-1]["id"])
+    assert len(docker_client.containers.list(all=True, filters={"label": "nanohost.group=pair"})) == 1
