@@ -1,0 +1,2 @@
+from tests.fakes.model_server import model_server  # noqa: F401  (fixture)
+from tests.support.codex_bin import codex_bin  # noqa: F401  (fixture)
