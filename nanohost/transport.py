@@ -191,8 +191,8 @@ class Doorbell:
             pass
         finally:
             self._writers.discard(writer)
-            if not self._writers:
-                self.connected.clear()
             writer.close()
-            if self._on_hangup is not None:
-                self._on_hangup()
+            if not self._writers:  # short-lived ringers (the MCP tool server) come and go
+                self.connected.clear()
+                if self._on_hangup is not None:
+                    self._on_hangup()
