@@ -72,10 +72,5 @@ class Router:
                 f"{message.channel} message {message.platform_message_id} was already received"
             ) from None
         runtime = await self.orchestrator.runtime(session_id)
-        try:
-            await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
-        except Exception as exc:  # recorded and retried by the sweeper; the message is safe in the queue
-            log.error(
-                "group %s: could not wake its container now (%s); the sweeper will retry", group_name, exc
-            )
+        await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
         return message_id

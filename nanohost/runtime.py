@@ -9,6 +9,7 @@ session's life lives anywhere else, and one session's failure never reaches anot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from nanohost.gateway import CONTAINER_SOCKET_DIR, SOCKET_NAME, Gateway
 from nanohost.providers import GroupSpec, Mount, ProviderContribution
 from nanohost.settings import Settings
 from nanohost.transport import Doorbell, OutboundRow, SessionQueues
+from nanohost.validation import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class SessionRuntime:
         self._pump_lock = asyncio.Lock()
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_again = False
+        self._wake_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -91,6 +94,9 @@ class SessionRuntime:
         hand_to_agent(self.dir)
 
     async def close(self) -> None:
+        if self._wake_task is not None:
+            self._wake_task.cancel()
+            await asyncio.gather(self._wake_task, return_exceptions=True)
         await self.doorbell.stop()
         if self._pump_task is not None:
             await asyncio.gather(self._pump_task, return_exceptions=True)
@@ -111,7 +117,21 @@ class SessionRuntime:
                 self.next_attempt = 0.0
         self.last_activity = time.monotonic()
         self.doorbell.ring()
-        await self.wake()
+        self.wake_soon()
+
+    def wake_soon(self) -> None:
+        """Start waking now, in the background: a wake may wait for a container slot, and neither
+        the sender nor the sweeper may wait with it."""
+        if self._wake_task is None or self._wake_task.done():
+            self._wake_task = asyncio.get_running_loop().create_task(self._wake_quietly())
+
+    @property
+    def waking(self) -> bool:
+        return self._wake_task is not None and not self._wake_task.done()
+
+    async def _wake_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # recorded by wake(); the sweeper retries
+            await self.wake()
 
     async def wake(self) -> None:
         """Start the container unless it runs; idempotent and safe to call concurrently."""
@@ -126,6 +146,15 @@ class SessionRuntime:
                 self._holds_slot = True
             try:
                 await self._start()
+            except InvalidInput as exc:  # the group's config is wrong: retrying cannot help
+                self._release_slot()
+                log.error("session %s: cannot start: %s", self.session_id, exc)
+                self._fail(
+                    f"cannot start: {exc}",
+                    f"I cannot start: {exc}. An operator must fix the group's "
+                    "config (`nanohost groups config`); then send a new message.",
+                )
+                raise
             except Exception as exc:
                 self._release_slot()
                 log.error("session %s: wake failed: %s", self.session_id, exc)
@@ -446,6 +475,8 @@ class SessionRuntime:
         """The sweeper's look at this session: respawn, unstick, idle-stop, or give up and say so."""
         now = time.monotonic()
         await self.pump()
+        if self.waking:
+            return  # a wake is queued for a slot or starting; judge the session after it
         if self.container_id is not None:
             state = await self.ctx.backend.inspect(self.container_id)
             if state is None or not state.running:
@@ -471,47 +502,51 @@ class SessionRuntime:
         if self.container_id is None and self.queues.unconsumed():
             await self._retry_or_fail(now)
 
-    async def _retry_or_fail(self, now: float) -> None:
+    def _fail(self, error: str, notice: str) -> None:
+        """Mark the session failed and tell its chat once; it stays quiet until a new message or a reset."""
         with transaction(self.ctx.db) as db:
             session = db.get(AgentSession, self.session_id)
             if session is None:
                 return
-            crashes, status, notified, error = (
-                session.crash_count,
-                session.status,
-                session.failure_notified,
-                session.last_error,
+            session.status, session.last_error = "failed", error
+            if session.failure_notified:
+                return
+            session.failure_notified = True
+            channel, chat_id = self._reply_target(db, [])
+            message = Message(
+                group_id=self.group_id,
+                session_id=self.session_id,
+                direction="out",
+                channel=channel,
+                chat_id=chat_id,
+                sender="nanohost",
+                text=notice,
+                status="delivered" if channel in ("api", "web") else "pending",
             )
-            if crashes >= MAX_CRASHES and status != "failed":
-                session.status = "failed"
-            if crashes >= MAX_CRASHES and not notified:
-                session.failure_notified = True
-                channel, chat_id = self._reply_target(db, [])
-                message = Message(
-                    group_id=self.group_id,
-                    session_id=self.session_id,
-                    direction="out",
-                    channel=channel,
-                    chat_id=chat_id,
-                    sender="nanohost",
-                    text=f"The agent failed {crashes} times in a row and is paused. Last error: {error}. "
-                    "Send a new message or run `nanohost sessions reset` to try again.",
-                    status="delivered" if channel in ("api", "web") else "pending",
-                )
-                db.add(message)
-                db.flush()
-                self.ctx.bus.publish(self.group_id, {"type": "message", "id": message.id})
+            db.add(message)
+            db.flush()
+            message_id = message.id
+        self.ctx.bus.publish(self.group_id, {"type": "message", "id": message_id})
+
+    async def _retry_or_fail(self, now: float) -> None:
+        with transaction(self.ctx.db) as db:
+            session = db.get(AgentSession, self.session_id)
+            if session is None or session.status == "failed":
+                return
+            crashes, error = session.crash_count, session.last_error
         if crashes >= MAX_CRASHES:
             log.error(
                 "session %s: failed after %d crashes; not retrying until a new message",
                 self.session_id,
                 crashes,
             )
+            self._fail(
+                error or "repeated crashes",
+                f"The agent failed {crashes} times in a row and is paused. "
+                f"Last error: {error}. Send a new message or run `nanohost sessions reset` to try again.",
+            )
             return
         if now < self.next_attempt:
             return
         log.info("session %s: respawning (attempt after %d crash(es))", self.session_id, crashes)
-        try:
-            await self.wake()
-        except Exception:
-            pass  # recorded by wake; the next sweep retries after the backoff
+        self.wake_soon()

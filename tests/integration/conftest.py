@@ -114,7 +114,7 @@ class Host:
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
-def make_settings(root: Path, **env: str) -> Settings:
+def make_settings(root: Path, **env: Any) -> Settings:
     values = {
         "data_dir": root / "data",
         "groups_dir": root / "groups",
