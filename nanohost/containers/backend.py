@@ -21,6 +21,10 @@ from nanohost.settings import parse_memory
 
 log = logging.getLogger(__name__)
 
+CONTAINER_HOSTNAME = "nanohost-agent"
+"""Every agent container's hostname, mapped to 127.0.0.1 in its /etc/hosts. Without a network,
+Docker leaves the hostname out of /etc/hosts, and Codex resolving its own hostname at start then
+waits out a 5 s DNS timeout (measured: initialize 5.1 s → 0.14 s with the mapping)."""
 LABEL_GROUP = "nanohost.group"
 LABEL_SESSION = "nanohost.session"
 AGENT_UID = 1000
@@ -162,6 +166,8 @@ class DockerBackend:
                 DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in spec.mounts
             ],
             network_mode="none",
+            hostname=CONTAINER_HOSTNAME,
+            extra_hosts={CONTAINER_HOSTNAME: "127.0.0.1"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,
