@@ -82,6 +82,7 @@ async def codex_turn_times(model: ModelServer, root: Path, messages: int) -> lis
     sys.path.insert(0, str(ROOT / "container"))
     from agent_runner.codex.provider import CodexProvider
     from agent_runner.provider import Input, ResultEvent
+
     from tests.support.codex_bin import ensure_codex
 
     provider = CodexProvider(

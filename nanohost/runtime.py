@@ -227,6 +227,7 @@ class SessionRuntime:
                 )
             ).all()
             requeue = [(m.id, m.text, m.sender, [str(a) for a in m.attachments]) for m in pending]
+            self._write_tasks(db, group.id)
         for item in requeue:  # a host crash between recording and queueing loses nothing
             self.queues.append(*item)
         contribution = self.ctx.contributions[spec.provider].prepare(spec)
@@ -398,7 +399,10 @@ class SessionRuntime:
                 session.last_error = f"{payload.get('error_kind') or 'error'}: {payload['error']}"
             return [{"type": "status", "state": state, "error": payload.get("error")}]
         if row.kind == "task":
-            return self._import_task(db, session, group, payload)
+            events = self._import_task(db, session, group, payload)
+            db.flush()
+            self._write_tasks(db, group.id)
+            return events
         if row.kind not in ("message", "file"):
             log.error("session %s: outbound row %s has unknown kind %r", self.session_id, row.id, row.kind)
             return []
@@ -451,6 +455,17 @@ class SessionRuntime:
             if task is not None and task.group_id == group.id:
                 task.status = "cancelled"
         return []
+
+    def _write_tasks(self, db: Session, group_id: int) -> None:
+        """The group's live tasks as the agent's ``list_tasks`` tool sees them (session/tasks.json)."""
+        tasks = db.scalars(
+            select(ScheduledTask).where(ScheduledTask.group_id == group_id, ScheduledTask.status == "active")
+        ).all()
+        listing = [{"id": t.id, "prompt": t.prompt, "schedule": t.schedule} for t in tasks]
+        path = self.dir / "tasks.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(listing, indent=2))
+        tmp.replace(path)
 
     def host_path(self, container_path: str, group: AgentGroup) -> Path:
         """Map a container path of a file to send onto the host, refusing anything outside the mounts."""

@@ -254,3 +254,26 @@ async def test_missing_binary_is_a_clear_error(
     p = make(tmp_path, workspace, model_server, str(tmp_path / "no-codex-here"))
     with pytest.raises(CodexStartError, match="codex binary not found"):
         await p.start()
+
+
+async def test_generated_images_are_files_before_the_result(
+    provider: CodexProvider, model_server: ModelServer, workspace: Path
+) -> None:
+    from agent_runner.provider import FileEvent
+
+    hold = asyncio.Event()
+    model_server.script(Reply(text="here is your picture", hold=hold))
+    run = Collector(provider.query(Input("draw a cat", (1,)), None))
+    await model_server.wait_for_requests(1)
+    thread = next(e for e in run.events if isinstance(e, InitEvent)).continuation
+    images = provider.codex_home / "generated_images" / thread
+    images.mkdir(parents=True)
+    (images / "cat.png").write_bytes(b"\x89PNG fake")
+    hold.set()
+    await run.until(lambda c: c.results())
+    await run.finish()
+    kinds = [type(e).__name__ for e in run.events if isinstance(e, FileEvent | ResultEvent)]
+    assert kinds == ["FileEvent", "ResultEvent"]
+    (file_event,) = [e for e in run.events if isinstance(e, FileEvent)]
+    assert file_event.path == workspace / "generated" / "cat.png"
+    assert file_event.path.read_bytes() == b"\x89PNG fake"

@@ -12,7 +12,7 @@ from agent_runner.main import build_provider
 from agent_runner.provider import Provider
 
 from tests.fakes.model_server import ModelServer, Reply
-from tests.runner.conftest import Harness, harness  # noqa: F401  (fixture)
+from tests.runner.conftest import Harness
 
 pytestmark = pytest.mark.codex
 

@@ -93,3 +93,11 @@ async def test_long_poll_returns_empty_after_wait(client: TestClient) -> None:
     response = await client.get("/api/groups/team/messages?after=0&wait=0.2", headers=AUTH)
     assert response.status == 200
     assert (await response.json()) == {"messages": []}
+
+
+async def test_api_is_closed_without_a_token(host_env: Path) -> None:
+    settings = load_settings()
+    async with TestClient(TestServer(build_app(settings))) as test_client:
+        response = await test_client.get("/api/groups/team/messages", headers=AUTH)
+        assert response.status == 503
+        assert "NANOHOST_API_TOKEN" in (await response.json())["error"]

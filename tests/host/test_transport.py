@@ -15,7 +15,8 @@ def runner_side(session_dir: Path) -> sqlite3.Connection:
     db = sqlite3.connect(session_dir / "outbound.db", isolation_level=None)
     db.executescript(
         """
-        CREATE TABLE IF NOT EXISTS outbound (id INTEGER PRIMARY KEY, kind TEXT NOT NULL, payload TEXT NOT NULL,
+        CREATE TABLE IF NOT EXISTS outbound (id INTEGER PRIMARY KEY, kind TEXT NOT NULL,
+                                             payload TEXT NOT NULL,
                                              created_at REAL NOT NULL);
         CREATE TABLE IF NOT EXISTS acks (inbound_id INTEGER PRIMARY KEY, status TEXT NOT NULL, reason TEXT,
                                          at REAL NOT NULL);

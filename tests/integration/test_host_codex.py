@@ -98,3 +98,25 @@ async def test_follow_up_during_a_slow_turn_is_steered(
         replies += more
         texts = " ".join(r["text"] for r in replies)
     assert any("also do this" in r.user_texts for r in model_server.requests[1:])
+
+
+async def test_oversized_mcp_instructions_degrade_and_the_group_still_answers(
+    tmp_path: Path,
+    start_host: Any,
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    settings = make_settings(tmp_path, openai_api_key=REAL_KEY, model_base_url=model_server.url)
+    servers = {
+        "huge": {"command": "true", "args": [], "env": {}, "instructions": "H" * 40_000},
+        "small": {"command": "true", "args": [], "env": {}, "instructions": "SMALL-SERVER-MARKER"},
+    }
+    add_group(settings, "wordy", provider="codex", mcp_servers=servers)
+    host = await start_host(settings)
+    message_id = await host.send("wordy", "still there?")
+    replies = await host.replies_after("wordy", message_id, wait=120)
+    assert [r["text"] for r in replies] == ["echo: still there?"]
+    seen = model_server.requests[0].all_text
+    assert "Omitted for size" in seen and "MCP server: huge" in seen and "SMALL-SERVER-MARKER" in seen
+    assert "H" * 1000 not in seen
+    composed = (settings.data_dir / "composed" / "wordy" / "AGENTS.md").read_bytes()
+    assert len(composed) <= 32 * 1024

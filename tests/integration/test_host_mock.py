@@ -51,3 +51,25 @@ async def test_two_messages_at_once_start_one_container(
     while sum(r["text"].count("one") + r["text"].count("two") for r in replies) < 2:
         replies += await host.replies_after("pair", replies[-1]["id"])
     assert len(docker_client.containers.list(all=True, filters={"label": "nanohost.group=pair"})) == 1
+
+
+async def test_agent_tasks_reach_the_scheduler_table_and_tasks_json(tmp_path: Path, start_host: Any) -> None:
+    """A schedule_task row from the container becomes a scheduled_tasks row and shows in tasks.json."""
+    import json as jsonlib
+    import sqlite3
+
+    settings = make_settings(tmp_path)
+    add_group(settings, "planner")
+    host = await start_host(settings)
+    first = await host.send("planner", "hi")
+    await host.replies_after("planner", first)
+    runtime = host.orchestrator.runtimes[1]
+    outbound = sqlite3.connect(runtime.dir / "outbound.db", isolation_level=None)  # as the MCP tool writes it
+    outbound.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('task', ?, 0)",
+        (jsonlib.dumps({"op": "schedule", "prompt": "standup", "schedule": "0 9 * * 1-5"}),),
+    )
+    outbound.close()
+    await runtime.pump()
+    tasks = jsonlib.loads((runtime.dir / "tasks.json").read_text())
+    assert [(t["prompt"], t["schedule"]) for t in tasks] == [("standup", "0 9 * * 1-5")]

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.docker
 async def docker_event(
     client: Any, *, group: str, action: str, since: float, timeout: float = 60
 ) -> dict[str, Any]:
-    """The first engine event ``action`` for the group's containers since ``since`` (blocks on the event stream)."""
+    """The first engine event ``action`` for the group's containers since ``since`` (blocks on events)."""
 
     def wait() -> dict[str, Any]:
         events = client.events(

@@ -18,7 +18,7 @@ from nanohost.transport import SessionQueues
 
 @asynccontextmanager
 async def open_tools(tmp_path: Path) -> AsyncIterator[tuple[ClientSession, Path, Path]]:
-    """A client session to a fresh server (a context manager, not a fixture: anyio scopes stay in one task)."""
+    """A client session to a fresh server (a context manager, not a fixture: anyio scopes need one task)."""
     session_dir, workspace = tmp_path / "session", tmp_path / "workspace"
     session_dir.mkdir()
     workspace.mkdir()
@@ -31,7 +31,7 @@ async def open_tools(tmp_path: Path) -> AsyncIterator[tuple[ClientSession, Path,
             "PYTHONPATH": os.pathsep.join(sys.path),
         },
     )
-    with open(os.devnull, "w") as devnull:
+    with open(os.devnull, "w") as devnull:  # noqa: ASYNC230 - opening /dev/null does not block
         async with (
             stdio_client(params, errlog=devnull) as (read, write),
             ClientSession(read, write) as session,
