@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test install test-deps lint bench clean
+.PHONY: run test install deps lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,10 +19,11 @@ run: install
 	$(BIN)/nanohost serve
 
 ## Install the test tools (Docker engine, debootstrap, Node/npm, Codex CLI) and run every test.
-test: install test-deps
+test: install deps
 	$(BIN)/python -m pytest
 
-test-deps:
+## System packages the host and tests drive: Docker engine (started), debootstrap + base image, npm.
+deps:
 	bash scripts/install-test-deps.sh
 
 lint: install
@@ -30,7 +31,7 @@ lint: install
 	$(BIN)/mypy
 
 bench: install
-	$(BIN)/python bench/runner_pickup.py
+	$(BIN)/python bench/latency.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache

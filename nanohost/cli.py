@@ -567,12 +567,27 @@ def image_build(
     tag: Annotated[
         str | None, typer.Option(help="Image tag (default: NANOHOST_IMAGE_NAME:CODEX_VERSION).")
     ] = None,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Do nothing when the image exists with the right Codex.")
+    ] = False,
 ) -> None:
     """Build the agent image (Codex CLI pinned) through the local Docker engine."""
-    from nanohost.containers.image import ImageBuildError, build_image
+    from nanohost.containers.image import ImageBuildError, build_image, image_status
 
     cfg = settings()
     target = tag or cfg.image_tag
+    if if_missing:
+        import docker
+
+        try:
+            client = docker.from_env()
+            present, version = image_status(client, target)
+            client.close()
+        except Exception as exc:
+            fail(f"cannot reach the Docker engine: {exc}; start it (scripts/start-dockerd.sh)")
+        if present and version == cfg.codex_version:
+            out.print(f"{target} is present (Codex {version})", markup=False)
+            return
     out.print(f"building {target} (Codex {cfg.codex_version})", markup=False)
     with out.status("building…") as spinner:
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from nanohost.providers import Mount
 from nanohost.settings import parse_memory
+from nanohost.validation import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,15 @@ class DockerBackend:
         return await asyncio.to_thread(self._run, spec)
 
     def _run(self, spec: ContainerSpec) -> str:
-        from docker.errors import NotFound
+        from docker.errors import ImageNotFound, NotFound
         from docker.types import Mount as DockerMount
+
+        try:
+            self.client.images.get(spec.image)
+        except ImageNotFound:
+            raise InvalidInput(
+                f"the agent image {spec.image} is missing; run `nanohost image build`"
+            ) from None
 
         try:
             old = self.client.containers.get(spec.name)

@@ -73,3 +73,28 @@ async def test_agent_tasks_reach_the_scheduler_table_and_tasks_json(tmp_path: Pa
     await runtime.pump()
     tasks = jsonlib.loads((runtime.dir / "tasks.json").read_text())
     assert [(t["prompt"], t["schedule"]) for t in tasks] == [("standup", "0 9 * * 1-5")]
+
+
+async def test_missing_image_is_said_once_not_retried(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path, image_name="nanohost-no-such-image")
+    add_group(settings, "imageless")
+    host = await start_host(settings)
+    message_id = await host.send("imageless", "hello?")
+    (notice,) = await host.replies_after("imageless", message_id)
+    assert "nanohost-no-such-image:0.138.0 is missing; run `nanohost image build`" in notice["text"]
+
+
+def test_image_build_if_missing_skips_a_present_image(
+    agent_image: str, host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from nanohost.cli import app
+
+    name, version = agent_image.split(":")
+    monkeypatch.setenv("NANOHOST_IMAGE_NAME", name)
+    result = CliRunner().invoke(app, ["image", "build", "--if-missing"])
+    assert result.exit_code == 0, result.output
+    assert f"{agent_image} is present (Codex {version})" in result.stdout
