@@ -402,6 +402,12 @@ def groups_config(
     trigger: Annotated[str | None, typer.Option(help="The trigger word for --engage trigger.")] = None,
     skill: Annotated[list[str] | None, typer.Option("--skill", help="Select a shared skill.")] = None,
     no_skill: Annotated[list[str] | None, typer.Option("--no-skill", help="Deselect a shared skill.")] = None,
+    allow_egress: Annotated[
+        list[str] | None, typer.Option("--allow-egress", help="Let the agent reach a host (e.g. *.pypi.org).")
+    ] = None,
+    deny_egress: Annotated[
+        list[str] | None, typer.Option("--deny-egress", help="Remove a host from the egress allow-list.")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Change a group's config; changes take effect at the group's next wake.
@@ -428,6 +434,8 @@ def groups_config(
         trigger=trigger,
         add_skills=skill or [],
         remove_skills=no_skill or [],
+        allow_egress=allow_egress or [],
+        deny_egress=deny_egress or [],
     )
     cfg = settings()
     with database(cfg) as session:

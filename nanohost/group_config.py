@@ -17,6 +17,7 @@ from nanohost.validation import InvalidInput, check_env_name, check_name, check_
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 _MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_HOST_PATTERN = re.compile(r"^(\*\.)?([A-Za-z0-9-]{1,63}\.)*[A-Za-z0-9-]{1,63}$")
 MAX_INSTRUCTIONS = 64 * 1024
 
 
@@ -76,6 +77,8 @@ class ConfigEdit:
     trigger: str | None = None
     add_skills: list[str] = field(default_factory=list)
     remove_skills: list[str] = field(default_factory=list)
+    allow_egress: list[str] = field(default_factory=list)
+    deny_egress: list[str] = field(default_factory=list)
 
     def is_empty(self) -> bool:
         return self == ConfigEdit()
@@ -139,6 +142,15 @@ def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
         if skill not in config.skills and skill not in edit.add_skills:
             raise InvalidInput(f"skill {skill!r} is not selected for group {group.name!r}")
 
+    for pattern in edit.allow_egress:
+        if not _HOST_PATTERN.match(pattern):
+            raise InvalidInput(
+                f"egress pattern {pattern!r} must be a host name, optionally starting with '*.'"
+            )
+    for pattern in edit.deny_egress:
+        if pattern not in config.egress_allow and pattern not in edit.allow_egress:
+            raise InvalidInput(f"{pattern!r} is not on group {group.name!r}'s egress allow-list")
+
     # --- then apply ----------------------------------------------------------------------
     if model is not None:
         config.model = model
@@ -193,6 +205,13 @@ def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
         config.skills = skills
         changes += [f"skill {s} selected" for s in edit.add_skills]
         changes += [f"skill {s} deselected" for s in edit.remove_skills]
+    if edit.allow_egress or edit.deny_egress:
+        hosts = list(config.egress_allow)
+        hosts += [h.lower() for h in edit.allow_egress if h.lower() not in hosts]
+        hosts = [h for h in hosts if h not in edit.deny_egress]
+        config.egress_allow = hosts
+        changes += [f"egress to {h} allowed" for h in edit.allow_egress]
+        changes += [f"egress to {h} removed" for h in edit.deny_egress]
     return changes
 
 
@@ -215,6 +234,7 @@ def effective_config(settings: Settings, group: AgentGroup) -> dict[str, Any]:
         "mcp_servers": dict(config.mcp_servers),
         "skills": list(config.skills),
         "additional_mounts": list(config.additional_mounts),
+        "egress_allow": list(config.egress_allow) or "none (model API only)",
         "folder_path": str(settings.groups_dir / group.folder),
         "image": settings.image_tag,
     }

@@ -31,7 +31,7 @@ from nanohost.containers.backend import (
 from nanohost.containers.mounts import check_extra_mount
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
-from nanohost.gateway import CONTAINER_SOCKET_DIR, SOCKET_NAME, Gateway
+from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway
 from nanohost.providers import GroupSpec, Mount, ProviderContribution
 from nanohost.settings import Settings
 from nanohost.transport import Doorbell, OutboundRow, SessionQueues
@@ -166,7 +166,8 @@ class SessionRuntime:
         runner = self._read_runner_json()
         placeholder = runner.get("placeholder")
         if isinstance(placeholder, str):
-            self.ctx.gateway.restore(placeholder, self.folder, self.session_id)
+            egress = [str(h) for h in runner.get("egress_allow") or []]
+            self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress)
             self.placeholder = placeholder
         await self.ctx.slots.acquire()
         self._holds_slot = True
@@ -214,6 +215,7 @@ class SessionRuntime:
                 skills=list(config.skills),
             )
             extra = [check_extra_mount(raw, settings.allowed_mounts) for raw in config.additional_mounts]
+            egress = list(config.egress_allow)
             limits = (
                 config.memory_limit or settings.container_memory,
                 config.cpu_limit if config.cpu_limit is not None else settings.container_cpus,
@@ -231,12 +233,15 @@ class SessionRuntime:
         for item in requeue:  # a host crash between recording and queueing loses nothing
             self.queues.append(*item)
         contribution = self.ctx.contributions[spec.provider].prepare(spec)
-        if self.placeholder is None:
-            self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id)
+        if self.placeholder is not None:
+            self.ctx.gateway.revoke(self.placeholder)
+        self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress)
         runner = {
             **contribution.runner,
             "turn_timeout": settings.turn_timeout,
             "gateway_socket": f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}",
+            "egress_socket": f"{CONTAINER_SOCKET_DIR}/{EGRESS_SOCKET_NAME}" if egress else None,
+            "egress_allow": egress,
             "placeholder": self.placeholder,
         }
         (self.dir / "runner.json").write_text(json.dumps(runner, indent=2))

@@ -274,6 +274,9 @@ def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyP
         (("--skill", "../x"), "path separator"),
         (("--no-skill", "never"), "is not selected"),
         (("--model", "line1\nline2"), "single line"),
+        (("--allow-egress", "http://x.com"), "egress pattern"),
+        (("--allow-egress", "a b"), "egress pattern"),
+        (("--deny-egress", "never.com"), "not on group 'main''s egress allow-list"),
     ],
 )
 def test_config_refusals_change_nothing(ready: Run, host_env: Path, args: tuple[str, ...], says: str) -> None:

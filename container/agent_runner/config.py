@@ -41,6 +41,7 @@ class RunnerConfig:
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
     turn_timeout: float = 600.0
     gateway_socket: str | None = None
+    egress_socket: str | None = None
     placeholder: str = ""
     codex_bin: str = "codex"
 
@@ -85,6 +86,7 @@ class RunnerConfig:
             mcp_servers=servers,
             turn_timeout=float(timeout),
             gateway_socket=optional_str("gateway_socket"),
+            egress_socket=optional_str("egress_socket"),
             placeholder=optional_str("placeholder") or "",
             codex_bin=optional_str("codex_bin") or os.environ.get("NANOHOST_CODEX_BIN", "codex"),
         )

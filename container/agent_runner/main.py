@@ -331,7 +331,7 @@ async def amain(paths: Paths) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    forward = None
+    forward = egress = None
     provider: Provider | None = None
     try:
         config = RunnerConfig.load(paths.session / "runner.json")
@@ -343,6 +343,14 @@ async def amain(paths: Paths) -> int:
 
             forward = LoopbackForward(config.gateway_socket)
             base_url = f"http://127.0.0.1:{await forward.start()}/v1"
+        if config.egress_socket:  # the group may reach allow-listed hosts through the gateway's proxy
+            from agent_runner.forward import LoopbackForward
+
+            egress = LoopbackForward(config.egress_socket)
+            proxy = f"http://nh:{config.placeholder}@127.0.0.1:{await egress.start()}"
+            for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+                os.environ[name] = proxy
+            os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
         provider = build_provider(config, paths, base_url)
         await provider.start()
         await Runner(paths, provider, queues, doorbell).run(stopping)
@@ -357,8 +365,9 @@ async def amain(paths: Paths) -> int:
     finally:
         if provider is not None:
             await provider.close()
-        if forward is not None:
-            await forward.stop()
+        for listener in (forward, egress):
+            if listener is not None:
+                await listener.stop()
         await doorbell.stop()
         queues.close()
 

@@ -77,6 +77,8 @@ class ContainerConfig(Base):
     env: Mapped[dict[str, Any]] = mapped_column(default=dict)
     skills: Mapped[list[str]] = mapped_column(default=list)
     additional_mounts: Mapped[list[Any]] = mapped_column(default=list)
+    egress_allow: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
+    """Host patterns (``api.github.com``, ``*.pypi.org``) the agent may reach through the gateway."""
     memory_limit: Mapped[str | None] = mapped_column(String(16))
     cpu_limit: Mapped[float | None] = mapped_column(Float)
     pids_limit: Mapped[int | None] = mapped_column(Integer)

@@ -112,3 +112,72 @@ async def test_unreachable_upstream_is_a_502(tmp_path: Path) -> None:
                 assert "upstream unreachable" in await response.text()
     finally:
         await gw.stop()
+
+
+async def _echo_server() -> tuple[asyncio.AbstractServer, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def _connect(
+    gateway: Gateway, target: str, placeholder: str | None, method: str = "CONNECT"
+) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    import base64
+
+    reader, writer = await asyncio.open_unix_connection(str(gateway.egress_socket_path))
+    auth = ""
+    if placeholder is not None:
+        auth = (
+            "Proxy-Authorization: Basic " + base64.b64encode(f"nh:{placeholder}".encode()).decode() + "\r\n"
+        )
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n".encode())
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 5)
+    return status, reader, writer
+
+
+async def test_egress_tunnels_only_to_allowed_hosts(gateway: Gateway) -> None:
+    server, port = await _echo_server()
+    try:
+        allowed = gateway.grant("team", 1, egress=["127.0.0.1", "*.example.org"])
+        status, reader, writer = await _connect(gateway, f"127.0.0.1:{port}", allowed)
+        assert status.startswith(b"HTTP/1.1 200")
+        assert await reader.readline() == b"\r\n"  # end of the proxy's answer
+        writer.write(b"ping through the tunnel\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.readline(), 5) == b"ping through the tunnel\n"
+        writer.close()
+
+        closed = gateway.grant("other", 2)  # no allow-list: model API only
+        status, _, writer = await _connect(gateway, f"127.0.0.1:{port}", closed)
+        assert status.startswith(b"HTTP/1.1 403")
+        writer.close()
+        status, _, writer = await _connect(gateway, f"127.0.0.1:{port}", None)
+        assert status.startswith(b"HTTP/1.1 407")
+        writer.close()
+        status, _, writer = await _connect(gateway, f"http://127.0.0.1:{port}/", allowed, method="GET")
+        assert status.startswith(b"HTTP/1.1 405")
+        writer.close()
+        gateway.revoke(allowed)
+        status, _, writer = await _connect(gateway, f"127.0.0.1:{port}", allowed)
+        assert status.startswith(b"HTTP/1.1 407")
+        writer.close()
+    finally:
+        server.close()
+
+
+def test_egress_patterns() -> None:
+    from nanohost.gateway import Grant
+
+    grant = Grant("g", 1, ("api.github.com", "*.pypi.org"))
+    assert (
+        grant.may_reach("api.github.com")
+        and grant.may_reach("files.pypi.org")
+        and grant.may_reach("API.GitHub.com.")
+    )
+    assert not grant.may_reach("github.com") and not grant.may_reach("pypi.org.evil.com")
