@@ -13,9 +13,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-## Set up (data dir, database, the main group) and start the host with the built-in web chat.
-run: install
+## Set up (Docker engine, agent image, data dir, database, the main group) and start the host.
+run: install deps
 	$(BIN)/nanohost setup
+	$(BIN)/nanohost image build --if-missing
 	$(BIN)/nanohost serve
 
 ## Install the test tools (Docker engine, debootstrap, Node/npm, Codex CLI) and run every test.
