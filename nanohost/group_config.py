@@ -84,6 +84,12 @@ class ConfigEdit:
         return self == ConfigEdit()
 
 
+def _merged(current: list[str], add: list[str], remove: list[str]) -> list[str]:
+    """``current`` plus ``add`` (in order, no repeats) minus ``remove``."""
+    merged = list(current) + [item for item in dict.fromkeys(add) if item not in current]
+    return [item for item in merged if item not in remove]
+
+
 def _parse_env(pairs: list[str]) -> dict[str, str]:
     parsed: dict[str, str] = {}
     for pair in pairs:
@@ -186,10 +192,7 @@ def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
         config.pids_limit = edit.pids
         changes.append(f"pids = {edit.pids}")
     if edit.allow_senders or edit.deny_senders:
-        senders = list(config.allowed_senders)
-        senders += [s for s in edit.allow_senders if s not in senders]
-        senders = [s for s in senders if s not in edit.deny_senders]
-        config.allowed_senders = senders
+        config.allowed_senders = _merged(config.allowed_senders, edit.allow_senders, edit.deny_senders)
         changes += [f"sender {s} allowed" for s in edit.allow_senders]
         changes += [f"sender {s} removed from allow-list" for s in edit.deny_senders]
     if trigger is not None:
@@ -199,17 +202,12 @@ def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
         config.engage_mode = engage
         changes.append(f"engage = {engage}")
     if edit.add_skills or edit.remove_skills:
-        skills = list(config.skills)
-        skills += [s for s in edit.add_skills if s not in skills]
-        skills = [s for s in skills if s not in edit.remove_skills]
-        config.skills = skills
+        config.skills = _merged(config.skills, edit.add_skills, edit.remove_skills)
         changes += [f"skill {s} selected" for s in edit.add_skills]
         changes += [f"skill {s} deselected" for s in edit.remove_skills]
     if edit.allow_egress or edit.deny_egress:
-        hosts = list(config.egress_allow)
-        hosts += [h.lower() for h in edit.allow_egress if h.lower() not in hosts]
-        hosts = [h for h in hosts if h not in edit.deny_egress]
-        config.egress_allow = hosts
+        allow = [h.lower() for h in edit.allow_egress]
+        config.egress_allow = _merged(config.egress_allow, allow, edit.deny_egress)
         changes += [f"egress to {h} allowed" for h in edit.allow_egress]
         changes += [f"egress to {h} removed" for h in edit.deny_egress]
     return changes

@@ -385,6 +385,31 @@ class SessionRuntime:
                 message.error = reason
         return len(acks)
 
+    def _add_outbound(
+        self,
+        db: Session,
+        channel: str,
+        chat_id: str,
+        sender: str,
+        text: str,
+        attachments: list[dict[str, str]],
+    ) -> int:
+        """Record a message for the chat. API and web replies are delivered by being stored."""
+        message = Message(
+            group_id=self.group_id,
+            session_id=self.session_id,
+            direction="out",
+            channel=channel,
+            chat_id=chat_id,
+            sender=sender,
+            text=text,
+            attachments=attachments,
+            status="delivered" if channel in ("api", "web") else "pending",
+        )
+        db.add(message)
+        db.flush()
+        return message.id
+
     def _reply_target(self, db: Session, ids: list[int]) -> tuple[str, str]:
         query = select(Message).where(Message.session_id == self.session_id, Message.direction == "in")
         if ids:
@@ -424,20 +449,8 @@ class SessionRuntime:
                 text = f"(the agent tried to send a file that is not allowed: {exc})"
             else:
                 attachments.append({"path": str(host_path), "name": host_path.name})
-        message = Message(
-            group_id=group.id,
-            session_id=session.id,
-            direction="out",
-            channel=channel,
-            chat_id=chat_id,
-            sender="agent",
-            text=text,
-            attachments=attachments,
-            status="delivered" if channel in ("api", "web") else "pending",
-        )
-        db.add(message)
-        db.flush()
-        return [{"type": "message", "id": message.id}]
+        message_id = self._add_outbound(db, channel, chat_id, "agent", text, attachments)
+        return [{"type": "message", "id": message_id}]
 
     def _import_task(
         self, db: Session, session: AgentSession, group: AgentGroup, payload: dict[str, Any]
@@ -533,19 +546,7 @@ class SessionRuntime:
                 return
             session.failure_notified = True
             channel, chat_id = self._reply_target(db, [])
-            message = Message(
-                group_id=self.group_id,
-                session_id=self.session_id,
-                direction="out",
-                channel=channel,
-                chat_id=chat_id,
-                sender="nanohost",
-                text=notice,
-                status="delivered" if channel in ("api", "web") else "pending",
-            )
-            db.add(message)
-            db.flush()
-            message_id = message.id
+            message_id = self._add_outbound(db, channel, chat_id, "nanohost", notice, [])
         self.ctx.bus.publish(self.group_id, {"type": "message", "id": message_id})
 
     async def _retry_or_fail(self, now: float) -> None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent_runner.queues import connect  # one definition of how both sides open the queues
+
 log = logging.getLogger(__name__)
 
 INBOUND_SCHEMA = """
@@ -30,7 +32,6 @@ CREATE TABLE IF NOT EXISTS inbound (
   created_at REAL NOT NULL
 );
 """
-BUSY_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -40,20 +41,13 @@ class OutboundRow:
     payload: dict[str, Any]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-    connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    connection.execute("PRAGMA journal_mode=DELETE")
-    return connection
-
-
 class SessionQueues:
     """The two SQLite queues of one session directory, seen from the host."""
 
     def __init__(self, session_dir: Path) -> None:
         self.dir = session_dir
         session_dir.mkdir(parents=True, exist_ok=True)
-        self._inbound = _connect(session_dir / "inbound.db")
+        self._inbound = connect(session_dir / "inbound.db")
         self._inbound.executescript(INBOUND_SCHEMA)
         self._outbound: sqlite3.Connection | None = None
 
@@ -75,7 +69,7 @@ class SessionQueues:
             path = self.dir / "outbound.db"
             if not path.exists():
                 return None
-            self._outbound = _connect(path)
+            self._outbound = connect(path)
         return self._outbound
 
     def _has_table(self, connection: sqlite3.Connection, name: str) -> bool:
