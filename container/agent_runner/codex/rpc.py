@@ -77,6 +77,7 @@ class AppServer:
         self._tasks: list[asyncio.Task[None]] = []
         self.exited = asyncio.Event()
         self.exit_cause = ""
+        self._closing = False
 
     async def start(self) -> None:
         try:
@@ -133,6 +134,7 @@ class AppServer:
     async def close(self, grace: float = 3.0) -> None:
         if self._process is None:
             return
+        self._closing = True  # an exit we asked for is not a crash
         if self._process.stdin is not None and not self._process.stdin.is_closing():
             self._process.stdin.close()
         try:
@@ -190,7 +192,7 @@ class AppServer:
         for method, future in list(self._pending.values()):
             if not future.done():
                 future.set_exception(AppServerExited(f"{self.exit_cause} (during {method})"))
-        if self._on_exit is not None:
+        if self._on_exit is not None and not self._closing:
             self._on_exit(self.exit_cause)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
