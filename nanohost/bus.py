@@ -12,10 +12,20 @@ from typing import Any
 
 
 class MessageBus:
-    """Per-group subscriber queues."""
+    """Per-group subscriber queues, plus host-wide ones (delivery) that see every group's events
+    with a ``group_id`` added."""
 
     def __init__(self) -> None:
         self._subscribers: dict[int, set[asyncio.Queue[dict[str, Any]]]] = defaultdict(set)
+        self._everything: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def subscribe_all(self) -> asyncio.Queue[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self._everything.add(queue)
+        return queue
+
+    def unsubscribe_all(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._everything.discard(queue)
 
     def subscribe(self, group_id: int) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
@@ -27,6 +37,12 @@ class MessageBus:
 
     def publish(self, group_id: int, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers[group_id]):
-            if queue.full():  # a stalled listener loses hints, not data
-                queue.get_nowait()
-            queue.put_nowait(event)
+            _put(queue, event)
+        for queue in list(self._everything):
+            _put(queue, {**event, "group_id": group_id})
+
+
+def _put(queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+    if queue.full():  # a stalled listener loses hints, not data
+        queue.get_nowait()
+    queue.put_nowait(event)

@@ -25,6 +25,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from nanohost import __version__
+from nanohost.channels.state import ChannelStore
+from nanohost.channels.web_auth import CHANNEL, WebAuth
 from nanohost.db import engine as db_engine
 from nanohost.db import migrate
 from nanohost.db.models import (
@@ -52,11 +54,13 @@ db_app = typer.Typer(help="Database schema migrations.", no_args_is_help=True)
 sessions_app = typer.Typer(help="Agent sessions (one conversation thread each).", no_args_is_help=True)
 messages_app = typer.Typer(help="Messages in and out of groups.", no_args_is_help=True)
 image_app = typer.Typer(help="The agent container image.", no_args_is_help=True)
+web_app = typer.Typer(help="The built-in web chat.", no_args_is_help=True)
 app.add_typer(groups_app, name="groups")
 app.add_typer(db_app, name="db")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(messages_app, name="messages")
 app.add_typer(image_app, name="image")
+app.add_typer(web_app, name="web")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -189,12 +193,38 @@ def setup(as_json: JsonOption = False) -> None:
                 )
         bind_chat(session, "web", "main", group, "shared")
         notes.append(f"data dir {cfg.data_dir}, database at {migrate.head_revision()}")
+    with web_auth(cfg) as auth:
+        password = auth.ensure_password()
     if as_json:
-        print(json.dumps({"data_dir": str(cfg.data_dir), "group": "main", "notes": notes}))
+        shown = {"web_password": password} if password else {}
+        print(json.dumps({"data_dir": str(cfg.data_dir), "group": "main", "notes": notes, **shown}))
     else:
         for note in notes:
             out.print(note, markup=False)
-        out.print("ready: start the host with `nanohost serve`", markup=False)
+        if password:
+            out.print(f"web chat password: {password}  {PASSWORD_NOTE}", markup=False)
+        out.print(
+            f"ready: start the host with `nanohost serve`, then open http://{_web_address(cfg)}/",
+            markup=False,
+        )
+
+
+PASSWORD_NOTE = "(shown once; `nanohost web password` sets a new one)"
+
+
+def _web_address(cfg: Settings) -> str:
+    return f"{cfg.web_host}:{cfg.web_port}" if ":" not in cfg.web_host else f"[{cfg.web_host}]:{cfg.web_port}"
+
+
+@contextmanager
+def web_auth(cfg: Settings) -> Iterator[WebAuth]:
+    """The web chat's password store in the host database (brought to the current schema)."""
+    engine = db_engine.make_engine(cfg.db_url)
+    try:
+        migrate.upgrade(engine)
+        yield WebAuth(ChannelStore(db_engine.make_session_factory(engine), CHANNEL))
+    finally:
+        engine.dispose()
 
 
 # Telegram group ids are negative (-1001234): let them through as arguments, not options.
@@ -614,6 +644,24 @@ def image_build(
         except Exception as exc:  # docker unreachable and similar
             fail(f"image build failed: {exc}; is the Docker engine running? (`nanohost doctor`)")
     out.print(f"built {target} ({image_id[:19]})", markup=False)
+
+
+# --- web chat ---------------------------------------------------------------------------
+
+
+@web_app.command("password")
+@handles_errors
+def web_password(
+    value: Annotated[
+        str | None, typer.Option("--set", help="Use this password instead of a random one (8+ characters).")
+    ] = None,
+) -> None:
+    """Set a new web chat password (random unless --set) and print it; every browser logs out."""
+    if value is not None and len(value.strip()) < 8:
+        fail("the web chat password must have at least 8 characters")
+    with web_auth(settings()) as auth:
+        password = auth.set_password(value)
+    out.print(f"web chat password: {password}  (every browser must log in again)", markup=False)
 
 
 def main() -> None:

@@ -1,48 +1,73 @@
 """Inbound: a message for a group becomes a recorded row and a queued prompt in its session.
 
-Channels hand over an ``InboundMessage``; the router records it (refusing duplicates by the
-platform's message id), picks the session and hands it to the session's runtime, which wakes
-the container at once rather than on a sweep.
+Two ways in. ``to_group`` is for the HTTP API and the web chat, which name the group. ``receive``
+is for chat platforms and applies the same rules to every channel, in this order: the chat must
+be bound to a group (unbound chats are ignored, logged once); the sender must be on the group's
+allow-list when it has one; the group's engage mode must be met (``always``; ``mention``: the
+bot's @-mention, a reply to the bot, or a direct chat; ``trigger``: the trigger word first);
+a platform message id seen before is dropped. Attachments are then saved under the group's
+``inbox/`` and the message is recorded and queued, in the chat's own session when the binding
+says ``per-chat``. Anything refused for a reason the user can fix (an oversized message or file)
+gets a reply that says why; nothing raises back into a channel's receive loop.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import re
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from nanohost.bus import MessageBus
+from nanohost.channels.base import FileTooLarge, InboundMessage
+from nanohost.channels.inbox import save_incoming
 from nanohost.db.engine import transaction
-from nanohost.db.models import AgentGroup, Message
+from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
 from nanohost.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 
+MAX_TEXT = 100_000
+"""Characters one inbound message may carry (any channel)."""
 
-@dataclass(frozen=True)
-class InboundMessage:
-    """A message from any channel, in the host's terms."""
-
-    channel: str
-    chat_id: str
-    sender: str | None
-    text: str
-    attachments: list[str] = field(default_factory=list)
-    platform_message_id: str | None = None
+__all__ = ["MAX_TEXT", "Duplicate", "InboundMessage", "Router"]
 
 
 class Duplicate(Exception):
     """This platform message was already recorded."""
 
 
+def chat_key(channel: str, chat_id: str) -> str:
+    """The session key of a per-chat session."""
+    return f"{channel}:{chat_id}"
+
+
+def starts_with_trigger(text: str, trigger: str) -> bool:
+    """True when ``text`` begins with the trigger word (case-insensitive, as a whole word)."""
+    pattern = re.escape(trigger.strip())
+    return bool(re.match(rf"\s*{pattern}(?![\w])", text, re.IGNORECASE))
+
+
 class Router:
     """Records inbound messages and queues them for their group's session."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, *, max_attachment_bytes: int = 20 * 1024**2) -> None:
         self.orchestrator = orchestrator
+        self.max_attachment_bytes = max_attachment_bytes
+        self._unbound_logged: set[tuple[str, str]] = set()
 
-    async def to_group(self, group_name: str, message: InboundMessage, *, chat_key: str | None = None) -> int:
+    @property
+    def bus(self) -> MessageBus:
+        return self.orchestrator.ctx.bus
+
+    async def to_group(
+        self,
+        group_name: str,
+        message: InboundMessage,
+        *,
+        chat_key: str | None = None,
+    ) -> int:
         """Record ``message`` for the named group and queue it; returns the message id."""
         db_factory = self.orchestrator.ctx.db
         with transaction(db_factory) as db:
@@ -62,6 +87,7 @@ class Router:
                     text=message.text,
                     attachments=list(message.attachments),
                     platform_message_id=message.platform_message_id,
+                    thread_id=message.thread_id,
                     status="pending",
                 )
                 db.add(row)
@@ -71,6 +97,179 @@ class Router:
             raise Duplicate(
                 f"{message.channel} message {message.platform_message_id} was already received"
             ) from None
+        self.bus.publish(group.id, {"type": "message", "id": message_id})
         runtime = await self.orchestrator.runtime(session_id)
         await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
         return message_id
+
+    # --- chat platforms ---------------------------------------------------------------------
+
+    async def receive(self, message: InboundMessage) -> None:
+        """Route a chat platform's message by the rules above; never raises for a refused one."""
+        where = f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
+        found = self._binding(message)
+        if found is None:
+            return
+        group, binding_mode = found
+        if not self._sender_allowed(group, message):
+            log.info(
+                "%s: sender %s is not on group %s's allow-list; ignored", where, message.sender, group.name
+            )
+            return
+        if not self._engaged(group, message):
+            log.debug(
+                "%s: not addressed to the bot (engage mode %s); ignored", where, group.config.engage_mode
+            )
+            return
+        if self._seen(message):
+            log.info("%s: already received; ignored", where)
+            return
+        key = chat_key(message.channel, message.chat_id) if binding_mode == "per-chat" else None
+        if len(message.text) > MAX_TEXT:
+            self._refuse(group, message, key, f"your message is longer than {MAX_TEXT:,} characters")
+            return
+        attachments, refusals = await self._save_files(group, message, where)
+        if refusals:
+            self._refuse(group, message, key, "; ".join(refusals))
+            if not message.text.strip() and not attachments:
+                return
+        if not message.text.strip() and not attachments:
+            log.info("%s: empty message; ignored", where)
+            return
+        inbound = InboundMessage(
+            channel=message.channel,
+            chat_id=message.chat_id,
+            sender=message.sender,
+            text=message.text,
+            attachments=attachments,
+            platform_message_id=message.platform_message_id,
+            sender_id=message.sender_id,
+            thread_id=message.thread_id,
+        )
+        try:
+            await self.to_group(group.name, inbound, chat_key=key)
+        except Duplicate:
+            log.info("%s: already received; ignored", where)
+
+    async def chat_moved(self, channel: str, old_chat_id: str, new_chat_id: str) -> None:
+        """Move a chat's binding (and its per-chat sessions) to the chat's new platform id."""
+        with transaction(self.orchestrator.ctx.db) as db:
+            binding = db.scalar(
+                select(ChatBinding).where(ChatBinding.channel == channel, ChatBinding.chat_id == old_chat_id)
+            )
+            taken = db.scalar(
+                select(ChatBinding).where(ChatBinding.channel == channel, ChatBinding.chat_id == new_chat_id)
+            )
+            if binding is None or taken is not None:
+                return
+            binding.chat_id = new_chat_id
+            for session in db.scalars(
+                select(AgentSession).where(AgentSession.chat_key == chat_key(channel, old_chat_id))
+            ):
+                session.chat_key = chat_key(channel, new_chat_id)
+        log.info("%s chat %s is now %s; its binding moved with it", channel, old_chat_id, new_chat_id)
+
+    def _binding(self, message: InboundMessage) -> tuple[AgentGroup, str] | None:
+        with transaction(self.orchestrator.ctx.db) as db:
+            binding = db.scalar(
+                select(ChatBinding).where(
+                    ChatBinding.channel == message.channel, ChatBinding.chat_id == message.chat_id
+                )
+            )
+            if binding is None:
+                chat = (message.channel, message.chat_id)
+                if chat not in self._unbound_logged:
+                    self._unbound_logged.add(chat)
+                    log.info(
+                        "%s chat %s is not bound to a group; ignoring it (bind it with "
+                        "`nanohost bind %s %s GROUP`)",
+                        *chat,
+                        *chat,
+                    )
+                return None
+            group = binding.group
+            _ = group.config  # loaded while the session is open
+            return group, binding.session_mode
+
+    @staticmethod
+    def _sender_allowed(group: AgentGroup, message: InboundMessage) -> bool:
+        allowed = {a.lower().lstrip("@") for a in group.config.allowed_senders}
+        if not allowed:
+            return True
+        names = {n.lower().lstrip("@") for n in (message.sender_id, message.sender) if n}
+        return bool(allowed & names)
+
+    @staticmethod
+    def _engaged(group: AgentGroup, message: InboundMessage) -> bool:
+        mode = group.config.engage_mode
+        if mode == "always" or message.is_direct:
+            return True
+        if mode == "mention":
+            return message.mentions_bot
+        trigger = group.config.trigger_word or ""
+        return bool(trigger) and starts_with_trigger(message.text, trigger)
+
+    def _seen(self, message: InboundMessage) -> bool:
+        if message.platform_message_id is None:
+            return False
+        with transaction(self.orchestrator.ctx.db) as db:
+            found = db.scalar(
+                select(Message.id).where(
+                    Message.direction == "in",
+                    Message.channel == message.channel,
+                    Message.platform_message_id == message.platform_message_id,
+                )
+            )
+        return found is not None
+
+    async def _save_files(
+        self, group: AgentGroup, message: InboundMessage, where: str
+    ) -> tuple[list[str], list[str]]:
+        """Download and save each attachment under the group's inbox; returns (paths, refusals)."""
+        saved: list[str] = []
+        refusals: list[str] = []
+        limit = self.max_attachment_bytes
+        folder = self.orchestrator.ctx.settings.groups_dir / group.folder
+        for incoming in message.files:
+            if incoming.size is not None and incoming.size > limit:
+                refusals.append(f"{incoming.name!r} is larger than the {_size(limit)} limit")
+                continue
+            try:
+                data = await incoming.fetch(limit)
+            except FileTooLarge:
+                refusals.append(f"{incoming.name!r} is larger than the {_size(limit)} limit")
+                continue
+            except Exception as exc:
+                log.warning("%s: could not download %r: %s", where, incoming.name, exc)
+                refusals.append(f"{incoming.name!r} could not be downloaded")
+                continue
+            saved.append(save_incoming(folder, incoming.name, data))
+        return saved, refusals
+
+    def _refuse(self, group: AgentGroup, message: InboundMessage, key: str | None, why: str) -> None:
+        """Tell the chat why (part of) its message was not passed on; delivery sends it."""
+        session_id = self.orchestrator.session_for(group, key)
+        with transaction(self.orchestrator.ctx.db) as db:
+            row = Message(
+                group_id=group.id,
+                session_id=session_id,
+                direction="out",
+                channel=message.channel,
+                chat_id=message.chat_id,
+                thread_id=message.thread_id,
+                sender="nanohost",
+                text=f"Not passed to the agent: {why}.",
+                status="pending",
+            )
+            db.add(row)
+            db.flush()
+            message_id = row.id
+        log.info("%s chat %s: refused: %s", message.channel, message.chat_id, why)
+        self.bus.publish(group.id, {"type": "message", "id": message_id})
+
+
+def _size(size: int) -> str:
+    """A byte count as people read it: 20 MiB, 512 KiB."""
+    if size >= 1024**2:
+        return f"{size / 1024**2:.3g} MiB"
+    return f"{size / 1024:.3g} KiB"

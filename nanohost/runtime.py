@@ -49,6 +49,9 @@ STUCK_AFTER = 120.0
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 
+ReplyTarget = tuple[str, str, str | None]
+"""(channel, chat id, thread id) a reply goes to."""
+
 
 @dataclass
 class HostContext:
@@ -388,19 +391,21 @@ class SessionRuntime:
     def _add_outbound(
         self,
         db: Session,
-        channel: str,
-        chat_id: str,
+        target: ReplyTarget,
         sender: str,
         text: str,
         attachments: list[dict[str, str]],
     ) -> int:
-        """Record a message for the chat. API and web replies are delivered by being stored."""
+        """Record a message for the chat. API and web replies are delivered by being stored;
+        chat platform replies stay ``pending`` until delivery has sent them."""
+        channel, chat_id, thread_id = target
         message = Message(
             group_id=self.group_id,
             session_id=self.session_id,
             direction="out",
             channel=channel,
             chat_id=chat_id,
+            thread_id=thread_id,
             sender=sender,
             text=text,
             attachments=attachments,
@@ -410,12 +415,15 @@ class SessionRuntime:
         db.flush()
         return message.id
 
-    def _reply_target(self, db: Session, ids: list[int]) -> tuple[str, str]:
+    def _reply_target(self, db: Session, ids: list[int]) -> ReplyTarget:
+        """Where a reply goes: the chat (and thread) of the newest message it answers."""
         query = select(Message).where(Message.session_id == self.session_id, Message.direction == "in")
         if ids:
             query = query.where(Message.id.in_(ids))
         source = db.scalars(query.order_by(Message.id.desc()).limit(1)).first()
-        return (source.channel, source.chat_id) if source else ("api", self.folder)
+        if source is None:
+            return ("api", self.folder, None)
+        return (source.channel, source.chat_id, source.thread_id)
 
     def _import_row(
         self, db: Session, session: AgentSession, group: AgentGroup, row: OutboundRow
@@ -437,7 +445,7 @@ class SessionRuntime:
             log.error("session %s: outbound row %s has unknown kind %r", self.session_id, row.id, row.kind)
             return []
         ids = [int(i) for i in payload.get("in_reply_to", []) if isinstance(i, int)]
-        channel, chat_id = self._reply_target(db, ids)
+        target = self._reply_target(db, ids)
         attachments: list[dict[str, str]] = []
         text = str(payload.get("text", ""))
         if row.kind == "file":
@@ -449,7 +457,7 @@ class SessionRuntime:
                 text = f"(the agent tried to send a file that is not allowed: {exc})"
             else:
                 attachments.append({"path": str(host_path), "name": host_path.name})
-        message_id = self._add_outbound(db, channel, chat_id, "agent", text, attachments)
+        message_id = self._add_outbound(db, target, "agent", text, attachments)
         return [{"type": "message", "id": message_id}]
 
     def _import_task(
@@ -457,7 +465,7 @@ class SessionRuntime:
     ) -> list[dict[str, Any]]:
         op = payload.get("op")
         if op == "schedule":
-            channel, chat_id = self._reply_target(db, [])
+            channel, chat_id, _ = self._reply_target(db, [])
             db.add(
                 ScheduledTask(
                     group_id=group.id,
@@ -545,8 +553,7 @@ class SessionRuntime:
             if session.failure_notified:
                 return
             session.failure_notified = True
-            channel, chat_id = self._reply_target(db, [])
-            message_id = self._add_outbound(db, channel, chat_id, "nanohost", notice, [])
+            message_id = self._add_outbound(db, self._reply_target(db, []), "nanohost", notice, [])
         self.ctx.bus.publish(self.group_id, {"type": "message", "id": message_id})
 
     async def _retry_or_fail(self, now: float) -> None:

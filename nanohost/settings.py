@@ -90,11 +90,36 @@ class Settings(BaseSettings):
         default="https://api.openai.com/v1", description="Responses API base URL the gateway forwards to."
     )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    max_attachment_bytes: int = Field(
+        default=20 * 1024**2, ge=1024, description="Largest file a chat user may send the agent (bytes)."
+    )
+    telegram_token: SecretStr | None = Field(default=None, description="Telegram bot token; on when set.")
+    telegram_api_base: str = Field(
+        default="https://api.telegram.org", description="Telegram Bot API base URL."
+    )
+    slack_app_token: SecretStr | None = Field(
+        default=None,
+        description="Slack app-level token (xapp-…) for Socket Mode; Slack is on when both are set.",
+    )
+    slack_bot_token: SecretStr | None = Field(default=None, description="Slack bot token (xoxb-…).")
+    slack_api_base: str = Field(default="https://slack.com/api", description="Slack Web API base URL.")
+    discord_token: SecretStr | None = Field(default=None, description="Discord bot token; on when set.")
+    discord_api_base: str = Field(
+        default="https://discord.com/api/v10",
+        description="Discord REST API base URL (the gateway URL comes from it).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator(
+        "api_token", "telegram_token", "slack_app_token", "slack_bot_token", "discord_token", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("container_memory")
     @classmethod
@@ -116,7 +141,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a valid image name (lowercase letters, digits, . _ - /)")
         return value
 
-    @field_validator("model_base_url")
+    @field_validator("model_base_url", "telegram_api_base", "slack_api_base", "discord_api_base")
     @classmethod
     def _check_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Docker, agent image and host fixtures, for every folder that drives the real host.
+from tests.support.host import agent_image, docker_client, start_host  # noqa: F401
+
 
 @pytest.fixture
 def host_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:

@@ -3,16 +3,29 @@
 It follows the provider contract exactly (init, push/end/abort, one ResultEvent per turn naming
 the ids it answered). A prompt containing ``[slow]`` holds its turn open until a follow-up is
 pushed (steered into the same turn) or the query is aborted, so tests can exercise those paths
-without timing tricks. ``[fail]`` makes the turn fail with a classified error.
+without timing tricks. ``[fail]`` makes the turn fail with a classified error. ``[sendback]``
+sends every attached file back to the chat, so tests can carry a file both ways.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
-from agent_runner.provider import ErrorEvent, Event, InitEvent, Input, ProgressEvent, ResultEvent
+from agent_runner.provider import (
+    ErrorEvent,
+    Event,
+    FileEvent,
+    InitEvent,
+    Input,
+    ProgressEvent,
+    ResultEvent,
+)
+
+_ATTACHED = re.compile(r"\(attached file: (?P<path>[^)\n]+)\)")
 
 
 class MockQuery:
@@ -64,6 +77,11 @@ class MockQuery:
                 yield ErrorEvent("mock failure requested", kind="other")
                 yield ResultEvent("", "failed", ids, error="mock failure requested")
                 continue
+            for item in turn:
+                if "[sendback]" in item.text:
+                    for found in _ATTACHED.finditer(item.text):
+                        path = Path(found["path"])
+                        yield FileEvent(path, caption=f"back: {path.name}")
             yield ResultEvent("echo: " + " | ".join(item.text for item in turn), "completed", ids)
 
 

@@ -8,6 +8,11 @@ Every call needs ``Authorization: Bearer $NANOHOST_API_TOKEN``.
 - websocket ``/api/groups/{group}/stream`` (``?after=<id>`` replays newer messages first): the same
   messages pushed as JSON (``{"type": "message", ...}``) plus ``{"type": "progress", "text"}`` events
 - ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries
+
+The web chat (``webchat``) serves the same conversation under ``/web`` with a session cookie
+instead of the token, so the work lives in functions taking the group and URL prefix
+(``messages_response``, ``stream_response``, ``file_response``, ``record``); the handlers here
+only find the group and pass ``/api``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from aiohttp import WSMsgType, web
 from sqlalchemy import select
 
 from nanohost.db.engine import transaction
-from nanohost.db.models import AgentGroup, Message
+from nanohost.db.models import AgentGroup, ChatBinding, Message
 from nanohost.router import Duplicate, InboundMessage, Router
 
 ROUTER = web.AppKey("router", Router)
@@ -55,7 +60,8 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-def message_json(message: Message, group: str) -> dict[str, Any]:
+def message_json(message: Message, group: str, prefix: str = "/api") -> dict[str, Any]:
+    """A message as the API and the web chat show it; file URLs live under the caller's ``prefix``."""
     return {
         "id": message.id,
         "direction": message.direction,
@@ -63,7 +69,7 @@ def message_json(message: Message, group: str) -> dict[str, Any]:
         "sender": message.sender,
         "status": message.status,
         "files": [
-            {"name": str(a.get("name", "")), "url": f"/api/groups/{group}/files/{message.id}/{i}"}
+            {"name": str(a.get("name", "")), "url": f"{prefix}/groups/{group}/files/{message.id}/{i}"}
             for i, a in enumerate(message.attachments)
             if isinstance(a, dict)
         ],
@@ -71,19 +77,25 @@ def message_json(message: Message, group: str) -> dict[str, Any]:
     }
 
 
-def _group(request: web.Request) -> AgentGroup:
+def find_group(request: web.Request, channel: str | None = None) -> AgentGroup:
+    """The group named in the URL, or 404; with ``channel``, only a group bound on that channel
+    (the web chat may use only groups with a web binding)."""
     router = request.app[ROUTER]
     name = request.match_info["group"]
+    query = select(AgentGroup).where(AgentGroup.name == name)
+    if channel is not None:
+        query = query.join(ChatBinding).where(ChatBinding.channel == channel)
     with transaction(router.orchestrator.ctx.db) as db:
-        group = db.scalar(select(AgentGroup).where(AgentGroup.name == name))
+        group = db.scalar(query.limit(1))
     if group is None:
+        where = f" with a {channel} binding" if channel else ""
         raise web.HTTPNotFound(
-            text=json.dumps({"error": f"no group named {name!r}"}), content_type="application/json"
+            text=json.dumps({"error": f"no group named {name!r}{where}"}), content_type="application/json"
         )
     return group
 
 
-def _messages_after(request: web.Request, group: AgentGroup, after: int) -> list[dict[str, Any]]:
+def _messages_after(request: web.Request, group: AgentGroup, after: int, prefix: str) -> list[dict[str, Any]]:
     with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
         rows = db.scalars(
             select(Message)
@@ -91,11 +103,31 @@ def _messages_after(request: web.Request, group: AgentGroup, after: int) -> list
             .order_by(Message.id)
             .limit(PAGE)
         ).all()
-        return [message_json(m, group.name) for m in rows]
+        return [message_json(m, group.name, prefix) for m in rows]
+
+
+def text_error(text: object) -> web.Response | None:
+    """Why ``text`` cannot be a message (400/413), or None when it can."""
+    if not isinstance(text, str) or not text.strip():
+        return _error(400, '"text" must be a non-empty string')
+    if len(text) > MAX_TEXT:
+        return _error(413, f'"text" is longer than {MAX_TEXT} characters')
+    return None
+
+
+async def record(
+    request: web.Request, inbound: InboundMessage, group: AgentGroup, chat_key: str | None = None
+) -> web.Response:
+    """Hand ``inbound`` to the router: ``201 {"id"}``, or 409 for a repeated client id."""
+    try:
+        message_id = await request.app[ROUTER].to_group(group.name, inbound, chat_key=chat_key)
+    except Duplicate as exc:
+        return _error(409, str(exc))
+    return web.json_response({"id": message_id}, status=201)
 
 
 async def post_message(request: web.Request) -> web.Response:
-    group = _group(request)
+    group = find_group(request)
     try:
         body = await request.json()
     except ValueError:
@@ -103,21 +135,16 @@ async def post_message(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         return _error(400, "body must be a JSON object")
     text, sender = body.get("text"), body.get("sender", "api")
-    if not isinstance(text, str) or not text.strip():
-        return _error(400, '"text" must be a non-empty string')
-    if len(text) > MAX_TEXT:
-        return _error(413, f'"text" is longer than {MAX_TEXT} characters')
+    if (refused := text_error(text)) is not None:
+        return refused
     if not isinstance(sender, str) or not 0 < len(sender) <= 128:
         return _error(400, '"sender" must be a string of 1-128 characters')
     platform_id = body.get("client_id")
     if platform_id is not None and not isinstance(platform_id, str):
         return _error(400, '"client_id" must be a string')
-    inbound = InboundMessage("api", group.name, sender, text, platform_message_id=platform_id)
-    try:
-        message_id = await request.app[ROUTER].to_group(group.name, inbound)
-    except Duplicate as exc:
-        return _error(409, str(exc))
-    return web.json_response({"id": message_id}, status=201)
+    return await record(
+        request, InboundMessage("api", group.name, sender, str(text), platform_message_id=platform_id), group
+    )
 
 
 def _number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
@@ -138,27 +165,27 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
     return value
 
 
-async def get_messages(request: web.Request) -> web.Response:
-    group = _group(request)
+async def messages_response(request: web.Request, group: AgentGroup, prefix: str) -> web.Response:
+    """``GET …/messages?after=&wait=``: messages newer than ``after``, long-polling up to ``wait`` s."""
     after = int(_number(request, "after", 0, 0, 2**62))
     wait = _number(request, "wait", 0, 0, MAX_WAIT)
     bus = request.app[ROUTER].orchestrator.ctx.bus
     queue = bus.subscribe(group.id)  # subscribe before reading, so nothing slips in between
     try:
-        messages = _messages_after(request, group, after)
+        messages = _messages_after(request, group, after, prefix)
         deadline = time.monotonic() + wait
         while not messages and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(asyncio.TimeoutError):
                 event = await asyncio.wait_for(queue.get(), left)
                 if event.get("type") == "message":
-                    messages = _messages_after(request, group, after)
+                    messages = _messages_after(request, group, after, prefix)
     finally:
         bus.unsubscribe(group.id, queue)
     return web.json_response({"messages": messages})
 
 
-async def stream(request: web.Request) -> web.WebSocketResponse:
-    group = _group(request)
+async def stream_response(request: web.Request, group: AgentGroup, prefix: str) -> web.WebSocketResponse:
+    """Websocket ``…/stream?after=``: replay newer messages, then push messages and progress."""
     after = int(_number(request, "after", -1, -1, 2**62))
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
@@ -167,7 +194,7 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
     last = after
     try:
         if after >= 0:
-            for message in _messages_after(request, group, after):
+            for message in _messages_after(request, group, after, prefix):
                 await ws.send_json({"type": "message", **message})
                 last = message["id"]
         else:
@@ -177,30 +204,32 @@ async def stream(request: web.Request) -> web.WebSocketResponse:
                 )
             last = newest or 0
         receiver = asyncio.ensure_future(ws.receive())
-        while not ws.closed:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if receiver in done:
-                getter.cancel()
-                if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
-                    break
-                receiver = asyncio.ensure_future(ws.receive())
-                continue
-            event = getter.result()
-            if event.get("type") == "message":
-                for message in _messages_after(request, group, last):
-                    await ws.send_json({"type": "message", **message})
-                    last = message["id"]
-            else:
-                await ws.send_json(event)
-        receiver.cancel()
+        getter = asyncio.ensure_future(queue.get())
+        try:
+            while not ws.closed:
+                done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    event, getter = getter.result(), asyncio.ensure_future(queue.get())
+                    if event.get("type") == "message":
+                        for message in _messages_after(request, group, last, prefix):
+                            await ws.send_json({"type": "message", **message})
+                            last = message["id"]
+                    elif event.get("type") == "progress":
+                        await ws.send_json(event)
+                if receiver in done:
+                    if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
+                        break
+                    receiver = asyncio.ensure_future(ws.receive())
+        finally:  # also when the host shuts down under an open socket: no task is left pending
+            receiver.cancel()
+            getter.cancel()
     finally:
         bus.unsubscribe(group.id, queue)
     return ws
 
 
-async def get_file(request: web.Request) -> web.StreamResponse:
-    group = _group(request)
+async def file_response(request: web.Request, group: AgentGroup) -> web.StreamResponse:
+    """``…/files/{message_id}/{index}``: a file a message of ``group`` carries, as a download."""
     try:
         message_id, index = int(request.match_info["message_id"]), int(request.match_info["index"])
     except ValueError:
@@ -214,6 +243,18 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     if not await asyncio.to_thread(path.is_file):
         return _error(404, "the file is no longer there")
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+
+
+async def get_messages(request: web.Request) -> web.Response:
+    return await messages_response(request, find_group(request), "/api")
+
+
+async def stream(request: web.Request) -> web.WebSocketResponse:
+    return await stream_response(request, find_group(request), "/api")
+
+
+async def get_file(request: web.Request) -> web.StreamResponse:
+    return await file_response(request, find_group(request))
 
 
 def add_routes(app: web.Application) -> None:

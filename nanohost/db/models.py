@@ -163,6 +163,8 @@ class Message(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     attachments: Mapped[list[Any]] = mapped_column(default=list)
     platform_message_id: Mapped[str | None] = mapped_column(String(128))
+    thread_id: Mapped[str | None] = mapped_column(String(128))
+    """Where in the chat the message lives (a Slack thread); replies go to the same place."""
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -171,6 +173,7 @@ class Message(Base):
     __table_args__ = (
         CheckConstraint("direction IN ('in', 'out')", name="ck_message_direction"),
         Index("ix_messages_group_id", "group_id", "id"),
+        Index("ix_messages_chat_status", "channel", "chat_id", "status"),
         Index(
             "uq_inbound_platform_id",
             "channel",
@@ -202,3 +205,14 @@ class ScheduledTask(Base):
     __table_args__ = (
         CheckConstraint("status IN ('active', 'paused', 'cancelled', 'done')", name="ck_task_status"),
     )
+
+
+class ChannelState(Base):
+    """Small durable values a channel keeps across restarts (Telegram's update offset)."""
+
+    __tablename__ = "channel_state"
+
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

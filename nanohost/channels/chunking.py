@@ -1,0 +1,87 @@
+"""Splitting a long reply into messages a platform accepts, in order, without breaking code.
+
+Each piece is at most ``limit`` characters. Splits prefer, in order: a paragraph break, a line
+break, a space, and only then a hard cut. A fenced code block (```) is never left open: when a
+split has to fall inside one, the piece closes the fence and the next piece reopens it with the
+same info string, so every piece renders on its own. Joining the pieces gives back the text,
+apart from those added fence lines and the whitespace at the split points.
+"""
+
+from __future__ import annotations
+
+import re
+
+_FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
+_BREAKS = ("\n\n", "\n", " ")
+
+
+def _open_fence(text: str) -> str | None:
+    """The opening line of the fence still open at the end of ``text``, or None."""
+    opening: str | None = None
+    marker = ""
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if not match:
+            continue
+        if opening is None:
+            opening, marker = line.strip(), match.group(1)
+        elif match.group(1).startswith(marker[0]) and len(match.group(1)) >= len(marker):
+            if not match.group(2).strip():
+                opening = None
+    return opening
+
+
+def _cut(text: str, room: int) -> int:
+    """Where to end a piece of at most ``room`` characters: the latest good break point."""
+    if len(text) <= room:
+        return len(text)
+    window = text[: room + 1]
+    for separator in _BREAKS:
+        at = window.rfind(separator, 0, room + 1)
+        if at > room // 4:  # a break too near the start would make tiny pieces
+            return at
+    return room
+
+
+def _closing(fence: str) -> str:
+    match = _FENCE.match(fence)
+    return match.group(1) if match else "```"
+
+
+def _rest(body: str, end: int) -> str:
+    """What follows a cut at ``end``, without the break it was made at."""
+    if body.startswith("\n", end):
+        return body[end:].lstrip("\n")
+    if body.startswith(" ", end):
+        return body[end + 1 :]
+    return body[end:]
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Split ``text`` into pieces of at most ``limit`` characters (see the module docstring)."""
+    if limit < 32:
+        raise ValueError("limit must be at least 32 characters")
+    pieces: list[str] = []
+    carry = ""  # the fence line that reopens a code block cut at the previous split
+    rest = text.strip("\n")
+    while rest:
+        body = carry + rest
+        if len(body) <= limit:
+            pieces.append(body)
+            break
+        end = _cut(body, limit)
+        fence = _open_fence(body[:end])
+        if fence is not None:  # make room to close the block in this piece
+            end = _cut(body, limit - len(_closing(fence)) - 1)
+            fence = _open_fence(body[:end])
+        if end <= len(carry):  # no break point after the reopened fence: cut hard
+            end = limit - (len(_closing(fence)) + 1 if fence else 0)
+        piece = body[:end].rstrip()
+        rest = _rest(body, end)
+        carry = ""
+        if fence is not None:
+            piece += "\n" + _closing(fence)
+            carry = fence + "\n"
+        if piece.strip():
+            pieces.append(piece)
+    return pieces

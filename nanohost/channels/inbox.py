@@ -1,0 +1,68 @@
+"""Files users send the agent land in the group folder's ``inbox/``, under names that are safe.
+
+A platform's file name is untrusted input: it may carry path components, ``..``, control
+characters, a leading dot, or thousands of characters. ``safe_name`` keeps only the last path
+component, replaces anything outside a conservative set, bounds the length (keeping the
+extension) and never returns an empty or hidden name. ``save_incoming`` never overwrites: a taken
+name gets ``-1``, ``-2``, … before its extension, claimed atomically with ``O_EXCL``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from pathlib import Path, PurePath
+
+from nanohost.containers.backend import hand_to_agent
+
+INBOX = "inbox"
+MAX_NAME = 100
+_UNSAFE = re.compile(r"[^\w.\- ()+,@=]+", re.UNICODE)
+
+
+def safe_name(name: str) -> str:
+    """A file name with no path, no control characters, at most ``MAX_NAME`` characters."""
+    name = unicodedata.normalize("NFC", name)
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
+    name = _UNSAFE.sub("_", name).strip(" .")
+    name = name.lstrip("-")
+    if not name or set(name) <= {"_", "."}:
+        name = "file"
+    stem, suffix = _split(name)
+    if len(name) > MAX_NAME:
+        suffix = suffix[:16]
+        name = stem[: MAX_NAME - len(suffix)].rstrip(" .") + suffix
+    return name
+
+
+def _split(name: str) -> tuple[str, str]:
+    suffix = PurePath(name).suffix
+    if not suffix or suffix == name:
+        return name, ""
+    return name[: -len(suffix)], suffix
+
+
+def save_incoming(group_folder: Path, name: str, data: bytes) -> str:
+    """Write ``data`` to ``inbox/<safe name>`` (never overwriting); returns the folder-relative path."""
+    inbox = group_folder / INBOX
+    if inbox.is_symlink():  # the agent owns the folder; a link must not steer host writes elsewhere
+        inbox.unlink()
+    if not inbox.is_dir():
+        inbox.mkdir(parents=True)
+        hand_to_agent(inbox)
+    base = safe_name(name)
+    stem, suffix = _split(base)
+    for n in range(10_000):
+        candidate = base if n == 0 else f"{stem[: MAX_NAME - len(suffix) - 6]}-{n}{suffix}"
+        path = inbox / candidate
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        hand_to_agent(path)
+        return f"{INBOX}/{candidate}"
+    raise OSError(f"no free name for {base!r} in {inbox}")

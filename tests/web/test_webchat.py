@@ -1,0 +1,289 @@
+"""The web chat's edges without a browser: the password gate, cookies, CSRF, uploads, bindings.
+
+Runs the real host app (real SQLite, real router and inbox) on a fake container backend: messages
+are recorded and queued but no container starts, so no Docker engine is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import FormData
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select
+
+from nanohost.channels.web_auth import COOKIE, SESSION_SECONDS
+from nanohost.db import make_engine, make_session_factory
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentGroup, Message
+from nanohost.settings import Settings, load_settings
+from tests.web.conftest import PASSWORD, StartClient, set_web_password, web_auth
+
+CSRF = {"X-Nanohost": "1"}
+DATA_ENDPOINTS = [
+    ("GET", "/web/groups"),
+    ("GET", "/web/groups/team/messages"),
+    ("POST", "/web/groups/team/messages"),
+    ("GET", "/web/groups/team/stream"),
+    ("GET", "/web/groups/team/files/1/0"),
+]
+
+
+async def log_in(client: TestClient, password: str = PASSWORD) -> int:
+    response = await client.post("/web/login", json={"password": password})
+    return response.status
+
+
+def messages(settings: Settings) -> list[Message]:
+    engine = make_engine(settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        rows = list(db.scalars(select(Message).order_by(Message.id)))
+        db.expunge_all()
+    engine.dispose()
+    return rows
+
+
+def inbox(settings: Settings, group: str = "team") -> list[Path]:
+    folder = settings.groups_dir / group / "inbox"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize(("method", "path"), DATA_ENDPOINTS)
+async def test_every_data_endpoint_needs_a_session(client: TestClient, method: str, path: str) -> None:
+    response = await client.request(method, path, json={"text": "hi"}, headers=CSRF)
+    assert response.status == 401
+    assert (await response.json())["error"] == "log in first"
+
+
+async def test_without_a_session_the_page_is_the_login_form(client: TestClient) -> None:
+    response = await client.get("/")
+    assert response.status == 200
+    html = await response.text()
+    assert 'id="login"' in html and 'id="composer"' not in html
+    assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+
+
+async def test_login_sets_a_strict_http_only_cookie_and_opens_the_chat(client: TestClient) -> None:
+    response = await client.post("/web/login", json={"password": PASSWORD})
+    assert response.status == 200
+    cookie = response.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/"
+    assert cookie["max-age"] == str(SESSION_SECONDS)
+    assert 'id="composer"' in await (await client.get("/")).text()
+    groups = await (await client.get("/web/groups")).json()
+    assert groups == {"groups": ["team"], "max_attachment_bytes": 4096}
+
+
+async def test_form_login_redirects_to_the_chat(client: TestClient) -> None:
+    response = await client.post("/web/login", data={"password": PASSWORD}, allow_redirects=False)
+    assert response.status == 303 and response.headers["Location"] == "/"
+    assert (await client.get("/web/groups")).status == 200
+
+
+@pytest.mark.parametrize("body", [{"password": "wrong"}, {"password": ""}, {"password": 5}, {}])
+async def test_wrong_password_is_refused(client: TestClient, body: dict[str, object]) -> None:
+    started = time.monotonic()
+    response = await client.post("/web/login", json=body)
+    assert response.status == 401
+    assert time.monotonic() - started >= 0.4  # guessing is slow
+    assert COOKIE not in response.cookies
+    assert (await client.get("/web/groups")).status == 401
+
+
+def _tampered(value: str) -> list[str]:
+    expires, nonce, signature = value.split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    return [
+        f"{int(expires) + 1}.{nonce}.{signature}",  # a later expiry, same signature
+        f"{expires}.{nonce}x.{signature}",
+        f"{expires}.{nonce}.{flipped}",
+        f"{expires}.{nonce}.",
+        "garbage",
+        "",
+    ]
+
+
+async def test_a_tampered_or_expired_cookie_is_refused(client: TestClient, web_settings: Settings) -> None:
+    assert await log_in(client) == 200
+    good = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    with web_auth(web_settings) as auth:
+        expired = auth.issue_cookie(now=time.time() - SESSION_SECONDS - 1)
+    for value in [*_tampered(good), expired]:
+        client.session.cookie_jar.clear()
+        client.session.cookie_jar.update_cookies({COOKIE: value})
+        assert (await client.get("/web/groups")).status == 401, value
+        assert 'id="login"' in await (await client.get("/")).text()
+    client.session.cookie_jar.update_cookies({COOKIE: good})
+    assert (await client.get("/web/groups")).status == 200
+
+
+async def test_a_new_password_ends_every_session(client: TestClient, web_settings: Settings) -> None:
+    assert await log_in(client) == 200
+    set_web_password(web_settings, "a brand new password")
+    assert (await client.get("/web/groups")).status == 401
+    assert await log_in(client) == 401
+    assert await log_in(client, "a brand new password") == 200
+
+
+async def test_logout_forgets_the_cookie(client: TestClient) -> None:
+    assert await log_in(client) == 200
+    assert (await client.post("/web/logout")).status == 403  # no CSRF header
+    assert (await client.post("/web/logout", headers=CSRF)).status == 200
+    assert (await client.get("/web/groups")).status == 401
+
+
+async def test_without_a_password_nothing_is_open(host_env: Path, start_client: StartClient) -> None:
+    client = await start_client(load_settings())
+    page = await client.get("/")
+    assert page.status == 503
+    html = await page.text()
+    assert "nanohost setup" in html and 'id="login"' not in html
+    refused = await client.post("/web/login", json={"password": ""})
+    assert refused.status == 503 and "nanohost setup" in (await refused.json())["error"]
+    for method, path in DATA_ENDPOINTS:
+        assert (await client.request(method, path, headers=CSRF)).status == 401
+
+
+async def test_post_json_and_read_it_back(client: TestClient, web_settings: Settings) -> None:
+    assert await log_in(client) == 200
+    response = await client.post("/web/groups/team/messages", json={"text": "hello"})
+    assert response.status == 201
+    message_id = (await response.json())["id"]
+    listed = (await (await client.get("/web/groups/team/messages?after=0")).json())["messages"]
+    assert [(m["id"], m["text"], m["sender"], m["direction"]) for m in listed] == [
+        (message_id, "hello", "web", "in")
+    ]
+    (row,) = messages(web_settings)
+    assert (row.channel, row.chat_id) == ("web", "team")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"), [({"text": "  "}, 400), ({"text": 5}, 400), ({"text": "x" * 100_001}, 413)]
+)
+async def test_bad_text_is_refused(
+    client: TestClient, web_settings: Settings, body: dict[str, object], status: int
+) -> None:
+    assert await log_in(client) == 200
+    assert (await client.post("/web/groups/team/messages", json=body)).status == status
+    assert messages(web_settings) == []
+
+
+async def test_a_state_change_without_the_csrf_header_is_403(
+    client: TestClient, web_settings: Settings
+) -> None:
+    assert await log_in(client) == 200
+    form = FormData()
+    form.add_field("text", "from another site")
+    form.add_field("file", b"data", filename="x.txt")
+    for data in (form, {"text": "from another site"}):  # multipart, and a plain urlencoded form
+        response = await client.post("/web/groups/team/messages", data=data)
+        assert response.status == 403
+        assert "X-Nanohost" in (await response.json())["error"]
+    assert messages(web_settings) == [] and inbox(web_settings) == []
+
+
+async def test_a_websocket_from_another_origin_is_refused(client: TestClient) -> None:
+    assert await log_in(client) == 200
+    response = await client.get("/web/groups/team/stream", headers={"Origin": "https://evil.example"})
+    assert response.status == 403
+    async with client.ws_connect("/web/groups/team/stream?after=0") as ws:  # same origin: fine
+        await client.post("/web/groups/team/messages", json={"text": "live"})
+        event = await ws.receive_json(timeout=10)
+        assert (event["type"], event["text"]) == ("message", "live")
+
+
+def _upload(name: str, data: bytes, text: str = "") -> FormData:
+    form = FormData()
+    form.add_field("text", text)
+    form.add_field("file", data, filename=name, content_type="application/octet-stream")
+    return form
+
+
+async def test_an_upload_lands_in_the_inbox(client: TestClient, web_settings: Settings) -> None:
+    assert await log_in(client) == 200
+    response = await client.post("/web/groups/team/messages", data=_upload("notes.txt", b"abc"), headers=CSRF)
+    assert response.status == 201, await response.text()
+    assert [p.name for p in inbox(web_settings)] == ["notes.txt"]
+    assert inbox(web_settings)[0].read_bytes() == b"abc"
+    (row,) = messages(web_settings)
+    assert (row.text, row.attachments) == ("(sent a file)", ["inbox/notes.txt"])
+
+
+async def test_a_file_name_with_path_tricks_stays_in_the_inbox(
+    client: TestClient, web_settings: Settings
+) -> None:
+    assert await log_in(client) == 200
+    body = (  # raw, as a hostile client writes it (aiohttp's own client would quote the slashes)
+        b'--B\r\nContent-Disposition: form-data; name="text"\r\n\r\nlook\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="../../etc/passwd"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\nnot really\r\n--B--\r\n"
+    )
+    headers = {**CSRF, "Content-Type": "multipart/form-data; boundary=B"}
+    response = await client.post("/web/groups/team/messages", data=body, headers=headers)
+    assert response.status == 201
+    (saved,) = inbox(web_settings)
+    assert saved.name == "passwd" and saved.read_bytes() == b"not really"
+    assert saved.resolve().parent == (web_settings.groups_dir / "team" / "inbox").resolve()
+    assert not (web_settings.groups_dir / "etc").exists()
+    (row,) = messages(web_settings)
+    assert (row.text, row.attachments) == ("look", ["inbox/passwd"])
+
+
+async def test_an_upload_over_the_limit_is_413_and_writes_nothing(
+    client: TestClient, web_settings: Settings
+) -> None:
+    assert await log_in(client) == 200
+    for size in (4097, 200_000):  # just over (read and cut off), and far over (refused by its length)
+        form = _upload("big.bin", b"x" * size, text="too big")
+        response = await client.post("/web/groups/team/messages", data=form, headers=CSRF)
+        assert response.status == 413
+        assert "larger than the 0.00390625 MiB limit" in (await response.json())["error"]
+    assert inbox(web_settings) == [] and messages(web_settings) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [(m, p.replace("/team/", "/other/")) for m, p in DATA_ENDPOINTS[1:]]
+    + [(m, p.replace("/team/", "/ghost/")) for m, p in DATA_ENDPOINTS[1:]],
+)
+async def test_a_group_without_a_web_binding_is_404(
+    client: TestClient, web_settings: Settings, method: str, path: str
+) -> None:
+    assert await log_in(client) == 200
+    response = await client.request(method, path, json={"text": "hi"})
+    assert response.status == 404
+    assert "web binding" in (await response.json())["error"]
+    assert messages(web_settings) == []
+
+
+async def test_files_the_agent_sent_can_be_downloaded(
+    client: TestClient, web_settings: Settings, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.txt"
+    report.write_bytes(b"the report")
+    engine = make_engine(web_settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
+        row = Message(
+            group_id=team.id,
+            direction="out",
+            channel="web",
+            chat_id="team",
+            text="here",
+            attachments=[{"path": str(report), "name": "report.txt"}],
+            status="delivered",
+        )
+        db.add(row)
+        db.flush()
+        message_id = row.id
+    engine.dispose()
+    assert await log_in(client) == 200
+    (listed,) = (await (await client.get("/web/groups/team/messages")).json())["messages"]
+    url = f"/web/groups/team/files/{message_id}/0"
+    assert listed["files"] == [{"name": "report.txt", "url": url}]
+    download = await client.get(url)
+    assert download.status == 200 and await download.read() == b"the report"
+    assert "attachment" in download.headers["Content-Disposition"]
+    assert (await client.get(f"/web/groups/team/files/{message_id}/1")).status == 404
