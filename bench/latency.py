@@ -171,12 +171,17 @@ async def main() -> None:
             report("codex agent", cold, warm, subtract=statistics.median(direct))
         finally:
             await model.close()
-        import docker
+        remove_bench_containers()
 
-        client = docker.from_env()
-        for container in client.containers.list(all=True, filters={"label": "nanohost.group=bench"}):
-            container.remove(force=True)
-        client.close()
+
+def remove_bench_containers() -> None:
+    """The benchmark's containers outlive its host; remove them."""
+    import docker
+
+    client = docker.from_env()
+    for container in client.containers.list(all=True, filters={"label": "nanohost.group=bench"}):
+        container.remove(force=True)
+    client.close()
 
 
 if __name__ == "__main__":

@@ -1,16 +1,14 @@
 """The composition root: builds the host from settings and tears it down in reverse.
 
 settings → database → container backend → gateway → provider contributions → orchestrator
-(sessions, sweeper) → router → chat channels
-→ delivery → HTTP app (API and web chat). Each resource is set up and cleaned up in
-one ``cleanup_ctx`` generator, so a failed start only undoes what it did. Nothing else builds
-host-wide objects; everything receives what it needs as arguments.
+(sessions, sweeper) → router → chat channels → delivery → HTTP app (API and web chat). Each
+resource is set up and cleaned up in one ``cleanup_ctx`` generator, so a failed start only undoes
+what it did. Nothing else builds host-wide objects; everything receives what it needs as arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,8 +17,7 @@ from aiohttp import web
 from sqlalchemy import Engine, text
 
 from nanohost.channels import api, webchat
-from nanohost.channels.base import ChannelAdapter, ChannelStartError
-from nanohost.channels.registry import enabled_channels
+from nanohost.channels.registry import Channels, enabled_channels
 from nanohost.containers.backend import ContainerBackend, DockerBackend
 from nanohost.db import engine as db_engine
 from nanohost.db import migrate
@@ -40,7 +37,7 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", Engine)
 BACKEND = web.AppKey("backend", ContainerBackend)
 ORCHESTRATOR = web.AppKey("orchestrator", Orchestrator)
-CHANNELS = web.AppKey("channels", dict[str, ChannelAdapter])
+CHANNELS = web.AppKey("channels", Channels)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -56,28 +53,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 def _contributions(settings: Settings) -> dict[str, ProviderContribution]:
     return {"codex": CodexContribution(settings.data_dir), "mock": MockContribution()}
-
-
-async def _start_channels(adapters: list[ChannelAdapter], router: Router) -> dict[str, ChannelAdapter]:
-    """Start every enabled chat platform at once; one that cannot start is logged and left off
-    while the others run."""
-
-    async def start(adapter: ChannelAdapter) -> bool:
-        try:
-            await adapter.start(router)
-        except ChannelStartError as exc:
-            log.error("channel %s is off: %s", adapter.name, exc)
-        except Exception:
-            log.exception("channel %s is off: it failed to start", adapter.name)
-        else:
-            log.info("channel %s is on", adapter.name)
-            return True
-        with contextlib.suppress(Exception):
-            await adapter.stop()
-        return False
-
-    started = await asyncio.gather(*(start(a) for a in adapters))
-    return {a.name: a for a, ok in zip(adapters, started, strict=True) if ok}
 
 
 def _host(backend_factory: Any) -> Any:
@@ -103,14 +78,15 @@ def _host(backend_factory: Any) -> Any:
         app[api.ROUTER] = router
         if settings.api_token:
             app[api.API_TOKEN] = settings.api_token.get_secret_value()
-        channels = await _start_channels(enabled_channels(settings, ctx.db), router)
+        channels = Channels(enabled_channels(settings, ctx.db), router)
+        await channels.start()
         app[CHANNELS] = channels
-        delivery = Delivery(ctx.db, ctx.bus, channels, typing_for=settings.turn_timeout)
+        # delivery sends through channels.running, which a late-starting channel joins
+        delivery = Delivery(ctx.db, ctx.bus, channels.running, typing_for=settings.turn_timeout)
         await delivery.start()
         yield
-        for adapter in channels.values():
-            await adapter.stop()
-        await delivery.close()
+        await delivery.close()  # first: no send is cut off half-way by its channel stopping
+        await channels.stop()
         await orchestrator.close()
         await gateway.stop()
         if isinstance(backend, DockerBackend):

@@ -93,18 +93,29 @@ class Delivery:
         self._typing.clear()
 
     async def _listen(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        """Act on each new row as it is announced, and rescan every ``RESCAN_EVERY`` seconds
+        whatever the traffic (a busy bus is exactly when a full queue drops events). A failure
+        (a locked database) is logged and the loop goes on: it must outlive any one event."""
+        next_rescan = time.monotonic() + RESCAN_EVERY
         try:
             while True:
-                try:
-                    async with asyncio.timeout(RESCAN_EVERY):
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, next_rescan - time.monotonic())):
                         event = await queue.get()
-                except TimeoutError:
-                    self.rescan()
-                    continue
-                if event.get("type") == "message" and isinstance(event.get("id"), int):
-                    self._on_message(event["id"])
+                        if event.get("type") == "message" and isinstance(event.get("id"), int):
+                            self._guarded(self._on_message, event["id"])
+                if time.monotonic() >= next_rescan:
+                    next_rescan = time.monotonic() + RESCAN_EVERY
+                    self._guarded(self.rescan)
         finally:
             self.bus.unsubscribe_all(queue)
+
+    @staticmethod
+    def _guarded(step: Callable[..., None], *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception:
+            log.exception("delivery: %s failed; carrying on", getattr(step, "__name__", step))
 
     def rescan(self) -> None:
         """Start a worker for every chat with pending rows on an enabled channel."""
@@ -173,9 +184,9 @@ class Delivery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._mark_failed(message_id, str(exc))
+                self._guarded(self._mark_failed, message_id, str(exc))
             else:
-                self._mark(message_id, "delivered", None)
+                self._guarded(self._mark, message_id, "delivered", None)
             self._poke_typing((channel, chat_id, thread_id))
 
     async def _send(self, adapter: ChannelAdapter, target: ChatTarget, text: str, files: list[Path]) -> None:
@@ -268,12 +279,17 @@ class Delivery:
         wake = self._typing_wake[key]
         deadline = time.monotonic() + self.typing_for
         target = ChatTarget(key[1], key[2])
-        while time.monotonic() < deadline and self._waiting(key):
-            try:
-                await adapter.typing(target)
-            except Exception as exc:  # a typing signal is a courtesy; never let it fail a turn
-                log.debug("typing signal to %s chat %s failed: %s", key[0], key[1], exc)
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(adapter.typing_interval):
-                    await wake.wait()
+        try:
+            while time.monotonic() < deadline and self._waiting(key):
+                try:
+                    await adapter.typing(target)
+                except Exception as exc:  # a typing signal is a courtesy; never let it fail a turn
+                    log.debug("typing signal to %s chat %s failed: %s", key[0], key[1], exc)
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(adapter.typing_interval):
+                        await wake.wait()
+        finally:
+            if self._typing_wake.get(key) is wake:  # forget the chat; a new message starts afresh
+                del self._typing_wake[key]
+                self._typing.pop(key, None)

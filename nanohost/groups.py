@@ -87,10 +87,11 @@ def create_group(
 def delete_group(session: Session, settings: Settings, name: str, *, keep_files: bool) -> AgentGroup:
     """Delete a group with its config, bindings, sessions and messages; its files unless kept."""
     group = get_group(session, name)
+    outboxes = [settings.data_dir / "outbox" / str(s.id) for s in group.sessions]
     session.delete(group)
     session.flush()
     if not keep_files:
-        for path in (settings.groups_dir / group.folder, settings.codex_homes_dir / group.folder):
+        for path in (settings.groups_dir / group.folder, settings.codex_homes_dir / group.folder, *outboxes):
             _remove_inside(path, parent=path.parent)
     return group
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from nanohost.containers.backend import LABEL_SESSION
 from nanohost.db.engine import transaction
@@ -46,24 +47,25 @@ class Orchestrator:
             await runtime.close()
         self.runtimes.clear()
 
-    def session_for(self, group: AgentGroup, chat_key: str | None) -> int:
-        """The session a message to ``group`` from ``chat_key`` belongs to (created when missing)."""
-        with transaction(self.ctx.db) as db:
-            same_chat = (
-                AgentSession.chat_key.is_(None) if chat_key is None else AgentSession.chat_key == chat_key
-            )
-            found = db.scalar(
-                select(AgentSession.id)
-                .where(AgentSession.group_id == group.id, same_chat)
-                .order_by(AgentSession.id.desc())
-                .limit(1)
-            )
-            if found is not None:
-                return int(found)
-            session = AgentSession(group_id=group.id, chat_key=chat_key)
-            db.add(session)
-            db.flush()
-            return session.id
+    def session_for(self, group: AgentGroup, chat_key: str | None, db: Session | None = None) -> int:
+        """The session a message to ``group`` from ``chat_key`` belongs to (created when missing),
+        in the caller's transaction ``db`` when given (one transaction per routed message)."""
+        if db is None:
+            with transaction(self.ctx.db) as own:
+                return self.session_for(group, chat_key, own)
+        same_chat = AgentSession.chat_key.is_(None) if chat_key is None else AgentSession.chat_key == chat_key
+        found = db.scalar(
+            select(AgentSession.id)
+            .where(AgentSession.group_id == group.id, same_chat)
+            .order_by(AgentSession.id.desc())
+            .limit(1)
+        )
+        if found is not None:
+            return int(found)
+        session = AgentSession(group_id=group.id, chat_key=chat_key)
+        db.add(session)
+        db.flush()
+        return session.id
 
     async def runtime(self, session_id: int) -> SessionRuntime:
         async with self._create_lock:

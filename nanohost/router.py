@@ -13,11 +13,13 @@ gets a reply that says why; nothing raises back into a channel's receive loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 
 from nanohost.bus import MessageBus
 from nanohost.channels.base import FileTooLarge, InboundMessage
@@ -69,27 +71,18 @@ class Router:
         chat_key: str | None = None,
     ) -> int:
         """Record ``message`` for the named group and queue it; returns the message id."""
-        db_factory = self.orchestrator.ctx.db
-        with transaction(db_factory) as db:
+        with transaction(self.orchestrator.ctx.db) as db:
             group = db.scalar(select(AgentGroup).where(AgentGroup.name == group_name))
             if group is None:
                 raise LookupError(f"no group named {group_name!r}")
-        session_id = self.orchestrator.session_for(group, chat_key)
+        return await self._record(group, message, chat_key)
+
+    async def _record(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> int:
+        """Record the message in its session (one transaction), then queue it for the agent."""
         try:
-            with transaction(db_factory) as db:
-                row = Message(
-                    group_id=group.id,
-                    session_id=session_id,
-                    direction="in",
-                    channel=message.channel,
-                    chat_id=message.chat_id,
-                    sender=message.sender,
-                    text=message.text,
-                    attachments=list(message.attachments),
-                    platform_message_id=message.platform_message_id,
-                    thread_id=message.thread_id,
-                    status="pending",
-                )
+            with transaction(self.orchestrator.ctx.db) as db:
+                session_id = self.orchestrator.session_for(group, chat_key, db)
+                row = _inbound_row(group.id, session_id, message, status="pending")
                 db.add(row)
                 db.flush()
                 message_id = row.id
@@ -126,16 +119,19 @@ class Router:
             return
         key = chat_key(message.channel, message.chat_id) if binding_mode == "per-chat" else None
         if len(message.text) > MAX_TEXT:
-            self._refuse(group, message, key, f"your message is longer than {MAX_TEXT:,} characters")
+            self._refuse(
+                group, message, key, f"your message is longer than {MAX_TEXT:,} characters", whole=True
+            )
             return
         attachments, refusals = await self._save_files(group, message, where)
-        if refusals:
-            self._refuse(group, message, key, "; ".join(refusals))
-            if not message.text.strip() and not attachments:
-                return
         if not message.text.strip() and not attachments:
-            log.info("%s: empty message; ignored", where)
+            if refusals:
+                self._refuse(group, message, key, "; ".join(refusals), whole=True)
+            else:
+                log.info("%s: empty message; ignored", where)
             return
+        if refusals:
+            self._refuse(group, message, key, "; ".join(refusals), whole=False)
         inbound = InboundMessage(
             channel=message.channel,
             chat_id=message.chat_id,
@@ -147,7 +143,7 @@ class Router:
             thread_id=message.thread_id,
         )
         try:
-            await self.to_group(group.name, inbound, chat_key=key)
+            await self._record(group, inbound, key)
         except Duplicate:
             log.info("%s: already received; ignored", where)
 
@@ -172,9 +168,9 @@ class Router:
     def _binding(self, message: InboundMessage) -> tuple[AgentGroup, str] | None:
         with transaction(self.orchestrator.ctx.db) as db:
             binding = db.scalar(
-                select(ChatBinding).where(
-                    ChatBinding.channel == message.channel, ChatBinding.chat_id == message.chat_id
-                )
+                select(ChatBinding)
+                .options(joinedload(ChatBinding.group).joinedload(AgentGroup.config))
+                .where(ChatBinding.channel == message.channel, ChatBinding.chat_id == message.chat_id)
             )
             if binding is None:
                 chat = (message.channel, message.chat_id)
@@ -187,16 +183,16 @@ class Router:
                         *chat,
                     )
                 return None
-            group = binding.group
-            _ = group.config  # loaded while the session is open
-            return group, binding.session_mode
+            return binding.group, binding.session_mode
 
     @staticmethod
     def _sender_allowed(group: AgentGroup, message: InboundMessage) -> bool:
+        """An allow-list entry matches the sender's platform id or unique user name, never the
+        display name (anyone can call themselves anything)."""
         allowed = {a.lower().lstrip("@") for a in group.config.allowed_senders}
         if not allowed:
             return True
-        names = {n.lower().lstrip("@") for n in (message.sender_id, message.sender) if n}
+        names = {n.lower().lstrip("@") for n in (message.sender_id, message.sender_handle) if n}
         return bool(allowed & names)
 
     @staticmethod
@@ -243,13 +239,25 @@ class Router:
                 log.warning("%s: could not download %r: %s", where, incoming.name, exc)
                 refusals.append(f"{incoming.name!r} could not be downloaded")
                 continue
-            saved.append(save_incoming(folder, incoming.name, data))
+            try:
+                saved.append(await asyncio.to_thread(save_incoming, folder, incoming.name, data))
+            except OSError as exc:
+                log.error("%s: could not save %r in %s: %s", where, incoming.name, folder, exc)
+                refusals.append(f"{incoming.name!r} could not be saved on the host")
         return saved, refusals
 
-    def _refuse(self, group: AgentGroup, message: InboundMessage, key: str | None, why: str) -> None:
-        """Tell the chat why (part of) its message was not passed on; delivery sends it."""
-        session_id = self.orchestrator.session_for(group, key)
+    def _refuse(
+        self, group: AgentGroup, message: InboundMessage, key: str | None, why: str, *, whole: bool
+    ) -> None:
+        """Tell the chat why (part of) its message was not passed on; delivery sends it.
+
+        A message refused whole is recorded too (status ``refused``), so the platform sending it
+        again is recognised as a duplicate and not answered twice.
+        """
         with transaction(self.orchestrator.ctx.db) as db:
+            session_id = self.orchestrator.session_for(group, key, db)
+            if whole:
+                db.add(_inbound_row(group.id, session_id, message, status="refused", error=why))
             row = Message(
                 group_id=group.id,
                 session_id=session_id,
@@ -266,6 +274,26 @@ class Router:
             message_id = row.id
         log.info("%s chat %s: refused: %s", message.channel, message.chat_id, why)
         self.bus.publish(group.id, {"type": "message", "id": message_id})
+
+
+def _inbound_row(
+    group_id: int, session_id: int, message: InboundMessage, *, status: str, error: str | None = None
+) -> Message:
+    """The host's record of an inbound message (text bounded for refused ones)."""
+    return Message(
+        group_id=group_id,
+        session_id=session_id,
+        direction="in",
+        channel=message.channel,
+        chat_id=message.chat_id,
+        thread_id=message.thread_id,
+        sender=message.sender,
+        text=message.text if status != "refused" else message.text[:2000],
+        attachments=list(message.attachments),
+        platform_message_id=message.platform_message_id,
+        status=status,
+        error=error,
+    )
 
 
 def _size(size: int) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from nanohost.agent_files import keep_copy
 from nanohost.bus import MessageBus
 from nanohost.containers.backend import (
     LABEL_GROUP,
@@ -451,12 +452,13 @@ class SessionRuntime:
         if row.kind == "file":
             text = str(payload.get("caption") or "")
             try:
-                host_path = self.host_path(str(payload.get("path", "")), group)
+                source = self.host_path(str(payload.get("path", "")), group)
+                kept = keep_copy(source, self._roots(group), self.outbox, str(row.id))
             except ValueError as exc:
                 log.error("session %s: refused file from the agent: %s", self.session_id, exc)
                 text = f"(the agent tried to send a file that is not allowed: {exc})"
             else:
-                attachments.append({"path": str(host_path), "name": host_path.name})
+                attachments.append({"path": str(kept), "name": source.name})
         message_id = self._add_outbound(db, target, "agent", text, attachments)
         return [{"type": "message", "id": message_id}]
 
@@ -493,13 +495,22 @@ class SessionRuntime:
         tmp.write_text(json.dumps(listing, indent=2))
         tmp.replace(path)
 
+    def _roots(self, group: AgentGroup) -> list[Path]:
+        return [self.ctx.settings.groups_dir / group.folder, self.dir]
+
+    @property
+    def outbox(self) -> Path:
+        """Host-owned copies of the files this session's agent sent (no container mounts it)."""
+        return self.ctx.settings.data_dir / "outbox" / str(self.session_id)
+
     def host_path(self, container_path: str, group: AgentGroup) -> Path:
-        """Map a container path of a file to send onto the host, refusing anything outside the mounts."""
+        """Map a container path of a file to send onto the host, refusing anything outside the mounts.
+
+        The answer is only a first check: the agent can still swap the file afterwards, so the
+        caller copies it with ``agent_files.keep_copy``, which checks what it actually opened.
+        """
         path = PurePosixPath(container_path)
-        roots = {
-            WORKSPACE: self.ctx.settings.groups_dir / group.folder,
-            SESSION_MOUNT: self.dir,
-        }
+        roots = dict(zip((WORKSPACE, SESSION_MOUNT), self._roots(group), strict=True))
         for inside, host_root in roots.items():
             if path == inside or inside in path.parents:
                 candidate = (host_root / path.relative_to(inside)).resolve()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests drive for real: a Docker engine (started without a bridge, since agent
 # containers have no network), debootstrap for the registry-less base image, Node/npm for the
-# pinned Codex CLI, Debian's Chromium for the web chat's browser tests. Idempotent: it only installs what is missing.
+# pinned Codex CLI, Debian's Chromium (and a font) for the web chat's browser tests.
+# Idempotent: it only installs what is missing.
 # Without root it installs nothing and says what is missing; tests that need it then skip loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v npm >/dev/null || need+=(nodejs npm)
-[[ -x /usr/bin/chromium ]] || need+=(chromium)
+[[ -x /usr/bin/chromium ]] || need+=(chromium fonts-dejavu-core)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -7,7 +7,8 @@ Every call needs ``Authorization: Bearer $NANOHOST_API_TOKEN``.
   long-polling up to ``wait`` seconds (at most 60) for something newer than ``after``
 - websocket ``/api/groups/{group}/stream`` (``?after=<id>`` replays newer messages first): the same
   messages pushed as JSON (``{"type": "message", ...}``) plus ``{"type": "progress", "text"}`` events
-- ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries
+- ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries: one the agent
+  sent, or one a user sent (kept in the group folder's ``inbox/``, served only from there)
 
 The web chat (``webchat``) serves the same conversation under ``/web`` with a session cookie
 instead of the token, so the work lives in functions taking the group and URL prefix
@@ -21,12 +22,15 @@ import asyncio
 import contextlib
 import hmac
 import json
+import os
+import stat
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy import select
 
 from nanohost.db.engine import transaction
@@ -35,9 +39,12 @@ from nanohost.router import Duplicate, InboundMessage, Router
 
 ROUTER = web.AppKey("router", Router)
 API_TOKEN = web.AppKey("api_token", str)
+STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
+"""The open stream sockets, closed when the host shuts down (else shutdown waits out its timeout)."""
 MAX_TEXT = 100_000
 MAX_WAIT = 60.0
 PAGE = 200
+CHUNK = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,17 +69,22 @@ async def require_token(request: web.Request, handler: Handler) -> web.StreamRes
 
 def message_json(message: Message, group: str, prefix: str = "/api") -> dict[str, Any]:
     """A message as the API and the web chat show it; file URLs live under the caller's ``prefix``."""
+    files = []
+    for i, attachment in enumerate(message.attachments):
+        if isinstance(attachment, dict):  # a file the agent sent: {"path", "name"}
+            name = str(attachment.get("name", ""))
+        elif isinstance(attachment, str):  # a file a user sent: "inbox/x.txt" in the group folder
+            name = PurePosixPath(attachment).name
+        else:
+            continue
+        files.append({"name": name, "url": f"{prefix}/groups/{group}/files/{message.id}/{i}"})
     return {
         "id": message.id,
         "direction": message.direction,
         "text": message.text,
         "sender": message.sender,
         "status": message.status,
-        "files": [
-            {"name": str(a.get("name", "")), "url": f"{prefix}/groups/{group}/files/{message.id}/{i}"}
-            for i, a in enumerate(message.attachments)
-            if isinstance(a, dict)
-        ],
+        "files": files,
         "created_at": message.created_at.isoformat() + "Z",
     }
 
@@ -192,6 +204,8 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
     bus = request.app[ROUTER].orchestrator.ctx.bus
     queue = bus.subscribe(group.id)
     last = after
+    streams = request.app.get(STREAMS, set())
+    streams.add(ws)
     try:
         if after >= 0:
             for message in _messages_after(request, group, after, prefix):
@@ -224,8 +238,19 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
             receiver.cancel()
             getter.cancel()
     finally:
+        streams.discard(ws)
         bus.unsubscribe(group.id, queue)
     return ws
+
+
+async def close_streams(app: web.Application) -> None:
+    """On shutdown, close every open stream (1001 "going away"): a browser reconnects at once to
+    the next host, and shutdown does not wait for sockets that would otherwise stay open."""
+    streams = list(app.get(STREAMS, ()))
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"host shutting down") for ws in streams),
+        return_exceptions=True,
+    )
 
 
 async def file_response(request: web.Request, group: AgentGroup) -> web.StreamResponse:
@@ -237,12 +262,75 @@ async def file_response(request: web.Request, group: AgentGroup) -> web.StreamRe
     with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
         message = db.get(Message, message_id)
         attachments = list(message.attachments) if message and message.group_id == group.id else []
-    if not 0 <= index < len(attachments) or not isinstance(attachments[index], dict):
+    if not 0 <= index < len(attachments) or not isinstance(attachments[index], (dict, str)):
         return _error(404, "no such file")
-    path = Path(str(attachments[index].get("path", "")))
+    attachment = attachments[index]
+    if isinstance(attachment, str):
+        folder = request.app[ROUTER].orchestrator.ctx.settings.groups_dir / group.folder
+        return await _inbox_file_response(request, folder, attachment)
+    path = Path(str(attachment.get("path", "")))
     if not await asyncio.to_thread(path.is_file):
         return _error(404, "the file is no longer there")
-    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+    return web.FileResponse(path, headers={"Content-Disposition": _disposition(path.name)})
+
+
+def _disposition(name: str) -> str:
+    """``Content-Disposition`` for a download named ``name``, quoted so no name can break the header."""
+    if name.isascii() and name.isprintable() and not set(name) & set('"\\;%'):
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def open_inbox_file(folder: Path, relative: str) -> int | None:
+    """An open descriptor of the regular file ``relative`` (``inbox/…``) under the group folder,
+    or None when it is missing or lies anywhere but inside the folder's ``inbox/``.
+
+    The agent owns the folder and may plant links (``inbox`` itself, a directory in it, or the
+    file), so the name is checked, the last component is opened without following a link, and
+    the file actually opened must really be inside ``<real group folder>/inbox``.
+    """
+    parts = PurePosixPath(relative).parts
+    if len(parts) < 2 or parts[0] != "inbox" or ".." in parts or "\\" in relative:
+        return None
+    inbox = os.path.join(os.path.realpath(folder), "inbox")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # no link, never hang on a fifo
+    try:
+        fd = os.open(os.path.join(folder, *parts), flags)
+    except OSError:
+        return None
+    try:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if (
+            stat.S_ISREG(os.fstat(fd).st_mode)
+            and os.path.commonpath([real, inbox]) == inbox
+            and real != inbox
+        ):
+            return fd
+    except (OSError, ValueError):
+        pass
+    os.close(fd)
+    return None
+
+
+async def _inbox_file_response(request: web.Request, folder: Path, relative: str) -> web.StreamResponse:
+    fd = await asyncio.to_thread(open_inbox_file, folder, relative)
+    if fd is None:
+        return _error(404, "the file is no longer there")
+    with os.fdopen(fd, "rb") as handle:
+        response = web.StreamResponse(
+            headers={
+                "Content-Disposition": _disposition(PurePosixPath(relative).name),
+                "Content-Type": "application/octet-stream",
+                "X-Content-Type-Options": "nosniff",
+            }
+        )
+        left = response.content_length = os.fstat(fd).st_size
+        await response.prepare(request)
+        while left > 0 and (chunk := await asyncio.to_thread(handle.read, min(CHUNK, left))):
+            await response.write(chunk)
+            left -= len(chunk)
+        await response.write_eof()
+    return response
 
 
 async def get_messages(request: web.Request) -> web.Response:
@@ -258,6 +346,8 @@ async def get_file(request: web.Request) -> web.StreamResponse:
 
 
 def add_routes(app: web.Application) -> None:
+    app[STREAMS] = set()
+    app.on_shutdown.append(close_streams)
     app.router.add_post("/api/groups/{group}/messages", post_message)
     app.router.add_get("/api/groups/{group}/messages", get_messages)
     app.router.add_get("/api/groups/{group}/stream", stream)

@@ -38,7 +38,11 @@ class PermanentError(ChannelError):
 
 
 class ChannelStartError(Exception):
-    """The channel cannot start (wrong token, platform refuses); the message says what to fix."""
+    """The platform refused the credentials: the channel stays off; the message says what to fix.
+
+    A platform that cannot be reached at start (network down, 5xx) is a ``TransientError``
+    instead, and the host retries the start with backoff.
+    """
 
 
 class FileTooLarge(ChannelError):
@@ -75,7 +79,10 @@ class InboundMessage:
     attachments: list[str] = field(default_factory=list)
     platform_message_id: str | None = None
     sender_id: str | None = None
-    """The platform's stable user id; allow-lists match it or the sender's user name."""
+    """The platform's stable user id; allow-lists match it or ``sender_handle``."""
+    sender_handle: str | None = None
+    """The sender's unique user name on the platform (Telegram ``username``, Discord ``username``),
+    never a display name, which anyone can set to anything; allow-lists may match it."""
     thread_id: str | None = None
     """Where replies go inside the chat (Slack thread ts); None for the chat itself."""
     mentions_bot: bool = False

@@ -1,9 +1,13 @@
 """The Discord channel: a bot user on the Gateway (v10) for receiving, REST (v10) for sending.
 
-``start`` checks the token with ``GET /users/@me`` (401 → ``ChannelStartError`` naming
+``start`` checks the token with ``GET /users/@me`` (401/403 → ``ChannelStartError`` naming
 NANOHOST_DISCORD_TOKEN), asks ``GET /gateway/bot`` for the gateway URL, and keeps a gateway
-session (``discord_gateway``: heartbeats, resume, reconnect). Each MESSAGE_CREATE is parsed by the
-pure ``discord_parse.parse_message`` and handed to the router in gateway order.
+session (``discord_gateway``: heartbeats, resume, reconnect). A gateway close that reconnecting
+cannot fix (4004 token refused, 4014 intent not enabled) before READY is a ``ChannelStartError``
+too. Discord unreachable, 5xx or 429 at start is a ``TransientError``: the host retries ``start``
+later; a failed start leaves nothing open or running, so the same object can start again. Each
+MESSAGE_CREATE is parsed by the pure ``discord_parse.parse_message`` and handed to the router in
+gateway order; a payload that makes parsing fail is logged with its ids and skipped.
 
 Sending follows Discord's REST docs: ``POST /channels/{id}/messages`` with JSON, or multipart
 ``payload_json`` + ``files[0]`` for a file; ``allowed_mentions: {"parse": []}`` on everything,
@@ -14,8 +18,8 @@ waits ``X-RateLimit-Reset-After`` first (a pre-emptive wait, not a retry). A 429
 ``TransientError`` with the body's ``retry_after``; 5xx and network errors are transient too; 403
 (50001 Missing Access, 50013 Missing Permissions), 404 (10003 Unknown Channel) and other 4xx are
 ``PermanentError`` carrying Discord's message and code. Each method makes one attempt; delivery
-retries. The token goes only into the ``Authorization`` header of API calls, never into logs or
-to the attachment CDN.
+retries. Files over ``UPLOAD_LIMIT`` (a bot's 10 MiB) are refused before any request. The token
+goes only into the ``Authorization`` header of API calls, never into logs or to the attachment CDN.
 """
 
 from __future__ import annotations
@@ -35,18 +39,19 @@ from nanohost.channels.base import (
     ChannelSink,
     ChannelStartError,
     ChatTarget,
-    FileTooLarge,
     TransientError,
 )
 from nanohost.channels.discord_gateway import DiscordGateway, GatewayTimings
 from nanohost.channels.discord_parse import parse_message
-from nanohost.channels.http import raise_for_status, retry_after
+from nanohost.channels.http import raise_for_status, read_capped, read_outgoing, retry_after
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "DiscordBot (https://github.com/nanohost, 0.1)"
 NO_PINGS: dict[str, list[str]] = {"parse": []}
 TOKEN_ENV = "NANOHOST_DISCORD_TOKEN"
+UPLOAD_LIMIT = 10 * 1024 * 1024
+"""The most a bot may upload in one message (without the guild's boost tiers)."""
 
 
 class RouteLimits:
@@ -124,28 +129,35 @@ class DiscordChannel(ChannelAdapter):
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self, sink: ChannelSink) -> None:
-        """Check the token, find the gateway, connect; returns once READY (or after a timeout)."""
+        """Check the token, find the gateway, connect; returns once READY (or after a timeout).
+
+        Raises ``ChannelStartError`` when Discord refuses the token (or the intents), and
+        ``TransientError`` when it cannot be reached or is failing; either way nothing is left
+        running, so ``start`` may be called again.
+        """
+        await self.stop()  # a second start (the host's retry) begins from nothing
         self._http = aiohttp.ClientSession(
             headers={"User-Agent": USER_AGENT}, timeout=aiohttp.ClientTimeout(total=60, sock_connect=15)
         )
         try:
             url = await self._discover()
+            self._inbox = asyncio.Queue()
+            self.gateway = DiscordGateway(self._http, self._token, url, self._inbox.put_nowait, self._timings)
+            self.receiver = asyncio.create_task(self.gateway.run(), name="discord-gateway")
+            self._consumer = asyncio.create_task(self._consume(sink), name="discord-inbox")
+            await self._await_ready()
         except BaseException:
             await self.stop()
             raise
-        self.gateway = DiscordGateway(self._http, self._token, url, self._inbox.put_nowait, self._timings)
-        self.receiver = asyncio.create_task(self.gateway.run(), name="discord-gateway")
-        self._consumer = asyncio.create_task(self._consume(sink), name="discord-inbox")
-        await self._await_ready()
 
     async def _discover(self) -> str:
         me = await self._start_call("/users/@me")
         if not isinstance(me, dict) or not isinstance(me.get("id"), str):
-            raise ChannelStartError("Discord GET /users/@me answered without a user id")
+            raise TransientError("Discord GET /users/@me answered without a user id")
         self.bot_id = me["id"]
         gateway = await self._start_call("/gateway/bot")
         if not isinstance(gateway, dict) or not isinstance(gateway.get("url"), str):
-            raise ChannelStartError("Discord GET /gateway/bot answered without a gateway url")
+            raise TransientError("Discord GET /gateway/bot answered without a gateway url")
         limit = gateway.get("session_start_limit")
         if isinstance(limit, dict) and limit.get("remaining") == 0:
             log.warning(
@@ -156,7 +168,9 @@ class DiscordChannel(ChannelAdapter):
         return str(gateway["url"])
 
     async def _start_call(self, path: str) -> Any:
-        """One GET during start; every failure is a ``ChannelStartError`` saying what to fix."""
+        """One GET during start: a refused token is a ``ChannelStartError`` saying what to fix;
+        anything else that fails (unreachable, 429, 5xx, an unexpected 4xx) is a ``TransientError``
+        the host retries."""
         try:
             async with self._session.get(self._api_base + path, headers=self._auth) as resp:
                 body = await _body(resp)
@@ -165,10 +179,15 @@ class DiscordChannel(ChannelAdapter):
                         f"{TOKEN_ENV} was refused by Discord ({resp.status} {resp.reason}: {_detail(body)})"
                     )
                 if resp.status >= 400:
-                    raise ChannelStartError(f"Discord GET {path} failed: HTTP {resp.status} {_detail(body)}")
+                    raise TransientError(
+                        f"Discord GET {path} failed: HTTP {resp.status} {_detail(body)}".strip(),
+                        retry_after=_retry_after(resp, body) if resp.status == 429 else None,
+                    )
                 return body
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ChannelStartError(f"could not reach Discord at {self._api_base}: {exc}") from exc
+            raise TransientError(
+                f"could not reach Discord at {self._api_base}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     async def _await_ready(self) -> None:
         """Wait for READY; a fatal close before it (4004, 4014) means the channel cannot start."""
@@ -181,9 +200,7 @@ class DiscordChannel(ChannelAdapter):
         finally:
             ready.cancel()
         if self.gateway.fatal is not None:
-            reason = self.gateway.fatal
-            await self.stop()
-            raise ChannelStartError(reason)
+            raise ChannelStartError(self.gateway.fatal)  # start() stops everything on the way out
         if not self.gateway.ready.is_set():
             log.warning(
                 "Discord gateway not ready after %.0f s; still trying in the background", self._ready_timeout
@@ -207,7 +224,11 @@ class DiscordChannel(ChannelAdapter):
         while True:
             data = await self._inbox.get()
             bot_id = (self.gateway.bot_id if self.gateway else None) or self.bot_id or ""
-            message = parse_message(data, bot_id, self._download)
+            try:
+                message = parse_message(data, bot_id, self._download)
+            except Exception:  # the parser catches its own errors; this is the last line of defence
+                log.exception("discord channel %r message %r: could not be parsed; skipped", *_ids(data))
+                continue
             if message is None:
                 continue
             try:
@@ -227,7 +248,7 @@ class DiscordChannel(ChannelAdapter):
         return _message_id(data)
 
     async def send_file(self, target: ChatTarget, path: Path, caption: str) -> str | None:
-        content = await asyncio.to_thread(path.read_bytes)
+        content = await asyncio.to_thread(read_outgoing, path, UPLOAD_LIMIT, "discord")
         payload: dict[str, Any] = {
             "allowed_mentions": NO_PINGS,
             "attachments": [{"id": 0, "filename": path.name}],
@@ -273,8 +294,7 @@ class DiscordChannel(ChannelAdapter):
     def _fail(route: str, resp: aiohttp.ClientResponse, body: Any) -> None:
         wait = None
         if resp.status == 429:
-            seconds = body.get("retry_after") if isinstance(body, dict) else None
-            wait = retry_after(resp.headers, seconds if isinstance(seconds, int | float) else None)
+            wait = _retry_after(resp, body)
             is_global = resp.headers.get("X-RateLimit-Global") or (
                 isinstance(body, dict) and body.get("global")
             )
@@ -288,12 +308,7 @@ class DiscordChannel(ChannelAdapter):
             async with self._session.get(url) as resp:
                 if resp.status >= 400:
                     raise_for_status("discord", "attachment download", resp.status, resp.reason or "")
-                data = bytearray()
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    data.extend(chunk)
-                    if len(data) > limit:
-                        raise FileTooLarge(f"attachment is larger than {limit} bytes")
-                return bytes(data)
+                return await read_capped(resp, limit, "discord attachment")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"discord attachment download: {type(exc).__name__}") from exc
 
@@ -325,6 +340,20 @@ def _detail(body: Any) -> str:
         message, code = body.get("message"), body.get("code")
         return f"{message} (code {code})" if code is not None else str(message or "")
     return str(body or "")
+
+
+def _retry_after(resp: aiohttp.ClientResponse, body: Any) -> float | None:
+    """A 429's wait: the body's precise ``retry_after`` seconds, else the headers'."""
+    seconds = body.get("retry_after") if isinstance(body, dict) else None
+    usable = isinstance(seconds, int | float) and not isinstance(seconds, bool)
+    return retry_after(resp.headers, seconds if usable else None)
+
+
+def _ids(data: object) -> tuple[object, object]:
+    """(channel id, message id) of a raw MESSAGE_CREATE payload, for logs; None when absent."""
+    if not isinstance(data, dict):
+        return None, None
+    return data.get("channel_id"), data.get("id")
 
 
 def _message_id(data: Any) -> str | None:

@@ -29,6 +29,8 @@ from typing import Any
 
 import aiohttp
 
+from nanohost.channels.http import Backoff
+
 log = logging.getLogger(__name__)
 
 GUILDS = 1 << 0
@@ -110,7 +112,7 @@ class DiscordGateway:
 
     async def run(self) -> None:
         """Connect, and reconnect after every drop, until a fatal close (then log it and return)."""
-        delay = self.timings.backoff_start
+        backoff = Backoff(self.timings.backoff_start, self.timings.backoff_max)
         while True:
             try:
                 outcome = await self._connect_once()
@@ -124,12 +126,10 @@ class DiscordGateway:
                 log.exception("Discord gateway: unexpected error")
                 outcome = Disconnect(f"unexpected error ({type(exc).__name__})")
             if self._healthy:
-                delay = self.timings.backoff_start
-            wait = outcome.wait if outcome.wait is not None else delay
+                backoff.reset()
+            wait = outcome.wait if outcome.wait is not None else backoff.next()
             log.warning("Discord gateway: %s; reconnecting in %.1f s", outcome.reason, wait)
             await asyncio.sleep(wait)
-            if outcome.wait is None:
-                delay = min(delay * 2, self.timings.backoff_max)
 
     # --- one connection --------------------------------------------------------------------
 

@@ -6,7 +6,11 @@ thread is its own channel, so ``chat_id`` is always the ``channel_id`` the messa
 Only facts are reported (mentioned? a reply to the bot? direct?); the router decides. The bot's
 own messages and other bots' are dropped here. A payload that does not have the documented shape
 is logged with its message and channel id and skipped, never raised: one bad event must not stop
-the gateway's receive loop.
+the gateway's receive loop. That holds for errors we did not foresee too: ``parse_message`` logs
+any exception and returns None.
+
+``sender`` is the display name (anyone can set it to anything); ``sender_handle`` is the unique
+``username``, which allow-lists may match, with ``sender_id``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ def parse_message(data: object, bot_id: str, download: Download) -> InboundMessa
     except Malformed as exc:
         log.warning("%s is malformed (%s); skipped", where, exc)
         return None
+    except Exception as exc:  # a payload we did not foresee must not end receiving
+        log.warning("%s could not be parsed (%s: %s); skipped", where, type(exc).__name__, exc, exc_info=True)
+        return None
 
 
 def _parse(data: dict[str, Any], bot_id: str, download: Download, where: str) -> InboundMessage | None:
@@ -57,7 +64,7 @@ def _parse(data: dict[str, Any], bot_id: str, download: Download, where: str) ->
     if author.get("bot") is True or author_id == bot_id:
         log.debug("%s: from a bot; ignored", where)
         return None
-    if kind not in USER_MESSAGE_TYPES:
+    if not isinstance(kind, int) or isinstance(kind, bool) or kind not in USER_MESSAGE_TYPES:
         log.debug("%s: system message type %r; ignored", where, kind)
         return None
     content = _optional(data, "content", str) or ""
@@ -68,6 +75,7 @@ def _parse(data: dict[str, Any], bot_id: str, download: Download, where: str) ->
         chat_id=channel_id,
         sender=display_name(author),
         sender_id=author_id,
+        sender_handle=_username(author),
         text=readable_mentions(content, mentions),
         platform_message_id=message_id,
         mentions_bot=_mentions(bot_id, content, mentions) or _replies_to(bot_id, data),
@@ -81,6 +89,11 @@ def display_name(user: dict[str, Any]) -> str:
     name = user.get("global_name")
     if isinstance(name, str) and name:
         return name
+    return _username(user)
+
+
+def _username(user: dict[str, Any]) -> str:
+    """The unique user name (``sender_handle``), never the display name anyone can set."""
     username = user.get("username")
     if not isinstance(username, str) or not username:
         raise Malformed("author has no username")
@@ -97,8 +110,14 @@ def readable_mentions(content: str, mentions: list[dict[str, Any]]) -> str:
             name = display_name(user)
         except Malformed:
             continue
-        content = re.sub(rf"<@!?{re.escape(user_id)}>", f"@{name}", content)
+        content = re.sub(rf"<@!?{re.escape(user_id)}>", _literal(f"@{name}"), content)
     return content
+
+
+def _literal(text: str) -> Callable[[re.Match[str]], str]:
+    """A replacement that inserts ``text`` as is: a name holding ``\\1`` or ``\\g<0>`` is not a
+    group reference (``re.sub`` would raise, or copy matched text, on a string replacement)."""
+    return lambda _match: text
 
 
 def _mentions(bot_id: str, content: str, mentions: list[dict[str, Any]]) -> bool:

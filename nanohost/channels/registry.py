@@ -1,17 +1,24 @@
 """Which chat channels this host runs: each is on when its token is set.
 
 The web chat and the HTTP API are built into the host's web app and always on; the chat platforms
-below are adapters (``ChannelAdapter``) started by the composition root. Modules are imported
-only for the channels that are on.
+below are adapters (``ChannelAdapter``), started and stopped by ``Channels``. Modules are
+imported only for the channels that are on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from sqlalchemy.orm import Session, sessionmaker
 
-from nanohost.channels.base import ChannelAdapter
+from nanohost.channels.base import ChannelAdapter, ChannelSink, ChannelStartError, TransientError
+from nanohost.channels.http import Backoff
 from nanohost.channels.state import ChannelStore
 from nanohost.settings import Settings
+
+log = logging.getLogger(__name__)
 
 PLATFORMS = ("telegram", "slack", "discord")
 
@@ -44,3 +51,60 @@ def enabled_channels(settings: Settings, db: sessionmaker[Session]) -> list[Chan
 
         adapters.append(DiscordChannel(settings.discord_token.get_secret_value(), settings.discord_api_base))
     return adapters
+
+
+class Channels:
+    """The chat platforms this host runs. A platform that refuses its credentials stays off (the
+    log says which variable to fix); one that cannot be reached at start is retried in the
+    background with backoff, and joins delivery once it is up. The others never wait for it."""
+
+    def __init__(self, adapters: list[ChannelAdapter], sink: ChannelSink) -> None:
+        self.pending = adapters
+        self.sink = sink
+        self.running: dict[str, ChannelAdapter] = {}
+        self._retries: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._start_or_retry(a) for a in self.pending))
+
+    async def _start_or_retry(self, adapter: ChannelAdapter) -> None:
+        if await self._try(adapter) is False:
+            self._retries.append(asyncio.get_running_loop().create_task(self._retry(adapter)))
+
+    async def _try(self, adapter: ChannelAdapter) -> bool | None:
+        """True: on; None: off for good; False: worth another try."""
+        try:
+            await adapter.start(self.sink)
+        except ChannelStartError as exc:
+            log.error("channel %s is off: %s", adapter.name, exc)
+            result: bool | None = None
+        except TransientError as exc:
+            log.warning("channel %s cannot start yet (%s); retrying in the background", adapter.name, exc)
+            result = False
+        except Exception:
+            log.exception("channel %s is off: it failed to start", adapter.name)
+            result = None
+        else:
+            log.info("channel %s is on", adapter.name)
+            self.running[adapter.name] = adapter
+            return True
+        with contextlib.suppress(Exception):
+            await adapter.stop()
+        return result
+
+    async def _retry(self, adapter: ChannelAdapter) -> None:
+        backoff = Backoff(first=2.0, most=300.0)
+        while True:
+            await asyncio.sleep(backoff.next())
+            if await self._try(adapter) is not False:
+                return
+
+    async def stop(self) -> None:
+        for task in self._retries:
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
+        for adapter in list(self.running.values()):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("channel %s did not stop cleanly", adapter.name)

@@ -5,11 +5,16 @@ Follows Slack's documented behaviour (docs.slack.dev, "Using Socket Mode", "Even
 
 * ``start`` checks the bot token with ``auth.test`` (and remembers the bot's user and bot ids),
   asks ``apps.connections.open`` with the app-level token for a websocket URL and connects to it.
-  A refused token is a ``ChannelStartError`` naming the environment variable to fix.
+  A refused token (HTTP 401/403, ``invalid_auth``, ``not_authed``, ``account_inactive``,
+  ``token_revoked``, ``token_expired``, ``not_allowed_token_type``) is a ``ChannelStartError``
+  naming the environment variable to fix; a Slack that cannot be reached or answers 5xx/429 (or
+  anything else) at start is a ``TransientError``, and the host retries ``start`` later. A failed
+  ``start`` leaves nothing open, so the same object can be started again.
 * Every Socket Mode envelope is acknowledged (``{"envelope_id": ...}``) as soon as it is read,
   BEFORE the event is processed: Slack wants the ack within 3 seconds and re-sends otherwise.
   Events are then handed, in order, to one worker task that calls the sink, so a slow sink never
-  delays acks. ``slash_commands`` and ``interactive`` envelopes are acked and ignored.
+  delays acks. ``slash_commands`` and ``interactive`` envelopes are acked and ignored. Parsing
+  never raises: a hostile payload is logged with its envelope and event ids and skipped.
 * A ``disconnect`` envelope (``refresh_requested``, ``warning``, ``link_disabled``) means "open a
   new connection": the loop asks ``apps.connections.open`` again and reconnects at once. A dropped
   websocket reconnects with backoff (1 s doubling to 30 s, reset once a ``hello`` arrives).
@@ -18,9 +23,13 @@ Follows Slack's documented behaviour (docs.slack.dev, "Using Socket Mode", "Even
   platform id ``"<channel>:<ts>"`` so the router keeps one. The bot's own ``<@U…>`` mention in
   the text is rewritten to ``@bot`` (the agent has no use for Slack's user id), and Slack's three
   HTML entities (``&amp;`` ``&lt;`` ``&gt;``) are decoded. Replies go to the thread the message
-  came from (``thread_ts``), or to the channel when it was not in a thread.
+  came from (``thread_ts``), or to the channel when it was not in a thread. Slack events name
+  the sender only by user id, so ``sender`` and ``sender_id`` are that id and ``sender_handle``
+  stays None.
 * Outgoing text is escaped the way Slack asks (``&``, ``<``, ``>`` as entities), so agent text
-  cannot turn into accidental mentions or links. Files go up with the current external flow:
+  cannot turn into accidental mentions or links. Escaping lengthens text (``&`` → ``&amp;``), so
+  a piece delivery cut to ``text_limit`` may no longer fit once escaped: ``send_text`` then splits
+  it further and posts the parts in order. Files go up with the current external flow:
   ``files.getUploadURLExternal`` → a multipart POST of the bytes → ``files.completeUploadExternal``.
 * Errors: HTTP 429 (``Retry-After``), 5xx, network failures and ``ok: false`` with
   ``ratelimited`` or a Slack-side failure are ``TransientError``; every other ``ok: false`` code
@@ -50,13 +59,13 @@ from nanohost.channels.base import (
     ChannelSink,
     ChannelStartError,
     ChatTarget,
-    FileTooLarge,
     InboundMessage,
     IncomingFile,
     PermanentError,
     TransientError,
 )
-from nanohost.channels.http import raise_for_status, retry_after
+from nanohost.channels.chunking import split_message
+from nanohost.channels.http import Backoff, raise_for_status, read_capped, read_outgoing, retry_after
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,9 @@ DOWNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10, sock_read=60)
 HEARTBEAT = 30.0
 """Websocket ping interval: a silently dead connection is noticed and reconnected."""
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0
+"""Reconnect waits after a dropped websocket (read when the receive loop starts)."""
+UPLOAD_LIMIT = 100 * 1024**2
+"""The largest file we read into memory to upload (Slack itself takes more; this is our bound)."""
 
 ACCEPTED_SUBTYPES = frozenset({None, "file_share", "thread_broadcast"})
 """Message subtypes that are a person writing; edits, deletions, joins and bot posts are not."""
@@ -77,7 +89,19 @@ TRANSIENT_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
 """``ok: false`` codes that mean "Slack had a problem, try again later"."""
-AUTH_ERRORS = frozenset({"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"})
+AUTH_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "not_allowed_token_type",
+        "HTTP 401",
+        "HTTP 403",
+    }
+)
+"""Answers (``ok: false`` codes, HTTP statuses) that mean Slack refused the token itself."""
 
 Fetch = Callable[[int], Awaitable[bytes]]
 
@@ -99,7 +123,7 @@ def parse_event(
     """The ``InboundMessage`` for an ``events_api`` envelope's payload, or None to skip it.
 
     Pure: no I/O happens here; ``fetcher(url)`` only builds the download function for a file.
-    Malformed payloads are logged (with the event id) and skipped, never raised.
+    Malformed payloads are logged (with the event id) and skipped; this never raises.
     """
     if not isinstance(payload, Mapping):
         log.warning("slack: events_api payload is not an object; skipped")
@@ -113,7 +137,9 @@ def parse_event(
         return _parse_message(event, bot, fetcher)
     except _Malformed as exc:
         log.warning("slack: event %s is malformed (%s); skipped", event_id, exc)
-        return None
+    except Exception:
+        log.exception("slack: event %s could not be parsed; skipped", event_id)
+    return None
 
 
 class _Malformed(Exception):
@@ -220,6 +246,21 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def escaped_parts(text: str, limit: int) -> list[str]:
+    """``text`` escaped, as one message, or as several when the escaped text is over ``limit``.
+
+    The raw text is split (``split_message``, so code blocks stay closed) with a smaller limit,
+    shrinking until every escaped part fits; an entity is never cut, as splitting happens before
+    escaping. Escaping at most quintuples a character, so ``limit // 5`` always fits.
+    """
+    parts, room = [escape(text)], limit
+    while any(len(part) > limit for part in parts):
+        longest = max(len(part) for part in parts)
+        room = max(limit // 5, min(room - 1, room * limit // longest))
+        parts = [escape(piece) for piece in split_message(text, room)]
+    return parts
+
+
 # --- the adapter ----------------------------------------------------------------------------
 
 
@@ -252,13 +293,16 @@ class SlackChannel(ChannelAdapter):
                 f"Slack needs both {APP_TOKEN_ENV} (xapp-…, an app-level token with connections:write) "
                 f"and {BOT_TOKEN_ENV} (xoxb-…, the bot token)"
             )
+        if self._session is not None:
+            raise RuntimeError("slack channel is already started")
         self._sink = sink
         self._session = aiohttp.ClientSession(timeout=API_TIMEOUT)
         try:
             self.bot = await self._auth_test()
             url = await self._open_connection(startup=True)
-            ws = await self._connect(url, startup=True)
+            ws = await self._connect(url)
         except BaseException:
+            await self._close_ws()
             await self._close_session()
             raise
         self._worker_task = asyncio.create_task(self._work(), name="slack-events")
@@ -293,16 +337,17 @@ class SlackChannel(ChannelAdapter):
             await session.close()
 
     async def _auth_test(self) -> SlackBot:
-        """Who the bot token belongs to; a refused token stops the channel with a clear message."""
+        """Who the bot token belongs to; a refused token stops the channel with a clear message,
+        any other failure is transient (the host retries the start)."""
         try:
             answer = await self._call("auth.test", self._bot_token)
         except PermanentError as exc:
-            raise ChannelStartError(f"{BOT_TOKEN_ENV} was refused by Slack ({_code(exc)})") from None
-        except TransientError as exc:
-            raise ChannelStartError(f"could not reach Slack to check {BOT_TOKEN_ENV}: {exc}") from None
+            if _code(exc) in AUTH_ERRORS:
+                raise ChannelStartError(f"{BOT_TOKEN_ENV} was refused by Slack ({_code(exc)})") from None
+            raise TransientError(f"could not check {BOT_TOKEN_ENV} with Slack: {exc}") from None
         user_id, bot_id = answer.get("user_id"), answer.get("bot_id")
         if not isinstance(user_id, str) or not user_id:
-            raise ChannelStartError(f"Slack's auth.test did not name the bot user for {BOT_TOKEN_ENV}")
+            raise TransientError("slack auth.test: the answer does not name the bot user")
         return SlackBot(user_id=user_id, bot_id=bot_id if isinstance(bot_id, str) else None)
 
     async def _open_connection(self, *, startup: bool = False) -> str:
@@ -312,31 +357,22 @@ class SlackChannel(ChannelAdapter):
         except PermanentError as exc:
             if not startup:
                 raise
-            raise ChannelStartError(
-                f"{APP_TOKEN_ENV} was refused by Slack ({_code(exc)}); it must be an app-level token "
-                "(xapp-…) with connections:write, and Socket Mode must be enabled for the app"
-            ) from None
-        except TransientError as exc:
-            if not startup:
-                raise
-            raise ChannelStartError(
-                f"could not reach Slack to open a Socket Mode connection: {exc}"
-            ) from None
+            if _code(exc) in AUTH_ERRORS:
+                raise ChannelStartError(
+                    f"{APP_TOKEN_ENV} was refused by Slack ({_code(exc)}); it must be an app-level "
+                    "token (xapp-…) with connections:write, and Socket Mode must be enabled for the app"
+                ) from None
+            raise TransientError(f"could not open a Socket Mode connection: {exc}") from None
         url = answer.get("url")
         if not isinstance(url, str) or not url:
             raise TransientError("slack apps.connections.open: no url in the answer")
         return url
 
-    async def _connect(self, url: str, *, startup: bool = False) -> aiohttp.ClientWebSocketResponse:
+    async def _connect(self, url: str) -> aiohttp.ClientWebSocketResponse:
         try:
             self._ws = await self._http().ws_connect(url, heartbeat=HEARTBEAT)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            why = _describe(exc)
-            if startup:
-                raise ChannelStartError(
-                    f"could not connect to Slack's Socket Mode websocket: {why}"
-                ) from None
-            raise TransientError(f"slack websocket connect: {why}") from None
+            raise TransientError(f"slack websocket connect: {_describe(exc)}") from None
         return self._ws
 
     def _http(self) -> aiohttp.ClientSession:
@@ -348,7 +384,7 @@ class SlackChannel(ChannelAdapter):
 
     async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse | None) -> None:
         """Read envelopes forever; reconnect on ``disconnect`` at once, on a drop with backoff."""
-        delay = BACKOFF_START
+        backoff = Backoff(BACKOFF_START, BACKOFF_MAX)
         while True:
             requested = False
             try:
@@ -356,7 +392,7 @@ class SlackChannel(ChannelAdapter):
                     ws = await self._connect(await self._open_connection())
                 requested, greeted = await self._read(ws)
                 if greeted:
-                    delay = BACKOFF_START
+                    backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -367,9 +403,9 @@ class SlackChannel(ChannelAdapter):
             if requested:
                 log.info("slack: Slack asked for a new connection; reconnecting")
                 continue
+            delay = backoff.next()
             log.info("slack: websocket closed; reconnecting in %.0f s", delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[bool, bool]:
         """Handle frames until the socket ends; returns (Slack asked to reconnect, hello seen)."""
@@ -396,7 +432,7 @@ class SlackChannel(ChannelAdapter):
                 return True, greeted
             await self._ack(ws, envelope)
             if kind == "events_api":
-                self._dispatch(envelope)
+                self._dispatch(envelope)  # never raises: a hostile payload is logged and skipped
             else:
                 log.debug("slack: ignoring %s envelope", kind)
         return False, greeted
@@ -411,11 +447,17 @@ class SlackChannel(ChannelAdapter):
 
     def _dispatch(self, envelope: Mapping[str, Any]) -> None:
         """Parse one event and queue it for the worker; a bad event is logged and skipped."""
-        assert self.bot is not None
         try:
+            assert self.bot is not None
             message = parse_event(envelope.get("payload"), self.bot, self._fetcher)
         except Exception:
-            log.exception("slack: envelope %s could not be parsed; skipped", envelope.get("envelope_id"))
+            payload = envelope.get("payload")
+            event_id = payload.get("event_id") if isinstance(payload, Mapping) else None
+            log.exception(
+                "slack: envelope %s (event %s) could not be parsed; skipped",
+                envelope.get("envelope_id"),
+                event_id,
+            )
             return
         if message is not None:
             self._events.put_nowait(message)
@@ -452,12 +494,7 @@ class SlackChannel(ChannelAdapter):
                     raise PermanentError(
                         "slack file download: got a login page (does the bot have files:read?)"
                     )
-                data = bytearray()
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > limit:
-                        raise FileTooLarge(f"slack file is larger than {limit} bytes")
-                return bytes(data)
+                return await read_capped(response, limit, "slack file")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"slack file download: {exc}") from None
 
@@ -469,20 +506,24 @@ class SlackChannel(ChannelAdapter):
     # --- sending --------------------------------------------------------------------------
 
     async def send_text(self, target: ChatTarget, text: str) -> str | None:
-        """``chat.postMessage`` into the chat, in the target's thread when it has one."""
-        body: dict[str, Any] = {"channel": target.chat_id, "text": escape(text)}
-        if target.thread_id:
-            body["thread_ts"] = target.thread_id
-        answer = await self._call("chat.postMessage", self._bot_token, json_body=body)
-        ts = answer.get("ts")
-        return f"{target.chat_id}:{ts}" if isinstance(ts, str) else None
+        """``chat.postMessage`` into the chat, in the target's thread when it has one.
+
+        Escaping can push a piece of ``text_limit`` characters over Slack's limit; such text is
+        posted as several messages, in order, and the last one's id is returned.
+        """
+        sent: str | None = None
+        for part in escaped_parts(text, self.text_limit):
+            body: dict[str, Any] = {"channel": target.chat_id, "text": part}
+            if target.thread_id:
+                body["thread_ts"] = target.thread_id
+            answer = await self._call("chat.postMessage", self._bot_token, json_body=body)
+            ts = answer.get("ts")
+            sent = f"{target.chat_id}:{ts}" if isinstance(ts, str) else None
+        return sent
 
     async def send_file(self, target: ChatTarget, path: Path, caption: str) -> str | None:
         """Upload with the external flow: reserve a URL, POST the bytes, then share it in the chat."""
-        try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except OSError as exc:
-            raise PermanentError(f"slack upload: cannot read {path.name}: {exc.strerror}") from None
+        data = await asyncio.to_thread(read_outgoing, path, UPLOAD_LIMIT, "slack")
         reserved = await self._call(
             "files.getUploadURLExternal",
             self._bot_token,

@@ -1,7 +1,10 @@
 """Telegram over the Bot API (https://core.telegram.org/bots/api), plain aiohttp, long polling.
 
-- ``start`` checks the token with ``getMe`` (401/404: ``ChannelStartError`` naming
-  ``NANOHOST_TELEGRAM_TOKEN``) and remembers the bot's id and user name for mention detection.
+- ``start`` checks the token with ``getMe`` and remembers the bot's id and user name for mention
+  detection. A refused token (401/403, or 404, Telegram's answer to a malformed one) is a
+  ``ChannelStartError`` naming ``NANOHOST_TELEGRAM_TOKEN``; an API that cannot be reached or
+  answers 429/5xx is a ``TransientError`` (the host retries the start). A failed start leaves
+  nothing open, so ``start`` may be called again on the same object.
 - Receiving is ``getUpdates`` long polling with ``allowed_updates=["message"]``. The offset (last
   ``update_id`` + 1) is written to the ``ChannelStore`` after each update is handled and read at
   start, so a restart neither loses nor repeats updates: Telegram drops every update below the
@@ -11,8 +14,9 @@
   ``sendChatAction`` ``typing``. Answers map to delivery's errors: 429 → ``TransientError`` with
   ``parameters.retry_after``; 5xx and network errors → ``TransientError``; 400/403 →
   ``PermanentError`` with Telegram's description. A 400 carrying
-  ``parameters.migrate_to_chat_id`` (the group became a supergroup) moves the chat's binding and
-  is permanent for that message.
+  ``parameters.migrate_to_chat_id`` (the group became a supergroup) moves the chat's binding
+  (``sink.chat_moved``) and the same call is sent once more to the new chat id: that answer is
+  the send's result. Later sends still addressed to the old id go straight to the new one.
 - The token is part of every URL path (``/bot<token>/<method>``), so URLs are never logged and
   the token is scrubbed from any error text.
 """
@@ -25,6 +29,7 @@ import io
 import json
 import logging
 import mimetypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +45,7 @@ from nanohost.channels.base import (
     PermanentError,
     TransientError,
 )
-from nanohost.channels.http import raise_for_status, retry_after
+from nanohost.channels.http import Backoff, raise_for_status, read_capped, read_outgoing, retry_after
 from nanohost.channels.state import ChannelStore
 from nanohost.channels.telegram_parse import BotIdentity, ChatMove, parse_update, update_id_of
 
@@ -52,11 +57,16 @@ PHOTO_MAX_BYTES = 10 * 1024**2
 """``sendPhoto`` refuses larger photos; those go as documents."""
 UPLOAD_MAX_BYTES = 50 * 1024**2
 """The Bot API's upload cap for ``sendDocument``."""
-CHUNK = 64 * 1024
+REFUSED_TOKEN = frozenset({401, 403, 404})
+"""``getMe`` answers meaning the token itself is wrong (404: Telegram's answer to a malformed one)."""
+
+Body = Callable[[dict[str, Any]], dict[str, Any] | aiohttp.FormData]
+"""Builds a send call's body for a ``chat_id`` (+ topic): a form is rebuilt for a resend."""
 
 
 class ChatMovedError(PermanentError):
-    """Telegram answered that the chat became a supergroup with a new id."""
+    """Telegram answered that the chat became a supergroup with a new id (and the resend there
+    was answered the same way)."""
 
     def __init__(self, message: str, new_chat_id: str) -> None:
         super().__init__(message)
@@ -120,22 +130,28 @@ class TelegramChannel(ChannelAdapter):
         self._sink: ChannelSink | None = None
         self._task: asyncio.Task[None] | None = None
         self._offset: int | None = None
+        self._moved: dict[str, str] = {}
+        """Old chat id → supergroup id, learned from migration answers and service messages."""
         self.bot: BotIdentity | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self, sink: ChannelSink) -> None:
-        """Check the token with ``getMe``, load the stored offset, start polling."""
+        """Check the token with ``getMe``, load the stored offset, start polling.
+
+        On any failure the HTTP session is closed again, so a later ``start`` begins afresh.
+        """
+        await self.stop()  # a retried start must not leave an earlier session or poll behind
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=15, sock_read=60)
         )
         try:
             self.bot = await self._get_me()
+            self._offset = self._load_offset()
         except BaseException:
             await self._close_session()
             raise
         self._sink = sink
-        self._offset = self._load_offset()
         self._task = asyncio.create_task(self._receive_loop(), name="telegram-poll")
         log.info("telegram: polling as @%s (offset %s)", self.bot.username, self._offset)
 
@@ -154,22 +170,26 @@ class TelegramChannel(ChannelAdapter):
             await session.close()
 
     async def _get_me(self) -> BotIdentity:
+        """Who the bot is. Only a refused token is a ``ChannelStartError``; anything else that goes
+        wrong (no connection, 429/5xx, an answer we cannot read) is a ``TransientError``."""
         try:
             answer = await self._request("getMe")
         except TransientError as exc:
-            raise ChannelStartError(f"Telegram could not be reached at {self._api_base}: {exc}") from None
-        if answer.code in (401, 404):
+            raise TransientError(
+                f"Telegram could not be reached at {self._api_base}: {exc}", retry_after=exc.retry_after
+            ) from None
+        if answer.code in REFUSED_TOKEN:
             raise ChannelStartError(
                 f"NANOHOST_TELEGRAM_TOKEN was refused by Telegram ({answer.code} {answer.description}); "
                 "check the token @BotFather gave you"
             )
         try:
             me = self._result("getMe", answer)
-        except (TransientError, PermanentError) as exc:
-            raise ChannelStartError(f"Telegram getMe failed: {exc}") from None
+        except PermanentError as exc:  # another 4xx: not the token, so worth trying again later
+            raise TransientError(f"Telegram getMe failed: {exc}") from None
         bot_id, username = (me.get("id"), me.get("username")) if isinstance(me, dict) else (None, None)
         if not isinstance(bot_id, int) or not isinstance(username, str):
-            raise ChannelStartError("Telegram getMe answered without the bot's id and user name")
+            raise TransientError("Telegram getMe answered without the bot's id and user name")
         return BotIdentity(bot_id, username)
 
     def _load_offset(self) -> int | None:
@@ -184,22 +204,26 @@ class TelegramChannel(ChannelAdapter):
 
     async def _receive_loop(self) -> None:
         """Poll forever; any failure waits (1 s doubling to 30 s, reset on success) and polls again."""
-        delay = self.reconnect_delay
+        backoff = Backoff(self.reconnect_delay, self.max_reconnect_delay)
         while True:
             try:
                 updates = await self._get_updates()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                wait = max(delay, getattr(exc, "retry_after", None) or 0.0)
+                wait = max(backoff.next(), getattr(exc, "retry_after", None) or 0.0)
                 if not isinstance(exc, _Conflict):
                     log.warning("telegram: getUpdates failed (%s); polling again in %.1f s", exc, wait)
                 await asyncio.sleep(wait)
-                delay = min(delay * 2, self.max_reconnect_delay)
                 continue
-            delay = self.reconnect_delay
+            backoff.reset()
             for update in updates:
-                await self._handle(update)
+                try:
+                    await self._handle(update)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # _handle does not raise; this is the last line of defence
+                    log.exception("telegram update %s: skipped", update_id_of(update))
 
     async def _get_updates(self) -> list[Any]:
         # Telegram takes whole seconds; 0 would be short polling, a busy loop against the API.
@@ -234,6 +258,7 @@ class TelegramChannel(ChannelAdapter):
         try:
             parsed = parse_update(update, self.bot, self._fetch_file)
             if isinstance(parsed, ChatMove):
+                self._moved[parsed.old_chat_id] = parsed.new_chat_id
                 await self._sink.chat_moved(self.name, parsed.old_chat_id, parsed.new_chat_id)
             elif parsed is not None:
                 await self._sink.receive(parsed)
@@ -267,7 +292,7 @@ class TelegramChannel(ChannelAdapter):
             async with self._http().get(url) as response:
                 if response.status != 200:
                     raise_for_status(self.name, "file download", response.status, response.reason or "")
-                return await _read_capped(response, limit)
+                return await read_capped(response, limit, "telegram file")
         except aiohttp.ClientError as exc:
             raise TransientError(f"telegram file download: {self._scrub(exc)}") from None
         except TimeoutError:
@@ -276,17 +301,12 @@ class TelegramChannel(ChannelAdapter):
     # --- sending -----------------------------------------------------------------------------
 
     async def send_text(self, target: ChatTarget, text: str) -> str | None:
-        payload = {**self._where(target), "text": text}
-        return self._message_ref(target, await self._send("sendMessage", target, payload=payload))
+        result = await self._send("sendMessage", target, lambda where: {**where, "text": text})
+        return self._message_ref(target, result)
 
     async def send_file(self, target: ChatTarget, path: Path, caption: str) -> str | None:
         """Images under 10 MB as photos (shown inline), everything else as documents."""
-        try:
-            data = await asyncio.to_thread(path.read_bytes)
-        except OSError as exc:
-            raise PermanentError(f"telegram: cannot read {path.name}: {exc.strerror}") from None
-        if len(data) > UPLOAD_MAX_BYTES:
-            raise PermanentError(f"telegram: {path.name} is over the Bot API's 50 MB upload limit")
+        data = await asyncio.to_thread(read_outgoing, path, UPLOAD_MAX_BYTES, self.name)
         as_photo = path.suffix.lower() in PHOTO_SUFFIXES and len(data) < PHOTO_MAX_BYTES
         if as_photo:
             try:
@@ -302,40 +322,62 @@ class TelegramChannel(ChannelAdapter):
         return self._message_ref(target, result)
 
     async def typing(self, target: ChatTarget) -> None:
-        await self._send("sendChatAction", target, payload={**self._where(target), "action": "typing"})
+        await self._send("sendChatAction", target, lambda where: {**where, "action": "typing"})
 
     async def _upload(
         self, method: str, field: str, target: ChatTarget, name: str, data: bytes, caption: str
     ) -> Any:
-        form = aiohttp.FormData()
-        for key, value in self._where(target).items():
-            form.add_field(key, str(value))
-        if caption:
-            form.add_field("caption", caption)
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        form.add_field(field, io.BytesIO(data), filename=name, content_type=content_type)
-        return await self._send(method, target, data=form, timeout=aiohttp.ClientTimeout(total=300))
+
+        def form(where: dict[str, Any]) -> aiohttp.FormData:
+            built = aiohttp.FormData()
+            for key, value in where.items():
+                built.add_field(key, str(value))
+            if caption:
+                built.add_field("caption", caption)
+            built.add_field(field, io.BytesIO(data), filename=name, content_type=content_type)
+            return built
+
+        return await self._send(method, target, form, timeout=aiohttp.ClientTimeout(total=300))
 
     async def _send(
-        self,
-        method: str,
-        target: ChatTarget,
-        *,
-        payload: dict[str, Any] | None = None,
-        data: aiohttp.FormData | None = None,
-        timeout: aiohttp.ClientTimeout | None = None,
+        self, method: str, target: ChatTarget, body: Body, *, timeout: aiohttp.ClientTimeout | None = None
     ) -> Any:
-        """One attempt; a "chat moved" answer moves the binding before it is raised."""
-        answer = await self._request(method, payload=payload, data=data, timeout=timeout)
+        """One call, plus one resend when Telegram answers that the chat became a supergroup.
+
+        The move is reported to the sink first (so the binding follows the chat), then the same
+        call goes to the new id and its answer is the result; only a failing resend raises.
+        """
+        target = self._current(target)
+        for resent in (False, True):
+            fields = body(self._where(target))
+            payload, data = (None, fields) if isinstance(fields, aiohttp.FormData) else (fields, None)
+            answer = await self._request(method, payload=payload, data=data, timeout=timeout)
+            try:
+                return self._result(method, answer, chat_id=target.chat_id)
+            except ChatMovedError as exc:
+                await self._chat_moved(target.chat_id, exc.new_chat_id)
+                if resent:
+                    raise
+                log.info(
+                    "telegram %s: chat %s is now %s; sending there", method, target.chat_id, exc.new_chat_id
+                )
+                target = ChatTarget(exc.new_chat_id, target.thread_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _current(self, target: ChatTarget) -> ChatTarget:
+        """The target with a chat id we already know moved replaced by its supergroup's id."""
+        moved = self._moved.get(target.chat_id)
+        return target if moved is None else ChatTarget(moved, target.thread_id)
+
+    async def _chat_moved(self, old: str, new: str) -> None:
+        self._moved[old] = new
+        if self._sink is None:
+            return
         try:
-            return self._result(method, answer, chat_id=target.chat_id)
-        except ChatMovedError as exc:
-            if self._sink is not None:
-                try:
-                    await self._sink.chat_moved(self.name, target.chat_id, exc.new_chat_id)
-                except Exception:
-                    log.exception("telegram: moving chat %s to %s failed", target.chat_id, exc.new_chat_id)
-            raise
+            await self._sink.chat_moved(self.name, old, new)
+        except Exception:
+            log.exception("telegram: moving chat %s to %s failed", old, new)
 
     @staticmethod
     def _where(target: ChatTarget) -> dict[str, Any]:
@@ -348,8 +390,13 @@ class TelegramChannel(ChannelAdapter):
 
     @staticmethod
     def _message_ref(target: ChatTarget, result: Any) -> str | None:
-        message_id = result.get("message_id") if isinstance(result, dict) else None
-        return f"{target.chat_id}:{message_id}" if isinstance(message_id, int) else None
+        """``chat:message`` of a sent message, with the chat it really went to (after a move)."""
+        if not isinstance(result, dict):
+            return None
+        message_id, chat = result.get("message_id"), result.get("chat")
+        chat_id = chat.get("id") if isinstance(chat, dict) else None
+        where = str(chat_id) if isinstance(chat_id, int) else target.chat_id
+        return f"{where}:{message_id}" if isinstance(message_id, int) else None
 
     # --- HTTP --------------------------------------------------------------------------------
 
@@ -413,13 +460,3 @@ def _decode(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return None
-
-
-async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    """Read a body in chunks, giving up as soon as it passes ``limit`` bytes."""
-    data = bytearray()
-    async for chunk in response.content.iter_chunked(CHUNK):
-        data.extend(chunk)
-        if len(data) > limit:
-            raise FileTooLarge(f"telegram file is over the {limit} byte limit")
-    return bytes(data)

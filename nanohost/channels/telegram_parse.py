@@ -14,6 +14,9 @@ Follows the Bot API's ``Message`` shape (https://core.telegram.org/bots/api#mess
   ``ChatMove`` so the binding follows the chat.
 - Forum topics (``is_topic_message``) carry ``message_thread_id``: that is the thread replies
   go to.
+- The sender is ``from``: ``sender`` is the display name (first and last name, which anyone can
+  set to anything), ``sender_id`` the user id and ``sender_handle`` the ``username`` (unique,
+  absent for users who have none): allow-lists match only those two.
 
 Anything malformed (wrong types, missing chat) is logged with its ``update_id`` and gives None;
 an exception never leaves ``parse_update``, because one odd update must not stop the poller.
@@ -109,8 +112,9 @@ def _parse(update: object, bot: BotIdentity, fetch: FileFetch) -> InboundMessage
     return InboundMessage(
         channel=CHANNEL,
         chat_id=chat_id,
-        sender=sender[0],
-        sender_id=sender[1],
+        sender=sender.name,
+        sender_id=sender.id,
+        sender_handle=sender.handle,
         text=text,
         platform_message_id=f"{chat_id}:{message_id}",
         thread_id=_thread_id(message),
@@ -163,16 +167,26 @@ def _chat_move(message: dict[str, Any], chat_id: str) -> ChatMove | None:
     return None
 
 
-def _sender(message: dict[str, Any], chat: dict[str, Any], bot: BotIdentity) -> tuple[str, str] | None:
-    """(display name, user id) of a person, or None for bots, the bot itself and nobody.
+@dataclass(frozen=True)
+class _Sender:
+    name: str
+    """Display name: shown to the agent, never trusted."""
+    id: str
+    handle: str | None
+    """The unique ``username``, None when the user has none."""
+
+
+def _sender(message: dict[str, Any], chat: dict[str, Any], bot: BotIdentity) -> _Sender | None:
+    """Who sent the message, or None for bots, the bot itself and nobody.
 
     An anonymous group admin posts "as the group": ``from`` is ``GroupAnonymousBot`` (a bot!) and
-    ``sender_chat`` is the group itself, so the group stands in as the sender.
+    ``sender_chat`` is the group itself, so the group stands in as the sender (with no handle:
+    a group's public name is not a person's).
     """
     sender_chat = message.get("sender_chat")
     if isinstance(sender_chat, dict) and sender_chat.get("id") == chat.get("id"):
         title = _opt_str(sender_chat.get("title")) or "group admin"
-        return title, str(_int(sender_chat.get("id"), "message.sender_chat.id"))
+        return _Sender(title, str(_int(sender_chat.get("id"), "message.sender_chat.id")), None)
     user = message.get("from")
     if user is None:
         return None
@@ -180,8 +194,10 @@ def _sender(message: dict[str, Any], chat: dict[str, Any], bot: BotIdentity) -> 
     user_id = _int(user.get("id"), "message.from.id")
     if user_id == bot.id or user.get("is_bot") is True:
         return None
-    name = _opt_str(user.get("username")) or _opt_str(user.get("first_name")) or str(user_id)
-    return name, str(user_id)
+    handle = _opt_str(user.get("username"))
+    names = [n for n in (_opt_str(user.get("first_name")), _opt_str(user.get("last_name"))) if n]
+    display = " ".join(names) or handle or str(user_id)
+    return _Sender(display, str(user_id), handle)
 
 
 def _text_and_entities(message: dict[str, Any]) -> tuple[str, list[Any]]:

@@ -11,6 +11,10 @@ without a valid session cookie (``web_auth``). The conversation endpoints are th
 - ``POST /web/groups/{group}/messages``: JSON ``{"text"}``, or multipart ``text`` + optional
   ``file`` (saved under the group folder's ``inbox/``, at most ``max_attachment_bytes``)
 
+Guessing is limited: a wrong password answers 401 only after ``LOGIN_DELAY``, one password check
+runs at a time, and a client IP with ``MAX_FAILURES`` wrong passwords in ``FAILURE_WINDOW``
+seconds gets 429 without a check until the window has passed (``LoginLimiter``).
+
 CSRF: the cookie is ``SameSite=Strict``, and on top of that every state-changing call must carry
 ``X-Nanohost: 1`` or a JSON body (neither can be sent cross-site without a CORS preflight, which
 this host never grants), and a websocket handshake from another origin is refused.
@@ -20,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -51,6 +58,10 @@ SENDER = "web"
 FILE_ONLY_TEXT = "(sent a file)"
 LOGIN_DELAY = 0.5
 """Seconds a wrong password waits before its 401: guessing stays slow even from a script."""
+MAX_FAILURES = 5
+FAILURE_WINDOW = 600.0
+"""After ``MAX_FAILURES`` wrong passwords within ``FAILURE_WINDOW`` seconds, one client IP gets 429
+(without a password check) until the oldest of them is older than the window."""
 PAGE_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -63,6 +74,60 @@ PAGE_HEADERS = {
 NO_PASSWORD = "the web chat has no password yet: run `nanohost setup` on the host"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LoginLimiter:
+    """Limits password guessing: one password check at a time for the whole host (each is a 16 MiB
+    scrypt on a worker thread, so parallel guesses cannot crowd out other ``to_thread`` work), and
+    per client IP at most ``max_failures`` wrong passwords within ``window`` seconds.
+
+    ``clock`` is injectable so that tests can move time instead of waiting for it.
+    """
+
+    def __init__(
+        self,
+        max_failures: int = MAX_FAILURES,
+        window: float = FAILURE_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.clock = clock
+        self.checking = asyncio.Semaphore(1)
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        """The client's failures still inside the window (older ones are forgotten)."""
+        failures = self._failures.get(client, deque())
+        cutoff = self.clock() - self.window
+        while failures and failures[0] <= cutoff:
+            failures.popleft()
+        if not failures:
+            self._failures.pop(client, None)
+        return failures
+
+    def locked_for(self, client: str) -> float:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        failures = self._recent(client)
+        if len(failures) < self.max_failures:
+            return 0.0
+        return max(failures[-self.max_failures] + self.window - self.clock(), 0.0)
+
+    def failed(self, client: str) -> None:
+        if len(self._failures) > 10_000:  # many clients: forget those with nothing recent
+            for stale in [
+                c for c, times in self._failures.items() if times[-1] <= self.clock() - self.window
+            ]:
+                del self._failures[stale]
+        failures = self._recent(client)
+        failures.append(self.clock())
+        self._failures[client] = failures
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -119,12 +184,26 @@ async def page(request: web.Request) -> web.Response:
     return web.Response(text=html, status=status, content_type="text/html", headers=PAGE_HEADERS)
 
 
+def _locked_out(seconds: float) -> web.Response:
+    minutes = max(math.ceil(seconds / 60), 1)
+    return web.json_response(
+        {"error": f"too many failed logins; try again in {minutes} minute{'s' if minutes != 1 else ''}"},
+        status=429,
+        headers={"Retry-After": str(math.ceil(seconds))},
+    )
+
+
 async def login(request: web.Request) -> web.Response:
-    """``POST /web/login`` with JSON or form ``password`` → a session cookie; wrong → 401, slowly."""
+    """``POST /web/login`` with JSON or form ``password`` → a session cookie; wrong → 401, slowly;
+    too many wrong from one IP → 429 without looking at the password (``LoginLimiter``)."""
     auth = _auth(request)
     stored = auth.store.get(PASSWORD_KEY)
     if not stored:
         return _error(503, NO_PASSWORD)
+    limiter = request.app[LOGIN_LIMITER]
+    client = request.remote or "unknown"
+    if wait := limiter.locked_for(client):
+        return _locked_out(wait)
     is_json = request.content_type == "application/json"
     try:
         body = await request.json() if is_json else dict(await request.post())
@@ -132,9 +211,19 @@ async def login(request: web.Request) -> web.Response:
         return _error(400, 'body must be JSON {"password": "..."} or a form')
     password = body.get("password") if isinstance(body, dict) else None
     ok = isinstance(password, str) and 0 < len(password) <= 1024
-    if not (ok and await asyncio.to_thread(check_password, stored, str(password))):
+    async with limiter.checking:  # one scrypt at a time; parallel guesses queue here
+        if wait := limiter.locked_for(client):  # the ones queued behind the fifth failure
+            return _locked_out(wait)
+        ok = ok and await asyncio.to_thread(check_password, stored, str(password))
+        if ok:
+            limiter.succeeded(client)
+        else:
+            limiter.failed(client)
+            if limiter.locked_for(client):
+                log.warning("web chat: %s locked out after %d wrong passwords", client, limiter.max_failures)
+    if not ok:
         await asyncio.sleep(LOGIN_DELAY)
-        log.info("web chat: wrong password from %s", request.remote)
+        log.info("web chat: wrong password from %s", client)
         return _error(401, "wrong password")
     response = (
         web.json_response({"ok": True}) if is_json else web.Response(status=303, headers={"Location": "/"})
@@ -265,6 +354,7 @@ def _chat(request: web.Request, group: AgentGroup) -> tuple[str, str | None]:
 
 def add_routes(app: web.Application) -> None:
     """Register the web chat's page, assets and endpoints."""
+    app[LOGIN_LIMITER] = LoginLimiter()
     app.router.add_get("/", page)
     app.router.add_static("/assets", WEB_DIR)
     app.router.add_post("/web/login", login)

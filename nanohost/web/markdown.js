@@ -4,7 +4,8 @@
 // Safety rests on one rule: every piece of the input is HTML-escaped before it reaches the
 // output, and the only markup added is a fixed set of tags with no attributes, except <a>, whose
 // href must be an http(s) URL (escaped, so it cannot leave its quotes). Code spans and links are
-// cut out first (into numbered slots) so that emphasis never rewrites a URL or code.
+// cut out first (into numbered slots, marked by NUL characters, which are removed from the input
+// and never part of a URL) so that emphasis never rewrites a URL or code.
 // Supports: ``` fenced code, `inline code`, **bold**/__bold__, *italic*/_italic_,
 // [text](https://…) and bare http(s) links, - / * / 1. lists, # headings, paragraphs.
 
@@ -32,14 +33,21 @@ function inline(text) {
   let s = String(text).replace(/\u0000/g, "");
   s = s.replace(/`([^`\n]+)`/g, (_, code) => keep(`<code>${escapeHtml(code)}</code>`));
   s = s.replace(
-    /\[([^\]\n]+)\]\((https?:\/\/[^\s()]+)\)|\bhttps?:\/\/[^\s<>"'`]+/g,
+    /\[([^\]\n]+)\]\((https?:\/\/[^\s()\u0000]+)\)|\bhttps?:\/\/[^\s<>"'`\u0000]+/g,
     (match, label, url) => {
       if (label !== undefined) return link(url, emphasis(escapeHtml(label)));
       const bare = match.replace(/[.,;:!?)\]]+$/, ""); // trailing punctuation ends the sentence
       return link(bare, escapeHtml(bare)) + escapeHtml(match.slice(bare.length));
     },
   );
-  return emphasis(escapeHtml(s)).replace(/\u0000(\d+)\u0000/g, (_, i) => slots[Number(i)]);
+  // A slot may hold earlier slots (a code span in a link label): substitute until none is left.
+  // Each slot refers only to slots made before it, so this ends; the bound and the final strip
+  // only guard against a mistake here ever showing a raw marker.
+  let html = emphasis(escapeHtml(s));
+  for (let round = 0; round <= slots.length && html.includes("\u0000"); round++) {
+    html = html.replace(/\u0000(\d+)\u0000/g, (_, i) => slots[Number(i)] ?? "");
+  }
+  return html.replace(/\u0000/g, "");
 }
 
 function renderMarkdown(text) {

@@ -237,7 +237,9 @@ async def test_typing_shows_while_a_message_waits_and_stops_when_answered(world:
         row.status = "answered"
     reply = world.add("out", "answer")
     await world.wait_status(reply, "delivered")
-    task = world.delivery._typing[("telegram", "-100", None)]
-    await asyncio.wait_for(task, 5)  # the loop ends once nothing waits
+    task = world.delivery._typing.get(("telegram", "-100", None))
+    if task is not None:
+        await asyncio.wait_for(task, 5)  # the loop ends once nothing waits
+    assert ("telegram", "-100", None) not in world.delivery._typing  # and the chat is forgotten
     typed = sum(kind == "typing" for kind, _, _ in world.channel.calls)
-    assert task.done() and typed >= 2
+    assert typed >= 2

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from nanohost.channels import discord_parse
 from nanohost.channels.base import (
     ChannelStartError,
     ChatTarget,
@@ -16,7 +19,7 @@ from nanohost.channels.base import (
     PermanentError,
     TransientError,
 )
-from nanohost.channels.discord import USER_AGENT, DiscordChannel, RouteLimits
+from nanohost.channels.discord import UPLOAD_LIMIT, USER_AGENT, DiscordChannel, RouteLimits
 from nanohost.channels.discord_gateway import INTENTS, GatewayTimings
 from tests.fakes.discord import BOT_ID, TOKEN, FakeDiscord
 
@@ -87,6 +90,78 @@ async def test_refused_token_is_a_start_error_naming_the_env_var(
     assert discord_fake.connections == []  # never reached the gateway
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_unreachable_api_at_start_is_transient_and_a_retry_starts_once_it_answers() -> None:
+    port = _free_port()
+    adapter = DiscordChannel(TOKEN, f"http://127.0.0.1:{port}/api/v10", timings=FAST, ready_timeout=5)
+    sink = Sink()
+    fake = FakeDiscord()
+    try:
+        with pytest.raises(TransientError, match="could not reach Discord"):
+            await adapter.start(sink)
+        assert adapter.receiver is None and adapter._http is None  # nothing left running or open
+        await fake.start(port=port)
+        await adapter.start(sink)  # the host's retry, on the same object
+        await fake.inject_message(CHAT, "back online")
+        assert [m.text for m in await sink.wait(1)] == ["back online"]
+    finally:
+        await adapter.stop()
+        await fake.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "headers"),
+    [("me", 503, {}), ("gateway", 502, {}), ("me", 429, {"Retry-After": "3"})],
+)
+async def test_5xx_or_429_at_start_is_transient_and_a_retry_starts(
+    discord_fake: FakeDiscord,
+    kind: str,
+    status: int,
+    headers: dict[str, str],
+) -> None:
+    body: dict[str, Any] = {"message": "try later"}
+    if status == 429:
+        body["retry_after"] = 2.5
+    discord_fake.script(kind, status, body, headers)
+    adapter = DiscordChannel(TOKEN, discord_fake.url, timings=FAST, ready_timeout=5)
+    sink = Sink()
+    try:
+        with pytest.raises(TransientError) as raised:
+            await adapter.start(sink)
+        assert str(status) in str(raised.value)
+        assert raised.value.retry_after == (2.5 if status == 429 else None)
+        assert adapter.receiver is None and adapter._http is None and discord_fake.connections == []
+        await adapter.start(sink)
+        await discord_fake.inject_message(CHAT, "started")
+        assert [m.text for m in await sink.wait(1)] == ["started"]
+        assert len(discord_fake.identifies) == 1
+    finally:
+        await adapter.stop()
+
+
+async def test_a_start_refused_at_identify_can_be_retried_on_the_same_object(
+    discord_fake: FakeDiscord,
+) -> None:
+    adapter = DiscordChannel(TOKEN, discord_fake.url, timings=FAST, ready_timeout=5)
+    sink = Sink()
+    discord_fake.identify_close_code = 4014
+    try:
+        with pytest.raises(ChannelStartError):
+            await adapter.start(sink)
+        assert adapter.receiver is None and adapter._http is None
+        discord_fake.identify_close_code = None  # the operator enabled the intent
+        await adapter.start(sink)
+        await discord_fake.inject_message(CHAT, "hello")
+        assert [m.text for m in await sink.wait(1)] == ["hello"]
+    finally:
+        await adapter.stop()
+
+
 async def test_start_identifies_with_intents_and_the_versioned_url(
     discord_fake: FakeDiscord,
     start: Start,
@@ -154,6 +229,7 @@ async def test_guild_message_mention_reply_and_dm_arrive_with_their_facts(
         ("4444444444", "psst"),
     ]
     assert got[0].platform_message_id == plain and got[0].sender == "alice"
+    assert got[0].sender_handle == "alice"
     assert [m.mentions_bot for m in got] == [False, True, True, False]
     assert [m.is_direct for m in got] == [False, False, False, True]
 
@@ -201,6 +277,47 @@ async def test_malformed_events_are_skipped_and_the_next_good_one_arrives(
     assert msg.text == "still here"
     assert "31415" in caplog.text  # the bad event was logged with its id
     assert len(discord_fake.connections) == 1  # and did not cost the connection
+
+
+async def test_hostile_payloads_do_not_stop_receiving(discord_fake: FakeDiscord, start: Start) -> None:
+    """A display name with a backslash once made re.sub raise; a list ``type`` made ``in`` raise."""
+    _, sink = await start()
+    listy = discord_fake.message_payload(CHAT, "typed")
+    listy["type"] = [0]
+    hashy = discord_fake.message_payload(CHAT, "typed")
+    hashy["type"] = {"kind": 0}
+    evil = discord_fake.message_payload(CHAT, "<@424242> hi")
+    evil["mentions"] = [{"id": "424242", "username": "evil", "global_name": "evil\\1 \\g<0>"}]
+    for data in (listy, hashy, evil):
+        await discord_fake.dispatch("MESSAGE_CREATE", data)
+    await discord_fake.inject_message(CHAT, "still here")
+    got = await sink.wait(2)
+    assert [m.text for m in got] == ["@evil\\1 \\g<0> hi", "still here"]
+    assert len(discord_fake.connections) == 1
+
+
+async def test_a_parser_that_raises_anyway_does_not_stop_the_loop(
+    discord_fake: FakeDiscord,
+    start: Start,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = discord_parse.parse_message
+    calls = 0
+
+    def flaky(data: object, bot_id: str, download: Any) -> InboundMessage | None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("parser bug")
+        return real(data, bot_id, download)
+
+    monkeypatch.setattr("nanohost.channels.discord.parse_message", flaky)
+    _, sink = await start()
+    bad = await discord_fake.inject_message(CHAT, "first")
+    await discord_fake.inject_message(CHAT, "second")
+    assert [m.text for m in await sink.wait(1)] == ["second"]
+    assert bad in caplog.text and "parser bug" in caplog.text
 
 
 async def test_a_router_failure_does_not_stop_the_loop(discord_fake: FakeDiscord, start: Start) -> None:
@@ -354,6 +471,21 @@ async def test_send_file_is_multipart_with_payload_json(
     assert (sent.upload.field, sent.upload.filename) == ("files[0]", "chart.png")
     assert sent.upload.data == b"\x89PNG fake image bytes"
     assert sent.upload.content_type == "image/png"
+
+
+async def test_a_file_over_the_upload_limit_is_refused_before_any_request(
+    discord_fake: FakeDiscord,
+    start: Start,
+    tmp_path: Path,
+) -> None:
+    adapter, _ = await start()
+    path = tmp_path / "huge.bin"
+    with path.open("wb") as handle:
+        handle.truncate(UPLOAD_LIMIT + 1)  # sparse: nothing is written
+    with pytest.raises(PermanentError, match="huge.bin"):
+        await adapter.send_file(ChatTarget(CHAT), path, "too big")
+    assert discord_fake.attempts() == []
+    assert UPLOAD_LIMIT == 10 * 1024 * 1024
 
 
 async def test_typing(discord_fake: FakeDiscord, start: Start) -> None:

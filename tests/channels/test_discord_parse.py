@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from nanohost.channels import discord_parse
 from nanohost.channels.discord_parse import parse_message
 
 BOT = "999000"
@@ -46,7 +47,7 @@ def test_guild_message_reports_the_facts() -> None:
     assert msg.channel == "discord"
     assert msg.chat_id == CHANNEL
     assert msg.platform_message_id == "2000000000000000001"  # snowflakes are global: no prefix
-    assert (msg.sender, msg.sender_id) == ("alice", "111222")
+    assert (msg.sender, msg.sender_id, msg.sender_handle) == ("alice", "111222", "alice")
     assert msg.text == "hello there"
     assert msg.mentions_bot is False and msg.is_direct is False and msg.thread_id is None
 
@@ -54,6 +55,13 @@ def test_guild_message_reports_the_facts() -> None:
 def test_global_name_is_the_sender_when_set() -> None:
     msg = parse(payload(author={"id": "111222", "username": "alice", "global_name": "Alice A."}))
     assert msg.sender == "Alice A." and msg.sender_id == "111222"
+    assert msg.sender_handle == "alice"  # the unique user name, never the settable display name
+
+
+def test_display_name_is_never_the_handle() -> None:
+    """A display name set to someone's user name does not make the sender that user."""
+    msg = parse(payload(author={"id": "111222", "username": "mallory", "global_name": "alice"}))
+    assert (msg.sender, msg.sender_handle) == ("alice", "mallory")
 
 
 def test_mention_in_mentions_list_and_text_made_readable() -> None:
@@ -73,6 +81,30 @@ def test_mention_of_someone_else_is_not_a_mention() -> None:
     msg = parse(payload(content="<@424242> hi", mentions=[other]))
     assert msg.mentions_bot is False
     assert msg.text == "@bob hi"
+
+
+@pytest.mark.parametrize("name", ["evil\\1", "a\\g<0>b", "back\\", "\\n"])
+def test_mentioned_names_with_backslashes_are_inserted_literally(name: str) -> None:
+    other = {"id": "424242", "username": "bob", "global_name": name}
+    msg = parse(payload(content="<@424242> and <@!424242>", mentions=[other]))
+    assert msg.text == f"@{name} and @{name}"
+
+
+@pytest.mark.parametrize("kind", [[0], {"t": 0}, "0", None, False, 0.0])
+def test_a_type_that_is_not_a_user_message_number_is_skipped(kind: Any) -> None:
+    assert parse(payload(type=kind)) is None
+
+
+def test_an_unexpected_error_while_parsing_is_logged_and_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(discord_parse, "_parse", broken)
+    with caplog.at_level(logging.WARNING, logger="nanohost.channels.discord_parse"):
+        assert parse(payload()) is None
+    assert "2000000000000000001" in caplog.text and "parser bug" in caplog.text
 
 
 def test_reply_to_the_bot_counts_as_mention() -> None:

@@ -68,3 +68,11 @@ def test_a_symlinked_file_name_is_not_followed(tmp_path: Path) -> None:
     saved = save_incoming(folder, "x.txt", b"new")
     assert saved == "inbox/x-1.txt"
     assert target.read_text() == "keep"
+
+
+def test_an_inbox_that_is_a_file_is_replaced(tmp_path: Path) -> None:
+    folder = tmp_path / "team"
+    folder.mkdir()
+    (folder / "inbox").write_text("not a folder")
+    assert save_incoming(folder, "a.txt", b"a") == "inbox/a.txt"
+    assert (folder / "inbox" / "a.txt").read_bytes() == b"a"

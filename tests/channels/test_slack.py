@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,7 @@ from nanohost.channels.base import (
     PermanentError,
     TransientError,
 )
-from nanohost.channels.slack import SlackChannel
+from nanohost.channels.slack import SlackBot, SlackChannel
 from tests.fakes.slack import APP_TOKEN, BOT_ID, BOT_TOKEN, BOT_USER, FakeSlack, running
 
 
@@ -101,6 +103,84 @@ async def test_a_bot_token_given_as_app_token_is_refused(fake: FakeSlack) -> Non
         await adapter.start(Sink())
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [{"error": code} for code in ("account_inactive", "token_revoked", "not_authed")]
+    + [{"status": 401}, {"status": 403}],
+)
+async def test_every_kind_of_token_refusal_stops_the_channel(
+    fake: FakeSlack, failure: dict[str, Any]
+) -> None:
+    fake.fail_next("auth.test", **failure)
+    adapter = SlackChannel(app_token=APP_TOKEN, bot_token=BOT_TOKEN, api_base=fake.url)
+    with pytest.raises(ChannelStartError, match="NANOHOST_SLACK_BOT_TOKEN"):
+        await adapter.start(Sink())
+    assert adapter._session is None and fake.connections == 0
+
+
+def assert_nothing_running(adapter: SlackChannel) -> None:
+    """What a failed start must leave behind: no session, no socket, no tasks."""
+    assert adapter._session is None and adapter._ws is None
+    assert adapter._loop_task is None and adapter._worker_task is None
+
+
+async def test_an_unreachable_slack_at_start_is_transient_and_a_retry_works(fake: FakeSlack) -> None:
+    sink = Sink()
+    adapter = SlackChannel(app_token=APP_TOKEN, bot_token=BOT_TOKEN, api_base="http://127.0.0.1:1/api")
+    with pytest.raises(TransientError):
+        await adapter.start(sink)
+    assert_nothing_running(adapter)
+    adapter._api_base = fake.url  # the network is back
+    await adapter.start(sink)
+    try:
+        await fake.wait_connections(1)
+        await fake.inject(fake.message("after the retry"))
+        assert (await sink.next()).text == "after the retry"
+    finally:
+        await adapter.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "failure"),
+    [
+        ("auth.test", {"status": 503}),
+        ("auth.test", {"status": 429, "retry_after": 3}),
+        ("auth.test", {"error": "internal_error"}),
+        ("apps.connections.open", {"status": 500}),
+        ("apps.connections.open", {"error": "service_unavailable"}),
+    ],
+)
+async def test_a_failing_slack_at_start_is_transient_and_a_retry_works(
+    fake: FakeSlack, method: str, failure: dict[str, Any]
+) -> None:
+    fake.fail_next(method, **failure)
+    sink = Sink()
+    adapter = SlackChannel(app_token=APP_TOKEN, bot_token=BOT_TOKEN, api_base=fake.url)
+    with pytest.raises(TransientError):
+        await adapter.start(sink)
+    assert_nothing_running(adapter)
+    await adapter.start(sink)
+    try:
+        await fake.wait_connections(1)
+        await fake.inject(fake.message("started"))
+        assert (await sink.next()).text == "started"
+    finally:
+        await adapter.stop()
+
+
+async def test_a_refused_websocket_at_start_is_transient_and_a_retry_works(fake: FakeSlack) -> None:
+    fake.refuse_next_link(503)
+    adapter = SlackChannel(app_token=APP_TOKEN, bot_token=BOT_TOKEN, api_base=fake.url)
+    with pytest.raises(TransientError, match="websocket"):
+        await adapter.start(Sink())
+    assert_nothing_running(adapter)
+    await adapter.start(Sink())
+    try:
+        await fake.wait_connections(1)
+    finally:
+        await adapter.stop()
+
+
 async def test_start_checks_both_tokens_and_connects(fake: FakeSlack, channel: SlackChannel) -> None:
     auth, opened = fake.calls[:2]
     assert (auth.method, auth.token) == ("auth.test", BOT_TOKEN)
@@ -179,6 +259,30 @@ async def test_malformed_frames_and_events_are_skipped(
     await fake.inject(fake.message("still here"))
     assert (await sink.next()).text == "still here"
     assert broken in fake.acks and no_user in fake.acks
+    assert sink.messages.empty()
+
+
+async def test_a_payload_that_breaks_the_parser_is_skipped_and_the_loop_lives_on(
+    fake: FakeSlack,
+    channel: SlackChannel,
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real = slack_module.parse_event
+
+    def fragile(payload: Any, bot: SlackBot, fetcher: Any = None) -> InboundMessage | None:
+        if "boom" in str(payload):
+            raise RuntimeError("parser bug")
+        return real(payload, bot, fetcher)
+
+    monkeypatch.setattr(slack_module, "parse_event", fragile)
+    with caplog.at_level(logging.ERROR, logger="nanohost.channels.slack"):
+        hostile = await fake.inject(fake.message("boom"))
+        await fake.inject(fake.message("still here"))
+        assert (await sink.next()).text == "still here"
+    assert hostile in fake.acks
+    assert any(hostile in record.getMessage() for record in caplog.records)  # logged with its ids
     assert sink.messages.empty()
 
 
@@ -261,6 +365,40 @@ async def test_send_text_posts_to_the_channel_and_the_thread(fake: FakeSlack, ch
     assert first.params == {"channel": "C0123", "text": "hello &lt;world&gt; &amp; co"}
     assert second.params == {"channel": "C0123", "text": "in thread", "thread_ts": "1700000000.000001"}
     assert plain is not None and plain.startswith("C0123:") and threaded != plain
+
+
+async def test_text_that_escaping_pushes_over_the_limit_is_posted_in_parts(
+    fake: FakeSlack, channel: SlackChannel
+) -> None:
+    text = ("a&b<c>" * 10_000)[: SlackChannel.text_limit]  # fits raw; escaped it is ~2.3x longer
+    assert len(text) == SlackChannel.text_limit
+    last = await channel.send_text(ChatTarget("C0123", "1700000000.000001"), text)
+    posts = fake.posted  # all accepted: none was refused as msg_too_long
+    assert len(posts) == len(fake.calls_of("chat.postMessage")) >= 3
+    assert all(len(p["text"]) <= SlackChannel.text_limit for p in posts)
+    assert all(p["thread_ts"] == "1700000000.000001" for p in posts)
+    assert slack_module._unescape("".join(p["text"] for p in posts)) == text  # in order, nothing lost
+    assert last == f"C0123:{posts[-1]['ts']}"
+
+
+async def test_text_that_fits_once_escaped_is_one_post(fake: FakeSlack, channel: SlackChannel) -> None:
+    text = "&" * (SlackChannel.text_limit // 5)
+    await channel.send_text(ChatTarget("C0123"), text)
+    (post,) = fake.posted
+    assert post["text"] == "&amp;" * len(text)
+
+
+async def test_a_file_over_the_upload_limit_is_refused_before_reading(
+    fake: FakeSlack, channel: SlackChannel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slack_module, "UPLOAD_LIMIT", 1024)
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 2048)
+    with pytest.raises(PermanentError, match="slack"):
+        await channel.send_file(ChatTarget("C0123"), path, "")
+    with pytest.raises(PermanentError, match="cannot read"):
+        await channel.send_file(ChatTarget("C0123"), tmp_path / "missing.bin", "")
+    assert fake.calls_of("files.getUploadURLExternal") == []
 
 
 async def test_send_file_uses_the_external_upload_flow(

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from nanohost.channels import slack as slack_module
 from nanohost.channels.base import InboundMessage
-from nanohost.channels.slack import SlackBot, escape, parse_event
+from nanohost.channels.slack import SlackBot, escape, escaped_parts, parse_event
 
 BOT = SlackBot(user_id="U0BOT", bot_id="B0BOT")
 
@@ -41,6 +42,7 @@ def test_a_channel_message_reports_the_facts() -> None:
     assert message.channel == "slack"
     assert message.chat_id == "C0123"
     assert message.sender == message.sender_id == "U0USER1"
+    assert message.sender_handle is None  # Slack events name the sender only by user id
     assert message.text == "hello"
     assert message.platform_message_id == "C0123:1700000000.000100"
     assert message.thread_id is None  # not in a thread: the reply goes to the channel
@@ -164,6 +166,26 @@ def test_malformed_payloads_are_skipped_with_a_log_line(
     with caplog.at_level(logging.WARNING, logger="nanohost.channels.slack"):
         assert parse_event(payload, BOT) is None
     assert caplog.records, "a malformed payload must be logged"
+
+
+def test_an_unexpected_parser_failure_is_logged_and_skipped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(slack_module, "_parse_files", broken)
+    with caplog.at_level(logging.WARNING, logger="nanohost.channels.slack"):
+        assert parse_event(event(), BOT) is None
+    assert any("Ev1" in record.getMessage() for record in caplog.records)
+
+
+def test_escaped_parts_fit_the_limit_and_unescape_to_the_text() -> None:
+    assert escaped_parts("a < b", 100) == ["a &lt; b"]
+    text = "x" * 50 + "&" * 150 + "<>" * 50  # 300 characters, 1100 once escaped
+    parts = escaped_parts(text, 300)
+    assert len(parts) >= 4 and all(len(part) <= 300 for part in parts)
+    assert slack_module._unescape("".join(parts)) == text
 
 
 def test_a_message_without_text_is_kept_as_empty() -> None:

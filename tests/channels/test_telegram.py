@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from nanohost.channels.base import (
@@ -21,7 +22,7 @@ from nanohost.channels.base import (
 from nanohost.channels.state import ChannelStore
 from nanohost.channels.telegram import TelegramChannel
 from nanohost.db import make_engine, make_session_factory, migrate
-from tests.fakes.telegram import BOT_ID, CHAT_NOT_FOUND, KICKED, TOKEN, FakeTelegram
+from tests.fakes.telegram import BOT_ID, CHAT_NOT_FOUND, KICKED, TOKEN, UPGRADED, FakeTelegram
 
 GROUP = -1001234
 WAIT = 10.0
@@ -104,10 +105,56 @@ async def test_refused_token_is_a_start_error_naming_the_env_var(
     await adapter.stop()  # harmless after a failed start
 
 
-async def test_unreachable_api_is_a_start_error(store: ChannelStore, sink: Sink) -> None:
-    adapter = TelegramChannel(TOKEN, "http://127.0.0.1:9", store)
-    with pytest.raises(ChannelStartError, match="could not be reached"):
+@pytest.mark.parametrize("status", [401, 403, 404])
+async def test_only_a_refused_token_is_a_start_error(
+    fake: FakeTelegram, store: ChannelStore, sink: Sink, status: int
+) -> None:
+    fake.fail_next("getMe", status, "Unauthorized")
+    adapter = TelegramChannel(TOKEN, fake.url, store)
+    with pytest.raises(ChannelStartError, match="NANOHOST_TELEGRAM_TOKEN"):
         await adapter.start(sink)
+
+
+async def test_unreachable_api_is_transient_and_hides_the_token(store: ChannelStore, sink: Sink) -> None:
+    adapter = TelegramChannel(TOKEN, "http://127.0.0.1:9", store)
+    with pytest.raises(TransientError, match="could not be reached") as info:
+        await adapter.start(sink)
+    assert TOKEN not in str(info.value)
+    assert adapter._session is None and adapter._task is None  # nothing left open
+
+
+async def test_a_retried_start_works_once_the_api_answers(
+    fake: FakeTelegram, store: ChannelStore, sink: Sink
+) -> None:
+    fake.unreachable = True
+    adapter = TelegramChannel(TOKEN, fake.url, store, poll_timeout=1.0)
+    with pytest.raises(TransientError, match="could not be reached"):
+        await adapter.start(sink)
+    assert adapter._session is None and adapter._task is None
+    fake.unreachable = False
+    await adapter.start(sink)  # the same object starts
+    try:
+        fake.inject_message(GROUP, "after the retry")
+        assert (await sink.next()).text == "after the retry"
+    finally:
+        await adapter.stop()
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 400])
+async def test_a_failing_getme_is_transient_and_start_can_be_retried(
+    fake: FakeTelegram, store: ChannelStore, sink: Sink, status: int
+) -> None:
+    fake.fail_next("getMe", status, "Something went wrong")
+    adapter = TelegramChannel(TOKEN, fake.url, store, poll_timeout=1.0)
+    with pytest.raises(TransientError):
+        await adapter.start(sink)
+    assert fake.calls_of("getUpdates") == [] and adapter._session is None
+    await adapter.start(sink)  # the fake answers now
+    try:
+        fake.inject_message(GROUP, "started on the second try")
+        assert (await sink.next()).text == "started on the second try"
+    finally:
+        await adapter.stop()
 
 
 async def test_start_learns_the_bot_and_polls_for_messages_only(fake: FakeTelegram, channel: Factory) -> None:
@@ -126,9 +173,11 @@ async def test_message_reaches_the_sink(fake: FakeTelegram, channel: Factory, si
     await channel()
     fake.inject_message(GROUP, "hello", mention=True)
     msg = await sink.next()
-    assert (msg.chat_id, msg.text, msg.sender, msg.mentions_bot) == (
+    assert (msg.chat_id, msg.text, msg.sender, msg.sender_id, msg.sender_handle, msg.mentions_bot) == (
         str(GROUP),
         "@nano_host_bot hello",
+        "Alice",
+        "501",
         "alice",
         True,
     )
@@ -385,19 +434,91 @@ async def test_kicked_or_missing_chat_is_permanent(
         await adapter.typing(ChatTarget(str(GROUP)))
 
 
-async def test_send_to_a_migrated_chat_moves_it_and_is_permanent(
+async def test_a_reply_to_a_migrated_chat_arrives_in_the_new_chat(
     fake: FakeTelegram, channel: Factory, sink: Sink
 ) -> None:
     adapter = await channel()
-    fake.fail_next(
-        "sendMessage",
-        400,
-        "Bad Request: group chat was upgraded to a supergroup chat",
-        {"migrate_to_chat_id": -1004001},
-    )
-    with pytest.raises(PermanentError, match="now -1004001"):
+    fake.migrate_chat(-4001, -1004001, notify=False)
+    ref = await adapter.send_text(ChatTarget("-4001"), "the reply")
+    assert sink.moves.get_nowait() == ("telegram", "-4001", "-1004001")  # moved before the resend
+    assert [(c.chat_id, c.status) for c in fake.calls_of("sendMessage")] == [
+        ("-4001", 400),
+        ("-1004001", 200),
+    ]
+    assert fake.texts_to(-1004001) == ["the reply"]
+    assert ref is not None and ref.startswith("-1004001:")
+    # Later sends still addressed to the old id (the rest of a split reply) go straight there.
+    await adapter.send_text(ChatTarget("-4001"), "the rest")
+    await adapter.typing(ChatTarget("-4001"))
+    assert fake.texts_to(-1004001) == ["the reply", "the rest"]
+    assert len(fake.calls_of("sendMessage", -4001)) == 1 and fake.calls_of("sendChatAction", -4001) == []
+    assert sink.moves.empty()
+
+
+@pytest.mark.parametrize("name", ["report.pdf", "chart.png"])
+async def test_a_file_to_a_migrated_chat_is_uploaded_again_to_the_new_chat(
+    fake: FakeTelegram, channel: Factory, sink: Sink, tmp_path: Path, name: str
+) -> None:
+    adapter = await channel()
+    fake.migrate_chat(-4001, -1004001, notify=False)
+    path = tmp_path / name
+    path.write_bytes(b"file body")
+    await adapter.send_file(ChatTarget("-4001"), path, "here")
+    method, field = ("sendPhoto", "photo") if name.endswith(".png") else ("sendDocument", "document")
+    first, resent = fake.calls_of(method)
+    assert (first.chat_id, first.status, resent.chat_id, resent.status) == ("-4001", 400, "-1004001", 200)
+    assert resent.params["caption"] == "here" and resent.files[field].data == b"file body"
+    assert sink.moves.get_nowait() == ("telegram", "-4001", "-1004001")
+
+
+async def test_a_failing_resend_to_the_migrated_chat_raises_its_error(
+    fake: FakeTelegram, channel: Factory, sink: Sink
+) -> None:
+    adapter = await channel()
+    fake.migrate_chat(-4001, -1004001, notify=False)
+    fake.fail_chat(-1004001, *KICKED)
+    with pytest.raises(PermanentError, match="kicked"):
         await adapter.send_text(ChatTarget("-4001"), "x")
-    assert await asyncio.wait_for(sink.moves.get(), WAIT) == ("telegram", "-4001", "-1004001")
+    assert sink.moves.get_nowait() == ("telegram", "-4001", "-1004001")
+    assert [c.chat_id for c in fake.calls_of("sendMessage")] == ["-4001", "-1004001"]  # resent once only
+
+
+async def test_a_resend_that_is_rate_limited_is_transient(
+    fake: FakeTelegram, channel: Factory, sink: Sink
+) -> None:
+    adapter = await channel()
+    fake.fail_next("sendMessage", *UPGRADED, {"migrate_to_chat_id": -1004001})
+    fake.fail_next_with_429("sendMessage", retry_after=3)
+    with pytest.raises(TransientError) as info:
+        await adapter.send_text(ChatTarget("-4001"), "x")
+    assert info.value.retry_after == 3
+    await adapter.send_text(ChatTarget("-4001"), "x")  # delivery's retry goes to the new chat
+    assert fake.texts_to(-1004001) == ["x"]
+
+
+async def test_a_migration_without_a_sink_still_resends(fake: FakeTelegram, store: ChannelStore) -> None:
+    adapter = TelegramChannel(TOKEN, fake.url, store)
+    adapter._session = aiohttp.ClientSession()  # sending without start(): no sink to tell
+    try:
+        fake.migrate_chat(-4001, -1004001, notify=False)
+        await adapter.send_text(ChatTarget("-4001"), "x")
+        assert fake.texts_to(-1004001) == ["x"]
+    finally:
+        await adapter.stop()
+
+
+async def test_a_file_over_the_upload_limit_is_refused_before_reading(
+    fake: FakeTelegram, channel: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("nanohost.channels.telegram.UPLOAD_MAX_BYTES", 1000)
+    adapter = await channel()
+    path = tmp_path / "big.bin"
+    path.write_bytes(b"x" * 1001)
+    with pytest.raises(PermanentError, match="big.bin"):
+        await adapter.send_file(ChatTarget(str(GROUP)), path, "")
+    with pytest.raises(PermanentError, match="cannot read"):
+        await adapter.send_file(ChatTarget(str(GROUP)), tmp_path / "missing.bin", "")
+    assert fake.calls_of("sendDocument") == []
 
 
 async def test_the_token_is_never_logged(

@@ -3,7 +3,7 @@
 Every test injects updates into the fake and asserts what the bot sent back through the Bot API:
 the echo in the right chat, long replies split under Telegram's limit, a file both ways, mention
 rules, a 429 retried by delivery, a permanent error recorded once, and a supergroup migration
-that moves the chat's binding.
+that moves the chat's binding, including one a reply learns of (and is resent to the new chat).
 """
 
 from __future__ import annotations
@@ -123,3 +123,21 @@ async def test_a_supergroup_migration_moves_the_binding(
     calls = await fake.wait_for("sendMessage", 1, chat_id=-1004001, timeout=REPLY_WAIT)
     assert calls[0].params["text"] == "echo: hello from the supergroup"
     assert fake.calls_of("sendMessage", -4001) == []
+
+
+async def test_a_reply_to_a_chat_migrated_meanwhile_arrives_in_the_new_chat(
+    fake: FakeTelegram, start_host: Any, tmp_path: Path
+) -> None:
+    host = await start(fake, start_host, tmp_path, chat_id=-4001)
+    fake.inject_message(-4001, "hello")
+    await fake.wait_until(lambda: fake.updates == [])  # the bot took the message from the old chat
+    fake.migrate_chat(-4001, -1004001, notify=False)  # upgraded before the reply: only sends learn of it
+    await fake.wait_for("sendMessage", 1, chat_id=-1004001, timeout=REPLY_WAIT)
+    await host.wait_outbound(lambda rows: [r.status for r in rows] == ["delivered"])
+    assert fake.texts_to(-1004001) == ["echo: hello"]
+    # Telegram answered the old id with the migration (to the typing signal or the reply itself).
+    refused = [c for c in fake.calls if c.chat_id == "-4001" and c.method != "getUpdates"]
+    assert refused and {c.status for c in refused} == {400}
+    fake.inject_message(-1004001, "and from the supergroup")  # the binding followed the chat
+    await fake.wait_for("sendMessage", 2, chat_id=-1004001, timeout=REPLY_WAIT)
+    assert fake.texts_to(-1004001) == ["echo: hello", "echo: and from the supergroup"]

@@ -54,12 +54,12 @@ def test_group_text_message_facts() -> None:
     assert msg.channel == "telegram"
     assert msg.chat_id == "-1001234"
     assert msg.platform_message_id == "-1001234:42"
-    assert (msg.sender, msg.sender_id) == ("alice", "501")
+    assert (msg.sender, msg.sender_id, msg.sender_handle) == ("Alice", "501", "alice")
     assert msg.text == "hello"
     assert not msg.is_direct and not msg.mentions_bot and msg.thread_id is None and msg.files == []
 
 
-def test_private_chat_is_direct_and_sender_falls_back_to_first_name() -> None:
+def test_private_chat_is_direct_and_a_user_without_username_has_no_handle() -> None:
     msg = message(
         update(
             text="hi",
@@ -68,7 +68,27 @@ def test_private_chat_is_direct_and_sender_falls_back_to_first_name() -> None:
         )
     )
     assert msg.is_direct and msg.chat_id == "501"
-    assert msg.sender == "Bob"
+    assert (msg.sender, msg.sender_id, msg.sender_handle) == ("Bob", "501", None)
+
+
+def test_sender_is_the_display_name_and_the_handle_the_username() -> None:
+    # Anyone may call themselves "alice"; only the username (and the id) identify the user.
+    impostor = {
+        "id": 666,
+        "is_bot": False,
+        "first_name": "alice",
+        "last_name": "Admin",
+        "username": "mallory",
+    }
+    msg = message(update(text="let me in", sender=impostor))
+    assert (msg.sender, msg.sender_id, msg.sender_handle) == ("alice Admin", "666", "mallory")
+
+
+@pytest.mark.parametrize("username", ["", 42, None])
+def test_an_empty_or_odd_username_is_no_handle(username: object) -> None:
+    user = {"id": 501, "is_bot": False, "first_name": "Alice", "username": username}
+    msg = message(update(text="hi", sender=user))
+    assert (msg.sender, msg.sender_handle) == ("Alice", None)
 
 
 @pytest.mark.parametrize("chat_type", ["group", "supergroup"])
@@ -188,7 +208,7 @@ def test_anonymous_admin_speaks_for_the_group() -> None:
             },
         )
     )
-    assert (msg.sender, msg.sender_id) == ("Team", str(GROUP))
+    assert (msg.sender, msg.sender_id, msg.sender_handle) == ("Team", str(GROUP), None)
 
 
 def test_non_message_updates_are_ignored() -> None:
@@ -225,6 +245,17 @@ def test_malformed_updates_are_logged_and_skipped(payload: object, caplog: pytes
     uid = update_id_of(payload)
     if uid is not None:
         assert f"update {uid} " in caplog.text
+
+
+def test_unexpected_exceptions_never_leave_the_parser(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(*args: object) -> None:
+        raise KeyError("a shape nobody foresaw")
+
+    monkeypatch.setattr("nanohost.channels.telegram_parse._text_and_entities", boom)
+    assert parse(update(77, text="hi")) is None
+    assert "update 77 could not be parsed" in caplog.text
 
 
 def test_malformed_entities_do_not_break_the_message() -> None:

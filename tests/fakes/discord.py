@@ -133,7 +133,8 @@ class FakeDiscord:
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, port: int | None = None) -> None:
+        """Serve on 127.0.0.1 (on ``port`` when given, else any free port)."""
         app = web.Application()
         app.router.add_get("/api/v10/users/@me", self._me)
         app.router.add_get("/api/v10/gateway/bot", self._gateway_bot)
@@ -142,7 +143,7 @@ class FakeDiscord:
         app.router.add_get("/cdn/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/gateway-resume", self._gateway)
-        self._server = TestServer(app, host="127.0.0.1")
+        self._server = TestServer(app, host="127.0.0.1", port=port)
         await self._server.start_server()
 
     async def close(self) -> None:
@@ -327,7 +328,7 @@ class FakeDiscord:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer the next ``kind`` call ("messages" or "typing") this way."""
+        """Answer the next ``kind`` call ("messages", "typing"; "me", "gateway" at start) this way."""
         self._scripted[kind].append(Scripted(status, body, headers or {}))
 
     def rate_limit_next(self, kind: str = "messages", retry_after: float = 0.25) -> None:
@@ -362,15 +363,23 @@ class FakeDiscord:
         return web.json_response({"message": "401: Unauthorized", "code": 0}, status=401)
 
     async def _me(self, request: web.Request) -> web.Response:
-        await self._record(Call("GET", request.path, dict(request.headers)))
+        call = Call("GET", request.path, dict(request.headers))
+        await self._record(call)
         if not self._authorized(request):
             return self._unauthorized()
+        failure = self._scripted_failure("me", call)
+        if failure is not None:
+            return failure
         return web.json_response({**BOT_USER, "avatar": None, "flags": 0, "verified": True})
 
     async def _gateway_bot(self, request: web.Request) -> web.Response:
-        await self._record(Call("GET", request.path, dict(request.headers)))
+        call = Call("GET", request.path, dict(request.headers))
+        await self._record(call)
         if not self._authorized(request):
             return self._unauthorized()
+        failure = self._scripted_failure("gateway", call)
+        if failure is not None:
+            return failure
         return web.json_response(
             {
                 "url": f"{self.ws_origin}/gateway",
@@ -383,6 +392,14 @@ class FakeDiscord:
                 },
             }
         )
+
+    def _scripted_failure(self, kind: str, call: Call) -> web.Response | None:
+        """A scripted error answer for a start call ("me", "gateway"), or None to answer normally."""
+        scripted = self._scripted[kind].popleft() if self._scripted[kind] else None
+        if scripted is None or scripted.status < 400:
+            return None
+        call.status = scripted.status
+        return web.json_response(scripted.body, status=scripted.status, headers=scripted.headers)
 
     async def _create_message(self, request: web.Request) -> web.Response:
         call = Call("POST", request.path, dict(request.headers))

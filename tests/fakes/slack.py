@@ -12,7 +12,8 @@ other caller gets the HTML login page, as on Slack).
 
 Tests drive it with ``message``/``mention``/``add_file`` (event builders), ``inject`` (send an
 envelope), ``disconnect``/``drop`` (connection trouble), ``fail_next`` (429 or an error code for
-the next call of a method) and wait with ``wait_for``/``wait_connections``/``wait_acked``.
+the next call of a method), ``refuse_next_link`` (the next websocket handshake fails) and wait
+with ``wait_for``/``wait_connections``/``wait_acked``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class FakeSlack:
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.uploads: list[Upload] = []
+        self.posted: list[dict[str, Any]] = []
+        """Every message ``chat.postMessage`` accepted, as the fake stored it (with its ``ts``)."""
         self.sent_envelopes: dict[str, float] = {}
         self.acks: dict[str, float] = {}
         """envelope id → seconds from sending the envelope to receiving its ack."""
@@ -108,6 +111,7 @@ class FakeSlack:
         self._reserved: dict[str, _Reserved] = {}
         self._served: dict[str, tuple[str, bytes]] = {}
         self._socket: _Socket | None = None
+        self._refused_links: deque[int] = deque()
         self._sockets: list[_Socket] = []
         self._changed = asyncio.Condition()
         self._ids = itertools.count(1)
@@ -248,6 +252,10 @@ class FakeSlack:
         """The next call of ``method`` answers HTTP ``status`` (429: with Retry-After) or ``ok: false``."""
         self._failures[method].append(Failure(status=status, error=error, retry_after=retry_after))
 
+    def refuse_next_link(self, status: int = 503) -> None:
+        """The next Socket Mode websocket handshake answers HTTP ``status`` instead of upgrading."""
+        self._refused_links.append(status)
+
     # --- test controls: waiting -----------------------------------------------------------
 
     async def wait_for(self, method: str, count: int = 1, timeout: float = 10.0) -> list[Call]:
@@ -362,6 +370,7 @@ class FakeSlack:
         message = {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": text, "ts": ts}
         if params.get("thread_ts"):
             message["thread_ts"] = params["thread_ts"]
+        self.posted.append({"channel": channel, **message})
         return _ok(channel=channel, ts=ts, message=message)
 
     async def _get_upload_url(self, params: dict[str, Any]) -> web.Response:
@@ -431,11 +440,13 @@ class FakeSlack:
 
     # --- the Socket Mode websocket --------------------------------------------------------
 
-    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+    async def _link(self, request: web.Request) -> web.StreamResponse:
         ticket = request.query.get("ticket", "")
         if ticket not in self._tickets:
             raise web.HTTPUnauthorized(text="invalid ticket")
         self._tickets.discard(ticket)  # tickets are single-use, as on Slack
+        if self._refused_links:
+            return web.Response(status=self._refused_links.popleft(), text="link refused")
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.connections += 1

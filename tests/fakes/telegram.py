@@ -13,7 +13,8 @@ Test controls: ``inject_message`` (groups or private chats, @-mentions with corr
 entity offsets, replies to the bot, documents, photos), ``inject_raw`` (malformed updates),
 ``fail_next`` (one failing answer, e.g. 429 with ``retry_after``), ``fail_chat`` (every send to a
 chat fails, e.g. 403 kicked), ``migrate_chat`` (group → supergroup upgrade), ``drop_polls`` (cut
-the connection of pending long polls), ``conflict_next_poll`` (409). Every call is recorded in
+the connection of pending long polls), ``conflict_next_poll`` (409), ``unreachable`` (cut every
+request's connection). Every call is recorded in
 ``calls`` and ``wait_for`` waits for calls without sleeping.
 """
 
@@ -103,6 +104,8 @@ class FakeTelegram:
         self._drops = 0
         self._closing = False
         self._conflicts = 0
+        self.unreachable = False
+        """While True every API request has its connection cut, as when Telegram cannot be reached."""
         self._changed = asyncio.Event()
         self._server: TestServer | None = None
 
@@ -202,9 +205,14 @@ class FakeTelegram:
         self._notify()
         return update
 
-    def migrate_chat(self, old: int | str, new: int | str) -> dict[str, Any]:
-        """The group ``old`` becomes supergroup ``new``: both service messages, old chat answers 400."""
+    def migrate_chat(self, old: int | str, new: int | str, *, notify: bool = True) -> dict[str, Any] | None:
+        """The group ``old`` becomes supergroup ``new``: sends to ``old`` answer 400 with
+        ``migrate_to_chat_id``, and (with ``notify``) both service messages are queued. Returns the
+        old chat's service message update."""
         self._chat_failures[str(old)] = Failure(*UPGRADED, {"migrate_to_chat_id": int(new)})
+        if not notify:  # the bot has not polled the service messages yet: only sends learn of it
+            self._notify()
+            return None
         base = {"from": {"id": 501, "is_bot": False, "first_name": "Alice"}, "date": int(time.time())}
         update = self.inject_raw(
             {
@@ -290,6 +298,10 @@ class FakeTelegram:
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         method = request.match_info["method"]
+        if self.unreachable:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
         params, files = await _read_params(request)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
+from nanohost.agent_files import keep_copy
 from nanohost.db.models import AgentGroup
 from nanohost.runtime import HostContext, SessionRuntime
 from nanohost.settings import load_settings
@@ -56,3 +58,39 @@ def test_escapes_are_refused(runtime: SessionRuntime, host_env: Path, path: str,
     (host_env / "groups" / "team" / "link").symlink_to(secret)
     with pytest.raises(ValueError, match=says):
         runtime.host_path(path, GROUP)
+
+
+def test_a_sent_file_is_copied_and_later_swaps_do_not_reach_the_host(
+    runtime: SessionRuntime, host_env: Path
+) -> None:
+    folder = host_env / "groups" / "team"
+    report = folder / "report.txt"
+    report.write_text("the report")
+    secret = host_env / "secret.txt"
+    secret.write_text("host secret")
+    source = runtime.host_path("/workspace/agent/report.txt", GROUP)
+    kept = keep_copy(source, [folder, runtime.dir], runtime.outbox, "7")
+    report.unlink()
+    report.symlink_to(secret)  # the agent swaps the file after the check
+    assert kept.read_text() == "the report"
+    assert kept == runtime.outbox / "7" / "report.txt"
+
+
+def test_the_copy_refuses_what_it_actually_opened(runtime: SessionRuntime, host_env: Path) -> None:
+    folder = host_env / "groups" / "team"
+    secret = host_env / "secret.txt"
+    secret.write_text("host secret")
+    roots = [folder, runtime.dir]
+    (folder / "link").symlink_to(secret)  # a link swapped in between host_path and the copy
+    with pytest.raises(ValueError, match="cannot be opened"):
+        keep_copy(folder / "link", roots, runtime.outbox, "1")
+    (folder / "sub").symlink_to(host_env)  # a folder above it swapped for a link out
+    with pytest.raises(ValueError, match="outside the workspace"):
+        keep_copy(folder / "sub" / "secret.txt", roots, runtime.outbox, "2")
+    os.mkfifo(folder / "pipe")  # would block a plain open() for ever
+    with pytest.raises(ValueError, match="not a regular file"):
+        keep_copy(folder / "pipe", roots, runtime.outbox, "3")
+    (folder / "big.bin").write_bytes(b"x" * 2048)
+    with pytest.raises(ValueError, match="over the"):
+        keep_copy(folder / "big.bin", roots, runtime.outbox, "4", limit=1024)
+    assert not runtime.outbox.exists() or list(runtime.outbox.iterdir()) == []

@@ -70,9 +70,11 @@ async def test_unbound_chats_are_ignored_and_logged_once(
 
 
 async def test_the_allow_list_matches_user_names_and_ids(tmp_path: Path, start_host: Any) -> None:
-    host = await started(tmp_path, start_host, allowed_senders=["alice", "2002"])
-    await router(host).receive(chat_message("from mallory", sender="mallory", sender_id="3003"))
-    await router(host).receive(chat_message("from alice", sender="Alice"))
+    host = await started(tmp_path, start_host, allowed_senders=["@alice", "2002"])
+    # a display name is anyone's to choose: it never matches the allow-list
+    spoof = chat_message("from mallory", sender="alice", sender_handle="mallory", sender_id="3003")
+    await router(host).receive(spoof)
+    await router(host).receive(chat_message("from alice", sender="Alice Smith", sender_handle="Alice"))
     await router(host).receive(chat_message("from bob", sender="bob", sender_id="2002"))
     assert inbound_texts(host) == ["from alice", "from bob"]
     answered = lambda rows: all(t in " ".join(r.text for r in rows) for t in ("from alice", "from bob"))  # noqa: E731
@@ -149,6 +151,7 @@ async def test_oversized_files_and_messages_are_refused_with_a_reply(tmp_path: P
     declared = IncomingFile("huge.iso", 10**9, too_big)
     await router(host).receive(chat_message("", msg_id="1", files=[lying]))
     await router(host).receive(chat_message("x" * 100_001, msg_id="2"))
+    await router(host).receive(chat_message("x" * 100_001, msg_id="2"))  # the platform sends it again
     await router(host).receive(chat_message("keep this", msg_id="3", files=[declared]))
     rows = host.outbound_rows()
     notices = [r.text for r in rows if r.sender == "nanohost"]
@@ -157,5 +160,11 @@ async def test_oversized_files_and_messages_are_refused_with_a_reply(tmp_path: P
     assert "longer than 100,000 characters" in notices[1]
     assert "'huge.iso'" in notices[2]
     assert all(r.status == "pending" and r.chat_id == "-100" for r in rows)  # delivery sends them
-    assert inbound_texts(host) == ["keep this"]  # the text of a message with a refused file goes on
+    with transaction(host.orchestrator.ctx.db) as db:
+        inbound = [
+            (m.text[:9], m.status) for m in db.scalars(select(Message).where(Message.direction == "in"))
+        ]
+    # refused whole: recorded as refused (so a repeat is a duplicate); a refused file's text goes on
+    assert inbound[:2] == [("", "refused"), ("xxxxxxxxx", "refused")]
+    assert inbound[2][0] == "keep this" and inbound[2][1] in ("queued", "answered")
     assert not (host.settings.groups_dir / "team" / "inbox").exists()

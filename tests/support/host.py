@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 
@@ -82,7 +83,7 @@ def agent_image(docker_client: Any) -> str:
 
 @dataclass
 class Host:
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
     settings: Settings
     app: Any
 
@@ -175,7 +176,7 @@ def bind(settings: Settings, channel: str, chat_id: str, group: str, session_mod
 @pytest.fixture
 async def start_host(docker_client: Any, agent_image: str) -> AsyncIterator[Any]:
     """Start (and at the end stop) host apps; containers they started are removed afterwards."""
-    clients: list[TestClient] = []
+    clients: list[TestClient[web.Request, web.Application]] = []
     started: list[Settings] = []
 
     async def start(settings: Settings) -> Host:

@@ -6,15 +6,20 @@ are recorded and queued but no container starts, so no Docker engine is needed.
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from aiohttp import FormData
+from aiohttp import FormData, WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
-from nanohost.channels.web_auth import COOKIE, SESSION_SECONDS
+from nanohost.channels import webchat
+from nanohost.channels.web_auth import COOKIE, SESSION_SECONDS, check_password
+from nanohost.channels.webchat import LOGIN_LIMITER, LoginLimiter
 from nanohost.db import make_engine, make_session_factory
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, Message
@@ -90,6 +95,82 @@ async def test_wrong_password_is_refused(client: TestClient, body: dict[str, obj
     assert time.monotonic() - started >= 0.4  # guessing is slow
     assert COOKIE not in response.cookies
     assert (await client.get("/web/groups")).status == 401
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """The login limiter's clock, moved by the test; wrong passwords answer at once."""
+    fake = FakeClock()
+    assert client.app is not None
+    monkeypatch.setattr(client.app[LOGIN_LIMITER], "clock", fake)
+    monkeypatch.setattr(webchat, "LOGIN_DELAY", 0)
+    return fake
+
+
+async def test_five_wrong_passwords_lock_the_client_out_for_ten_minutes(
+    client: TestClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(5):
+        assert await log_in(client, "guess") == 401
+        clock.now += 60
+    checks: list[str] = []
+
+    def recording_check(stored: str, password: str) -> bool:
+        checks.append(password)
+        return check_password(stored, password)
+
+    monkeypatch.setattr(webchat, "check_password", recording_check)
+    locked = await client.post("/web/login", json={"password": PASSWORD})  # even the right one
+    assert locked.status == 429
+    assert (await locked.json())["error"] == "too many failed logins; try again in 5 minutes"
+    assert locked.headers["Retry-After"] == "300"
+    assert COOKIE not in locked.cookies and checks == []  # refused without a password check
+    clock.now += 299  # the first failure is still inside the window
+    assert await log_in(client) == 429
+    clock.now += 1
+    assert await log_in(client) == 200 and checks == [PASSWORD]
+    assert await log_in(client, "guess") == 401  # a success forgot the earlier failures
+
+
+async def test_parallel_guesses_run_one_password_check_at_a_time(
+    client: TestClient, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = threading.Lock()
+    running: list[int] = []
+    calls: list[int] = []
+
+    def counting_check(stored: str, password: str) -> bool:
+        with lock:
+            running.append(1)
+            calls.append(len(running))
+        try:
+            return check_password(stored, password)
+        finally:
+            with lock:
+                running.pop()
+
+    monkeypatch.setattr(webchat, "check_password", counting_check)
+    statuses = await asyncio.gather(*(log_in(client, f"guess {i}") for i in range(20)))
+    assert sorted(statuses) == [401] * 5 + [429] * 15
+    assert calls == [1] * 5  # five scrypt checks, never two at once
+
+
+def test_the_limiter_counts_each_client_ip_apart() -> None:
+    clock = FakeClock()
+    limiter = LoginLimiter(max_failures=2, window=10, clock=clock)
+    limiter.failed("10.0.0.1")
+    limiter.failed("10.0.0.1")
+    assert limiter.locked_for("10.0.0.1") == 10 and limiter.locked_for("10.0.0.2") == 0
+    clock.now += 10
+    assert limiter.locked_for("10.0.0.1") == 0
 
 
 def _tampered(value: str) -> list[str]:
@@ -287,3 +368,97 @@ async def test_files_the_agent_sent_can_be_downloaded(
     assert download.status == 200 and await download.read() == b"the report"
     assert "attachment" in download.headers["Content-Disposition"]
     assert (await client.get(f"/web/groups/team/files/{message_id}/1")).status == 404
+
+
+async def test_an_uploaded_file_shows_in_the_history_and_downloads(
+    client: TestClient, web_settings: Settings
+) -> None:
+    data = b"my notes\n\x00\xff"
+    assert await log_in(client) == 200
+    response = await client.post(
+        "/web/groups/team/messages", data=_upload("notes.txt", data, "see"), headers=CSRF
+    )
+    assert response.status == 201
+    message_id = (await response.json())["id"]
+    (listed,) = (await (await client.get("/web/groups/team/messages")).json())["messages"]
+    url = f"/web/groups/team/files/{message_id}/0"
+    assert (listed["text"], listed["files"]) == ("see", [{"name": "notes.txt", "url": url}])
+    download = await client.get(url)
+    assert download.status == 200 and await download.read() == data
+    assert download.headers["Content-Disposition"] == 'attachment; filename="notes.txt"'
+
+
+def _inbound(settings: Settings, attachments: list[str]) -> int:
+    """A user's message in `team` carrying ``attachments`` as stored (folder-relative strings)."""
+    engine = make_engine(settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
+        row = Message(
+            group_id=team.id,
+            direction="in",
+            channel="web",
+            chat_id="team",
+            sender="web",
+            text="files",
+            attachments=attachments,
+            status="done",
+        )
+        db.add(row)
+        db.flush()
+        message_id = row.id
+    engine.dispose()
+    return message_id
+
+
+async def test_an_inbound_file_is_served_only_from_inside_the_inbox(
+    client: TestClient, web_settings: Settings, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"host secret")
+    folder = web_settings.groups_dir / "team"
+    (folder / "inbox" / "sub").mkdir(parents=True)
+    (folder / "inbox" / "ok.txt").write_bytes(b"fine")
+    (folder / "inbox" / "link.txt").symlink_to(secret)  # the agent may plant links in its folder
+    (folder / "inbox" / "dir").symlink_to(tmp_path, target_is_directory=True)
+    os.mkfifo(folder / "inbox" / "fifo")
+    (folder / "notes.txt").write_bytes(b"group folder, not inbox")
+    attachments = [
+        "inbox/ok.txt",
+        "../../etc/passwd",
+        "inbox/../../../etc/passwd",
+        "/etc/passwd",
+        str(secret),
+        "inbox/link.txt",
+        "inbox/dir/secret.txt",
+        "inbox/fifo",
+        "inbox/sub",
+        "inbox",
+        "notes.txt",
+        "inbox/missing.txt",
+    ]
+    message_id = _inbound(web_settings, attachments)
+    assert await log_in(client) == 200
+    (listed,) = (await (await client.get("/web/groups/team/messages")).json())["messages"]
+    assert len(listed["files"]) == len(attachments)
+    statuses = {}
+    for index, attachment in enumerate(attachments):
+        response = await client.get(f"/web/groups/team/files/{message_id}/{index}")
+        statuses[attachment] = response.status
+        assert b"host secret" not in await response.read()
+    assert statuses == {a: 200 if a == "inbox/ok.txt" else 404 for a in attachments}
+
+    # the agent swaps the whole inbox for a link to a directory outside: nothing in it is served
+    (folder / "inbox").rename(folder / "old-inbox")
+    (folder / "inbox").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "ok.txt").write_bytes(b"host secret")
+    assert (await client.get(f"/web/groups/team/files/{message_id}/0")).status == 404
+
+
+async def test_a_host_shutdown_closes_open_streams_at_once(client: TestClient) -> None:
+    """An open chat must not hold the host's shutdown for aiohttp's 60 s grace period."""
+    assert await log_in(client) == 200
+    async with client.ws_connect("/web/groups/team/stream?after=0") as ws:
+        closing = asyncio.create_task(client.server.close())
+        message = await ws.receive(timeout=10)
+        assert message.type is WSMsgType.CLOSE and message.data == WSCloseCode.GOING_AWAY
+        await asyncio.wait_for(closing, 10)

@@ -3,12 +3,15 @@
 The host runs the mock echo agent in a real Docker container. The browser logs in (after a wrong
 password), sends Markdown and sees it rendered, sees "thinking…" while the agent works (``[slow]``
 holds the mock's turn open until a follow-up, so the wait is observable without timing tricks),
-uploads a file and downloads the copy the agent sends back, reloads into the history, and keeps
-its conversation across a host restart. Every wait is one of Playwright's auto-waiting checks.
+uploads a file and downloads the copy the agent sends back, reloads into the history (its own
+file listed with its message), and keeps its conversation across a host restart, which closes
+the page's socket at once (no wait for a shutdown timeout). Every wait is one of Playwright's
+auto-waiting checks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,6 +81,18 @@ async def test_web_chat_in_a_browser(start_host: Any, browser: Any, tmp_path: Pa
     await page.click("#login button")
     await expect(page.locator("#groups button.active")).to_have_text("team", timeout=WAIT)
 
+    # the page's renderer on nested slots and hostile input (tests/web/test_markdown.py has more)
+    rendered = await page.evaluate(
+        "(texts) => texts.map(renderMarkdown)",
+        ["[`a`](http://b)", "http://x`code`", "<script>x()</script> [y](javascript:alert(1))"],
+    )
+    attrs = 'target="_blank" rel="noopener noreferrer"'
+    assert rendered == [
+        f'<p><a href="http://b" {attrs}><code>a</code></a></p>',
+        f'<p><a href="http://x" {attrs}>http://x</a><code>code</code></p>',
+        "<p>&lt;script&gt;x()&lt;/script&gt; [y](javascript:alert(1))</p>",
+    ]
+
     # "thinking…" while the agent works, then the reply with its Markdown rendered
     await page.fill("#text", "[slow] **bold** and `code`")
     await page.press("#text", "Enter")
@@ -111,13 +126,15 @@ async def test_web_chat_in_a_browser(start_host: Any, browser: Any, tmp_path: Pa
     # a reload shows the history, once
     await page.reload()
     await expect(page.locator(".message.out strong")).to_have_text("bold", timeout=WAIT)
-    await expect(page.locator(".message.in", has_text="[sendback] please")).to_be_visible()
+    sent = page.locator(".message.in", has_text="[sendback] please")
+    await expect(sent).to_be_visible()
+    await expect(sent.locator(".files a")).to_have_text("notes.txt")  # the user's own file too
     await expect(page.locator(".message")).to_have_count(6)  # 3 in, 2 echoes, 1 file back
     await expect(thinking).to_be_hidden()
 
     # the host restarts: the page reconnects, resumes after its last id, and shows no duplicate
     port = host.client.port
-    await host.client.close()
+    await asyncio.wait_for(host.client.close(), 20)  # an open chat must not hold the shutdown
     await expect(page.locator("#connection")).to_have_text("reconnecting…", timeout=WAIT)
     restarted = TestClient(TestServer(build_app(settings), host="127.0.0.1", port=port))
     await restarted.start_server()
