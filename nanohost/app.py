@@ -96,7 +96,8 @@ def _host(backend_factory: Any) -> Any:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the database and the container backend answer."""
+    """200 when the database and the container backend answer; the chat platforms' states are
+    shown too (``on``, ``retrying: …``, ``off: …``) when any is configured."""
     checks: dict[str, Any] = {}
     try:
         with request.app[ENGINE].connect() as connection:
@@ -106,7 +107,9 @@ async def healthz(request: web.Request) -> web.Response:
         checks["database"] = str(exc)
     checks["containers"] = "ok" if await request.app[BACKEND].ping() else "container engine not reachable"
     ok = all(v == "ok" for v in checks.values())
-    return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
+    channels = request.app[CHANNELS].state if CHANNELS in request.app else {}
+    shown = {"channels": channels} if channels else {}
+    return web.json_response({"ok": ok, **checks, **shown}, status=200 if ok else 503)
 
 
 def build_app(settings: Settings, *, backend_factory: Any = None) -> web.Application:

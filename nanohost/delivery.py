@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from nanohost.bus import MessageBus
 from nanohost.channels.base import ChannelAdapter, ChatTarget, PermanentError, TransientError
-from nanohost.channels.chunking import split_message
+from nanohost.channels.chunking import split_to_fit
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentSession, Message
 
@@ -191,9 +191,9 @@ class Delivery:
 
     async def _send(self, adapter: ChannelAdapter, target: ChatTarget, text: str, files: list[Path]) -> None:
         caption = ""
-        if files and len(text) <= adapter.caption_limit:
+        if files and adapter.measure(text) <= adapter.caption_limit:
             caption, text = text, ""
-        for piece in split_message(text, adapter.text_limit) if text.strip() else []:
+        for piece in split_to_fit(text, adapter.text_limit, adapter.measure) if text.strip() else []:
             await self._attempt(partial(adapter.send_text, target, piece))
         for path in files:
             if not path.is_file():

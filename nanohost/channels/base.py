@@ -121,6 +121,10 @@ class ChannelAdapter(ABC):
     typing_interval: ClassVar[float | None] = None
     """Seconds a typing signal lasts (re-sent while a turn runs); None: the platform has none."""
 
+    def measure(self, text: str) -> int:
+        """A text's length as the platform counts it against ``text_limit`` and ``caption_limit``."""
+        return len(text)
+
     @abstractmethod
     async def start(self, sink: ChannelSink) -> None:
         """Check the credentials (raise ``ChannelStartError`` when refused) and start receiving.

@@ -10,6 +10,7 @@ apart from those added fence lines and the whitespace at the split points.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 _FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
 _BREAKS = ("\n\n", "\n", " ")
@@ -85,3 +86,20 @@ def split_message(text: str, limit: int) -> list[str]:
         if piece.strip():
             pieces.append(piece)
     return pieces
+
+
+def split_to_fit(text: str, limit: int, measure: Callable[[str], int] = len) -> list[str]:
+    """``split_message``, for platforms that count length their own way (``measure``: Telegram
+    counts UTF-16 code units, Slack counts the escaped text): a piece still too long by that
+    measure is split again, smaller, until every piece fits."""
+    pieces = split_message(text, limit)
+    fitted: list[str] = []
+    for piece in pieces:
+        room = limit
+        parts = [piece]
+        while any(measure(part) > limit for part in parts):
+            longest = max(measure(part) for part in parts)
+            room = max(32, min(room - 1, room * limit // longest))
+            parts = split_message(piece, room)
+        fitted.extend(parts)
+    return fitted

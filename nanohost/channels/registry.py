@@ -62,6 +62,8 @@ class Channels:
         self.pending = adapters
         self.sink = sink
         self.running: dict[str, ChannelAdapter] = {}
+        self.state: dict[str, str] = {a.name: "starting" for a in adapters}
+        """Each platform's state for ``/healthz``: on, retrying: why, or off: why."""
         self._retries: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -77,16 +79,20 @@ class Channels:
             await adapter.start(self.sink)
         except ChannelStartError as exc:
             log.error("channel %s is off: %s", adapter.name, exc)
+            self.state[adapter.name] = f"off: {exc}"
             result: bool | None = None
         except TransientError as exc:
             log.warning("channel %s cannot start yet (%s); retrying in the background", adapter.name, exc)
+            self.state[adapter.name] = f"retrying: {exc}"
             result = False
-        except Exception:
+        except Exception as exc:
             log.exception("channel %s is off: it failed to start", adapter.name)
+            self.state[adapter.name] = f"off: failed to start ({type(exc).__name__})"
             result = None
         else:
             log.info("channel %s is on", adapter.name)
             self.running[adapter.name] = adapter
+            self.state[adapter.name] = "on"
             return True
         with contextlib.suppress(Exception):
             await adapter.stop()

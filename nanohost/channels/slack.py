@@ -64,7 +64,6 @@ from nanohost.channels.base import (
     PermanentError,
     TransientError,
 )
-from nanohost.channels.chunking import split_message
 from nanohost.channels.http import Backoff, raise_for_status, read_capped, read_outgoing, retry_after
 
 log = logging.getLogger(__name__)
@@ -244,21 +243,6 @@ def _unescape(text: str) -> str:
 def escape(text: str) -> str:
     """Escape the three characters Slack's text formatting reserves (docs: "Escaping text")."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def escaped_parts(text: str, limit: int) -> list[str]:
-    """``text`` escaped, as one message, or as several when the escaped text is over ``limit``.
-
-    The raw text is split (``split_message``, so code blocks stay closed) with a smaller limit,
-    shrinking until every escaped part fits; an entity is never cut, as splitting happens before
-    escaping. Escaping at most quintuples a character, so ``limit // 5`` always fits.
-    """
-    parts, room = [escape(text)], limit
-    while any(len(part) > limit for part in parts):
-        longest = max(len(part) for part in parts)
-        room = max(limit // 5, min(room - 1, room * limit // longest))
-        parts = [escape(piece) for piece in split_message(text, room)]
-    return parts
 
 
 # --- the adapter ----------------------------------------------------------------------------
@@ -505,21 +489,18 @@ class SlackChannel(ChannelAdapter):
 
     # --- sending --------------------------------------------------------------------------
 
-    async def send_text(self, target: ChatTarget, text: str) -> str | None:
-        """``chat.postMessage`` into the chat, in the target's thread when it has one.
+    def measure(self, text: str) -> int:
+        """Slack counts the escaped text, so delivery splits by that (``&`` is five characters)."""
+        return len(escape(text))
 
-        Escaping can push a piece of ``text_limit`` characters over Slack's limit; such text is
-        posted as several messages, in order, and the last one's id is returned.
-        """
-        sent: str | None = None
-        for part in escaped_parts(text, self.text_limit):
-            body: dict[str, Any] = {"channel": target.chat_id, "text": part}
-            if target.thread_id:
-                body["thread_ts"] = target.thread_id
-            answer = await self._call("chat.postMessage", self._bot_token, json_body=body)
-            ts = answer.get("ts")
-            sent = f"{target.chat_id}:{ts}" if isinstance(ts, str) else None
-        return sent
+    async def send_text(self, target: ChatTarget, text: str) -> str | None:
+        """``chat.postMessage`` into the chat, in the target's thread when it has one."""
+        body: dict[str, Any] = {"channel": target.chat_id, "text": escape(text)}
+        if target.thread_id:
+            body["thread_ts"] = target.thread_id
+        answer = await self._call("chat.postMessage", self._bot_token, json_body=body)
+        ts = answer.get("ts")
+        return f"{target.chat_id}:{ts}" if isinstance(ts, str) else None
 
     async def send_file(self, target: ChatTarget, path: Path, caption: str) -> str | None:
         """Upload with the external flow: reserve a URL, POST the bytes, then share it in the chat."""

@@ -300,6 +300,10 @@ class TelegramChannel(ChannelAdapter):
 
     # --- sending -----------------------------------------------------------------------------
 
+    def measure(self, text: str) -> int:
+        """Telegram counts UTF-16 code units: an emoji is two of its 4096."""
+        return len(text.encode("utf-16-le")) // 2
+
     async def send_text(self, target: ChatTarget, text: str) -> str | None:
         result = await self._send("sendMessage", target, lambda where: {**where, "text": text})
         return self._message_ref(target, result)

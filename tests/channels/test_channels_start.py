@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,10 @@ from nanohost.channels.base import (
     TransientError,
 )
 from nanohost.channels.registry import Channels
+from tests.fakes.slack import APP_TOKEN, BOT_TOKEN
+from tests.fakes.slack import running as slack_fake
+from tests.fakes.telegram import running as telegram_fake
+from tests.support.host import add_group, bind, make_settings
 
 
 class Sink:
@@ -70,6 +75,8 @@ async def test_refused_stays_off_unreachable_is_retried_and_others_run(
     assert set(channels.running) == {"discord", "slack"} and flaky.starts == 3
     assert refused.starts == 1 and refused.stops == 1  # tried once, cleaned up, left off
     assert "NANOHOST_TELEGRAM_TOKEN was refused" in caplog.text
+    assert channels.state["telegram"].startswith("off: NANOHOST_TELEGRAM_TOKEN was refused")
+    assert channels.state == {**channels.state, "slack": "on", "discord": "on"}
     await channels.stop()
     assert fine.stops == 1 and flaky.stops >= 1
 
@@ -82,3 +89,29 @@ class _Immediate:
 
     def reset(self) -> None:
         return None
+
+
+@pytest.mark.docker
+async def test_a_wrong_token_leaves_one_channel_off_and_the_others_answer(
+    tmp_path: Path, start_host: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with telegram_fake() as telegram, slack_fake() as slack:
+        settings = make_settings(
+            tmp_path,
+            telegram_token="999:wrong-token",
+            telegram_api_base=telegram.url,
+            slack_app_token=APP_TOKEN,
+            slack_bot_token=BOT_TOKEN,
+            slack_api_base=slack.url,
+        )
+        add_group(settings, "team")
+        bind(settings, "slack", "C0123", "team")
+        host = await start_host(settings)
+        health = await (await host.client.get("/healthz")).json()
+        assert health["channels"]["slack"] == "on"
+        assert health["channels"]["telegram"].startswith("off: ")
+        assert "NANOHOST_TELEGRAM_TOKEN" in health["channels"]["telegram"]
+        assert "wrong-token" not in caplog.text and "wrong-token" not in str(health)
+        await slack.inject(slack.message("still here"))
+        await host.wait_outbound(lambda rows: [r.status for r in rows] == ["delivered"], 60)
+        assert [r.text for r in host.outbound_rows()] == ["echo: still here"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from nanohost.channels.chunking import split_message
+from nanohost.channels.chunking import split_message, split_to_fit
 
 LIMITS = [100, 2000, 4096, 40_000]
 
@@ -63,3 +63,21 @@ def test_order_is_kept() -> None:
 def test_a_too_small_limit_is_refused() -> None:
     with pytest.raises(ValueError):
         split_message("text", 10)
+
+
+def test_split_to_fit_uses_the_platforms_own_measure() -> None:
+    def utf16(text: str) -> int:
+        return len(text.encode("utf-16-le")) // 2
+
+    text = "😀 " * 3000  # 6000 characters, 9000 UTF-16 code units
+    pieces = split_to_fit(text, 4096, utf16)
+    assert all(utf16(p) <= 4096 for p in pieces)
+    assert " ".join(pieces).split() == text.split()
+
+    def escaped(text: str) -> int:
+        return len(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;"))
+
+    text = "x" * 50 + "&" * 150 + "<>" * 50  # 300 characters, 1100 once escaped
+    pieces = split_to_fit(text, 300, escaped)
+    assert len(pieces) >= 4 and all(escaped(p) <= 300 for p in pieces)
+    assert "".join(pieces) == text

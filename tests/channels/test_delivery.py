@@ -243,3 +243,16 @@ async def test_typing_shows_while_a_message_waits_and_stops_when_answered(world:
     assert ("telegram", "-100", None) not in world.delivery._typing  # and the chat is forgotten
     typed = sum(kind == "typing" for kind, _, _ in world.channel.calls)
     assert typed >= 2
+
+
+async def test_pieces_and_captions_fit_by_the_platforms_own_measure(world: World, tmp_path: Path) -> None:
+    world.channel.measure = lambda text: 2 * len(text)  # type: ignore[method-assign]
+    text = " ".join(f"w{i:03d}" for i in range(60))  # 299 characters, 598 by this measure
+    world.add("out", text)
+    await world.channel.wait_for(lambda calls: " ".join(_texts(calls)) == text)
+    assert all(2 * len(piece) <= world.channel.text_limit for piece in _texts(world.channel.calls))
+    picture = tmp_path / "p.png"
+    picture.write_bytes(b"png")
+    world.add("out", "c" * 30, attachments=[{"path": str(picture), "name": "p.png"}])  # 60 > caption 50
+    await world.channel.wait_for(lambda calls: calls[-1][0] == "file")
+    assert world.channel.calls[-1][2] == "p.png|" and world.channel.calls[-2][2] == "c" * 30

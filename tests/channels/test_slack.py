@@ -19,7 +19,8 @@ from nanohost.channels.base import (
     PermanentError,
     TransientError,
 )
-from nanohost.channels.slack import SlackBot, SlackChannel
+from nanohost.channels.chunking import split_to_fit
+from nanohost.channels.slack import SlackBot, SlackChannel, escape
 from tests.fakes.slack import APP_TOKEN, BOT_ID, BOT_TOKEN, BOT_USER, FakeSlack, running
 
 
@@ -367,18 +368,19 @@ async def test_send_text_posts_to_the_channel_and_the_thread(fake: FakeSlack, ch
     assert plain is not None and plain.startswith("C0123:") and threaded != plain
 
 
-async def test_text_that_escaping_pushes_over_the_limit_is_posted_in_parts(
+async def test_text_is_measured_escaped_so_delivery_splits_it_to_fit(
     fake: FakeSlack, channel: SlackChannel
 ) -> None:
     text = ("a&b<c>" * 10_000)[: SlackChannel.text_limit]  # fits raw; escaped it is ~2.3x longer
-    assert len(text) == SlackChannel.text_limit
-    last = await channel.send_text(ChatTarget("C0123", "1700000000.000001"), text)
+    assert channel.measure(text) == len(escape(text)) > SlackChannel.text_limit
+    pieces = split_to_fit(text, SlackChannel.text_limit, channel.measure)  # what delivery sends
+    for piece in pieces:
+        await channel.send_text(ChatTarget("C0123", "1700000000.000001"), piece)
     posts = fake.posted  # all accepted: none was refused as msg_too_long
-    assert len(posts) == len(fake.calls_of("chat.postMessage")) >= 3
+    assert len(posts) == len(pieces) >= 3
     assert all(len(p["text"]) <= SlackChannel.text_limit for p in posts)
     assert all(p["thread_ts"] == "1700000000.000001" for p in posts)
     assert slack_module._unescape("".join(p["text"] for p in posts)) == text  # in order, nothing lost
-    assert last == f"C0123:{posts[-1]['ts']}"
 
 
 async def test_text_that_fits_once_escaped_is_one_post(fake: FakeSlack, channel: SlackChannel) -> None:

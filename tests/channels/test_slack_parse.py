@@ -9,7 +9,7 @@ import pytest
 
 from nanohost.channels import slack as slack_module
 from nanohost.channels.base import InboundMessage
-from nanohost.channels.slack import SlackBot, escape, escaped_parts, parse_event
+from nanohost.channels.slack import SlackBot, escape, parse_event
 
 BOT = SlackBot(user_id="U0BOT", bot_id="B0BOT")
 
@@ -178,14 +178,6 @@ def test_an_unexpected_parser_failure_is_logged_and_skipped(
     with caplog.at_level(logging.WARNING, logger="nanohost.channels.slack"):
         assert parse_event(event(), BOT) is None
     assert any("Ev1" in record.getMessage() for record in caplog.records)
-
-
-def test_escaped_parts_fit_the_limit_and_unescape_to_the_text() -> None:
-    assert escaped_parts("a < b", 100) == ["a &lt; b"]
-    text = "x" * 50 + "&" * 150 + "<>" * 50  # 300 characters, 1100 once escaped
-    parts = escaped_parts(text, 300)
-    assert len(parts) >= 4 and all(len(part) <= 300 for part in parts)
-    assert slack_module._unescape("".join(parts)) == text
 
 
 def test_a_message_without_text_is_kept_as_empty() -> None:
