@@ -18,7 +18,7 @@ import logging
 import re
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import joinedload
 
 from nanohost.bus import MessageBus
@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT = 100_000
 """Characters one inbound message may carry (any channel)."""
+DB_ATTEMPTS = 3
+DB_RETRY_BASE = 0.5
+"""Seconds before the first retry when the database stays locked; doubled each time."""
 
 __all__ = ["MAX_TEXT", "Duplicate", "InboundMessage", "Router"]
 
@@ -98,7 +101,29 @@ class Router:
     # --- chat platforms ---------------------------------------------------------------------
 
     async def receive(self, message: InboundMessage) -> None:
-        """Route a chat platform's message by the rules above; never raises for a refused one."""
+        """Route a chat platform's message by the rules above; never raises for a refused one.
+
+        A database that stays locked past its busy timeout is waited out a few times before the
+        message is given up (and logged as lost), since the platform will not send it again.
+        """
+        for attempt in range(DB_ATTEMPTS):
+            try:
+                await self._receive(message)
+                return
+            except OperationalError as exc:
+                log.warning(
+                    "%s message %s: database busy (%s)", message.channel, message.platform_message_id, exc
+                )
+                if attempt + 1 < DB_ATTEMPTS:
+                    await asyncio.sleep(DB_RETRY_BASE * 2**attempt)
+        log.error(
+            "%s chat %s message %s LOST: the database stayed unavailable",
+            message.channel,
+            message.chat_id,
+            message.platform_message_id,
+        )
+
+    async def _receive(self, message: InboundMessage) -> None:
         where = f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
         found = self._binding(message)
         if found is None:

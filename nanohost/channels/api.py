@@ -35,13 +35,12 @@ from sqlalchemy import select
 
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
-from nanohost.router import Duplicate, InboundMessage, Router
+from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, Router
 
 ROUTER = web.AppKey("router", Router)
 API_TOKEN = web.AppKey("api_token", str)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
 """The open stream sockets, closed when the host shuts down (else shutdown waits out its timeout)."""
-MAX_TEXT = 100_000
 MAX_WAIT = 60.0
 PAGE = 200
 CHUNK = 64 * 1024

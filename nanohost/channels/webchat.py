@@ -48,7 +48,7 @@ from nanohost.channels.web_auth import (
 )
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding
-from nanohost.router import chat_key
+from nanohost.router import MAX_TEXT, chat_key
 from nanohost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -303,16 +303,16 @@ async def post_message(request: web.Request) -> web.Response:
     text: object = None
     upload: tuple[str, bytes] | None = None
     if request.content_type == "multipart/form-data":
-        slack = 4 * api.MAX_TEXT + 64 * 1024  # the text part and multipart framing
+        slack = 4 * MAX_TEXT + 64 * 1024  # the text part and multipart framing
         if request.content_length is not None and request.content_length > limit + slack:
             return _too_large(limit)
         async for part in await request.multipart():
             if not isinstance(part, BodyPartReader):
                 continue
             if part.name == "text":
-                raw = await _read_part(part, 4 * api.MAX_TEXT)
+                raw = await _read_part(part, 4 * MAX_TEXT)
                 if raw is None:
-                    return _error(413, f'"text" is longer than {api.MAX_TEXT} characters')
+                    return _error(413, f'"text" is longer than {MAX_TEXT} characters')
                 text = raw.decode("utf-8", errors="replace")
             elif part.name == "file" and part.filename:
                 data = await _read_part(part, limit)
