@@ -49,3 +49,16 @@ def keep_copy(source: Path, roots: list[Path], outbox: Path, key: str, limit: in
         return target
     finally:
         os.close(fd)
+
+
+def kept_copy(path: Path, outbox_root: Path) -> Path | None:
+    """``path`` when it is one of the host's kept copies (under ``outbox_root``), else None.
+
+    Delivery and downloads read only kept copies: a row from before copies were kept (or any
+    other path) could name a file the agent has since swapped for a link to a host file.
+    """
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return real if outbox_root.resolve() in real.parents and real.is_file() else None

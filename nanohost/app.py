@@ -82,7 +82,9 @@ def _host(backend_factory: Any) -> Any:
         await channels.start()
         app[CHANNELS] = channels
         # delivery sends through channels.running, which a late-starting channel joins
-        delivery = Delivery(ctx.db, ctx.bus, channels.running, typing_for=settings.turn_timeout)
+        delivery = Delivery(
+            ctx.db, ctx.bus, channels.running, settings.data_dir / "outbox", typing_for=settings.turn_timeout
+        )
         await delivery.start()
         yield
         await delivery.close()  # first: no send is cut off half-way by its channel stopping

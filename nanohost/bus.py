@@ -35,6 +35,12 @@ class MessageBus:
     def unsubscribe(self, group_id: int, queue: asyncio.Queue[dict[str, Any]]) -> None:
         self._subscribers[group_id].discard(queue)
 
+    def broadcast(self, event: dict[str, Any]) -> None:
+        """Tell every listener of every group (``{"type": "closing"}`` at shutdown ends long polls)."""
+        for queues in list(self._subscribers.values()):
+            for queue in list(queues):
+                _put(queue, event)
+
     def publish(self, group_id: int, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers[group_id]):
             _put(queue, event)

@@ -423,7 +423,11 @@ def groups_config(
     cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
     pids: Annotated[int | None, typer.Option(help="Process limit, e.g. 256.")] = None,
     allow_sender: Annotated[
-        list[str] | None, typer.Option("--allow-sender", help="Add a sender id to the allow-list.")
+        list[str] | None,
+        typer.Option(
+            "--allow-sender",
+            help="Let a sender in: user id (123456789, U012AB3CD) or @name; telegram:@name: one platform.",
+        ),
     ] = None,
     deny_sender: Annotated[
         list[str] | None, typer.Option("--deny-sender", help="Remove a sender id from the allow-list.")

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from nanohost.agent_files import kept_copy
 from nanohost.bus import MessageBus
 from nanohost.channels.base import ChannelAdapter, ChatTarget, PermanentError, TransientError
 from nanohost.channels.chunking import split_to_fit
@@ -57,6 +58,7 @@ class Delivery:
         db: sessionmaker[Session],
         bus: MessageBus,
         adapters: dict[str, ChannelAdapter],
+        outbox: Path,
         *,
         max_attempts: int = 6,
         backoff_base: float = 1.0,
@@ -66,12 +68,14 @@ class Delivery:
         self.db = db
         self.bus = bus
         self.adapters = adapters
+        self.outbox = outbox
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.typing_for = typing_for
         self._workers: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._again: set[tuple[str, str]] = set()
+        self._unmarked: dict[int, tuple[str, str | None]] = {}
         self._typing: dict[ChatKey, asyncio.Task[None]] = {}
         self._typing_wake: dict[ChatKey, asyncio.Event] = {}
         self._listener: asyncio.Task[None] | None = None
@@ -160,6 +164,7 @@ class Delivery:
         adapter = self.adapters[channel]
         while True:
             self._again.discard((channel, chat_id))
+            self._settle_unmarked()
             with transaction(self.db) as db:
                 row = db.scalars(
                     select(Message)
@@ -168,6 +173,7 @@ class Delivery:
                         Message.chat_id == chat_id,
                         Message.direction == "out",
                         Message.status == "pending",
+                        Message.id.not_in(list(self._unmarked)),  # sent; only its mark is missing
                     )
                     .order_by(Message.id)
                     .limit(1)
@@ -184,9 +190,9 @@ class Delivery:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._guarded(self._mark_failed, message_id, str(exc))
+                self._settle(message_id, "failed", str(exc))
             else:
-                self._guarded(self._mark, message_id, "delivered", None)
+                self._settle(message_id, "delivered", None)
             self._poke_typing((channel, chat_id, thread_id))
 
     async def _send(self, adapter: ChannelAdapter, target: ChatTarget, text: str, files: list[Path]) -> None:
@@ -196,9 +202,10 @@ class Delivery:
         for piece in split_to_fit(text, adapter.text_limit, adapter.measure) if text.strip() else []:
             await self._attempt(partial(adapter.send_text, target, piece))
         for path in files:
-            if not path.is_file():
+            kept = kept_copy(path, self.outbox)  # only the host's own copies, never the workspace
+            if kept is None:
                 raise DeliveryFailed(f"the file {path.name} is no longer there")
-            await self._attempt(partial(adapter.send_file, target, path, caption))
+            await self._attempt(partial(adapter.send_file, target, kept, caption))
             caption = ""
 
     async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -216,6 +223,24 @@ class Delivery:
                 log.info("delivery: %s; retrying in %.1f s (attempt %d)", exc, delay, attempt)
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _settle(self, message_id: int, status: str, error: str | None) -> None:
+        """Mark a row sent or failed; if the database refuses just now, remember the outcome and
+        try again later, so a sent reply is never sent again for want of its mark."""
+        try:
+            if status == "failed":
+                self._mark_failed(message_id, error or "")
+            else:
+                self._mark(message_id, status, error)
+        except Exception as exc:
+            log.warning("delivery: cannot mark message %s %s yet: %s", message_id, status, exc)
+            self._unmarked[message_id] = (status, error)
+        else:
+            self._unmarked.pop(message_id, None)
+
+    def _settle_unmarked(self) -> None:
+        for message_id, (status, error) in list(self._unmarked.items()):
+            self._settle(message_id, status, error)
 
     def _mark(self, message_id: int, status: str, error: str | None) -> None:
         with transaction(self.db) as db:

@@ -122,7 +122,9 @@ class Orchestrator:
 
     async def _sweep_forever(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.ctx.sweep_now.wait(), self.ctx.settings.sweep_interval)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancel that ends us
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.ctx.settings.sweep_interval):
+                    await self.ctx.sweep_now.wait()
             self.ctx.sweep_now.clear()
             await self.sweep()

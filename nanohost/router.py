@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -29,6 +31,7 @@ from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
 from nanohost.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_TEXT = 100_000
 """Characters one inbound message may carry (any channel)."""
@@ -43,9 +46,44 @@ class Duplicate(Exception):
     """This platform message was already recorded."""
 
 
+class NotQueued(Exception):
+    """The message was recorded, but the database failed before it reached the session's queue."""
+
+
 def chat_key(channel: str, chat_id: str) -> str:
     """The session key of a per-chat session."""
     return f"{channel}:{chat_id}"
+
+
+_ID_SHAPED = re.compile(r"\d+|[UWB][A-Z0-9]{6,}")
+"""Telegram and Discord user ids are numbers; Slack's are U…/W…/B… in capitals."""
+
+
+def sender_allowed(entries: list[str], message: InboundMessage) -> bool:
+    """Whether an allow-list (empty: everyone) lets ``message``'s sender in.
+
+    An entry is a user id (``123456789``, ``U012AB3CD``: matched exactly against the platform's
+    id), ``@name`` (matched, ignoring case, against the sender's unique user name) or a bare name
+    (either). ``telegram:@alice`` or ``discord:1234`` limits an entry to one platform, since the
+    same name on two platforms may be two people. Display names never match: anyone can choose one.
+    """
+    if not entries:
+        return True
+    handle = (message.sender_handle or "").lower()
+    for entry in entries:
+        platform, scoped, who = entry.partition(":")
+        if not scoped:
+            who = entry
+        elif platform != message.channel:
+            continue
+        if who.startswith("@"):
+            if handle and who[1:].lower() == handle:
+                return True
+        elif who == message.sender_id:
+            return True
+        elif handle and not _ID_SHAPED.fullmatch(who) and who.lower() == handle:
+            return True
+    return False
 
 
 def starts_with_trigger(text: str, trigger: str) -> bool:
@@ -82,50 +120,65 @@ class Router:
 
     async def _record(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> int:
         """Record the message in its session (one transaction), then queue it for the agent."""
+        message_id, session_id = await self._retrying(self._insert, group, message, chat_key)
+        self.bus.publish(group.id, {"type": "message", "id": message_id})
+        try:
+            runtime = await self.orchestrator.runtime(session_id)
+            await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
+        except OperationalError as exc:  # recorded: the session's next wake queues it
+            raise NotQueued(f"message {message_id} was recorded but not queued ({exc})") from exc
+        return message_id
+
+    def _insert(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> tuple[int, int]:
         try:
             with transaction(self.orchestrator.ctx.db) as db:
                 session_id = self.orchestrator.session_for(group, chat_key, db)
                 row = _inbound_row(group.id, session_id, message, status="pending")
                 db.add(row)
                 db.flush()
-                message_id = row.id
+                return row.id, session_id
         except IntegrityError:
             raise Duplicate(
                 f"{message.channel} message {message.platform_message_id} was already received"
             ) from None
-        self.bus.publish(group.id, {"type": "message", "id": message_id})
-        runtime = await self.orchestrator.runtime(session_id)
-        await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
-        return message_id
 
     # --- chat platforms ---------------------------------------------------------------------
 
     async def receive(self, message: InboundMessage) -> None:
         """Route a chat platform's message by the rules above; never raises for a refused one.
 
-        A database that stays locked past its busy timeout is waited out a few times before the
-        message is given up (and logged as lost), since the platform will not send it again.
+        Each database step waits out a database that stays locked past its busy timeout a few
+        times; when it never frees up, the message is logged as lost (the platform will not send
+        it again), or, if it was already recorded, as waiting for the session's next wake.
         """
+        try:
+            await self._receive(message)
+        except OperationalError as exc:
+            log.error(
+                "%s chat %s message %s LOST: the database stayed unavailable (%s)",
+                message.channel,
+                message.chat_id,
+                message.platform_message_id,
+                exc,
+            )
+        except NotQueued as exc:
+            log.error("%s; it is queued at the session's next wake", exc)
+
+    async def _retrying(self, step: Callable[..., T], *args: Any) -> T:
+        """Run one database step, waiting out a locked database ``DB_ATTEMPTS`` times."""
         for attempt in range(DB_ATTEMPTS):
             try:
-                await self._receive(message)
-                return
+                return step(*args)
             except OperationalError as exc:
-                log.warning(
-                    "%s message %s: database busy (%s)", message.channel, message.platform_message_id, exc
-                )
-                if attempt + 1 < DB_ATTEMPTS:
-                    await asyncio.sleep(DB_RETRY_BASE * 2**attempt)
-        log.error(
-            "%s chat %s message %s LOST: the database stayed unavailable",
-            message.channel,
-            message.chat_id,
-            message.platform_message_id,
-        )
+                if attempt + 1 == DB_ATTEMPTS:
+                    raise
+                log.warning("router: database busy (%s); trying again", exc)
+                await asyncio.sleep(DB_RETRY_BASE * 2**attempt)
+        raise AssertionError("unreachable")
 
     async def _receive(self, message: InboundMessage) -> None:
         where = f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
-        found = self._binding(message)
+        found = await self._retrying(self._binding, message)
         if found is None:
             return
         group, binding_mode = found
@@ -139,7 +192,7 @@ class Router:
                 "%s: not addressed to the bot (engage mode %s); ignored", where, group.config.engage_mode
             )
             return
-        if self._seen(message):
+        if await self._retrying(self._seen, message):
             log.info("%s: already received; ignored", where)
             return
         key = chat_key(message.channel, message.chat_id) if binding_mode == "per-chat" else None
@@ -151,12 +204,12 @@ class Router:
         attachments, refusals = await self._save_files(group, message, where)
         if not message.text.strip() and not attachments:
             if refusals:
-                self._refuse(group, message, key, "; ".join(refusals), whole=True)
+                await self._retrying(self._refuse, group, message, key, "; ".join(refusals), True)
             else:
                 log.info("%s: empty message; ignored", where)
             return
         if refusals:
-            self._refuse(group, message, key, "; ".join(refusals), whole=False)
+            await self._retrying(self._refuse, group, message, key, "; ".join(refusals), False)
         inbound = InboundMessage(
             channel=message.channel,
             chat_id=message.chat_id,
@@ -212,13 +265,7 @@ class Router:
 
     @staticmethod
     def _sender_allowed(group: AgentGroup, message: InboundMessage) -> bool:
-        """An allow-list entry matches the sender's platform id or unique user name, never the
-        display name (anyone can call themselves anything)."""
-        allowed = {a.lower().lstrip("@") for a in group.config.allowed_senders}
-        if not allowed:
-            return True
-        names = {n.lower().lstrip("@") for n in (message.sender_id, message.sender_handle) if n}
-        return bool(allowed & names)
+        return sender_allowed(group.config.allowed_senders, message)
 
     @staticmethod
     def _engaged(group: AgentGroup, message: InboundMessage) -> bool:
@@ -272,7 +319,7 @@ class Router:
         return saved, refusals
 
     def _refuse(
-        self, group: AgentGroup, message: InboundMessage, key: str | None, why: str, *, whole: bool
+        self, group: AgentGroup, message: InboundMessage, key: str | None, why: str, whole: bool
     ) -> None:
         """Tell the chat why (part of) its message was not passed on; delivery sends it.
 

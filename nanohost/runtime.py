@@ -454,7 +454,8 @@ class SessionRuntime:
             try:
                 source = self.host_path(str(payload.get("path", "")), group)
                 kept = keep_copy(source, self._roots(group), self.outbox, str(row.id))
-            except ValueError as exc:
+            except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+                # one bad file must not block the session's later rows: refuse it and go on
                 log.error("session %s: refused file from the agent: %s", self.session_id, exc)
                 text = f"(the agent tried to send a file that is not allowed: {exc})"
             else:

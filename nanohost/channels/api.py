@@ -33,6 +33,7 @@ from urllib.parse import quote
 from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy import select
 
+from nanohost.agent_files import kept_copy
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
 from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, Router
@@ -186,8 +187,11 @@ async def messages_response(request: web.Request, group: AgentGroup, prefix: str
         messages = _messages_after(request, group, after, prefix)
         deadline = time.monotonic() + wait
         while not messages and (left := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                event = await asyncio.wait_for(queue.get(), left)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    event = await queue.get()
+                if event.get("type") == "closing":  # the host is shutting down: answer now
+                    break
                 if event.get("type") == "message":
                     messages = _messages_after(request, group, after, prefix)
     finally:
@@ -243,8 +247,10 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
 
 
 async def close_streams(app: web.Application) -> None:
-    """On shutdown, close every open stream (1001 "going away"): a browser reconnects at once to
-    the next host, and shutdown does not wait for sockets that would otherwise stay open."""
+    """On shutdown, close every open stream (1001 "going away") and answer every long poll: a
+    browser reconnects at once to the next host, and shutdown does not wait for either."""
+    if ROUTER in app:  # long polls answer at once too
+        app[ROUTER].orchestrator.ctx.bus.broadcast({"type": "closing"})
     streams = list(app.get(STREAMS, ()))
     await asyncio.gather(
         *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"host shutting down") for ws in streams),
@@ -267,10 +273,12 @@ async def file_response(request: web.Request, group: AgentGroup) -> web.StreamRe
     if isinstance(attachment, str):
         folder = request.app[ROUTER].orchestrator.ctx.settings.groups_dir / group.folder
         return await _inbox_file_response(request, folder, attachment)
-    path = Path(str(attachment.get("path", "")))
-    if not await asyncio.to_thread(path.is_file):
+    outbox = request.app[ROUTER].orchestrator.ctx.settings.data_dir / "outbox"
+    path = await asyncio.to_thread(kept_copy, Path(str(attachment.get("path", ""))), outbox)
+    if path is None:
         return _error(404, "the file is no longer there")
-    return web.FileResponse(path, headers={"Content-Disposition": _disposition(path.name)})
+    name = str(attachment.get("name") or path.name)
+    return web.FileResponse(path, headers={"Content-Disposition": _disposition(name)})
 
 
 def _disposition(name: str) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 _FENCE = re.compile(r"^\s*(```+|~~~+)(.*)$")
 _BREAKS = ("\n\n", "\n", " ")
+MIN_LIMIT = 32
 
 
 def _open_fence(text: str) -> str | None:
@@ -49,6 +50,16 @@ def _closing(fence: str) -> str:
     return match.group(1) if match else "```"
 
 
+def _reopen(fence: str) -> str:
+    """The line that reopens a cut code block: its marker and a short language tag, never more,
+    so the carried line cannot crowd out the text (a long fence line must not be repeated)."""
+    match = _FENCE.match(fence)
+    if match is None:
+        return "```"
+    info = match.group(2).strip()
+    return match.group(1) + (info if re.fullmatch(r"[\w+#.-]{1,20}", info) else "")
+
+
 def _rest(body: str, end: int) -> str:
     """What follows a cut at ``end``, without the break it was made at."""
     if body.startswith("\n", end):
@@ -60,12 +71,14 @@ def _rest(body: str, end: int) -> str:
 
 def split_message(text: str, limit: int) -> list[str]:
     """Split ``text`` into pieces of at most ``limit`` characters (see the module docstring)."""
-    if limit < 32:
-        raise ValueError("limit must be at least 32 characters")
+    if limit < MIN_LIMIT:
+        raise ValueError(f"limit must be at least {MIN_LIMIT} characters")
     pieces: list[str] = []
     carry = ""  # the fence line that reopens a code block cut at the previous split
     rest = text.strip("\n")
     while rest:
+        if len(carry) > limit // 4:  # a long reopening line would crowd out the text
+            carry = "```\n"
         body = carry + rest
         if len(body) <= limit:
             pieces.append(body)
@@ -77,12 +90,14 @@ def split_message(text: str, limit: int) -> list[str]:
             fence = _open_fence(body[:end])
         if end <= len(carry):  # no break point after the reopened fence: cut hard
             end = limit - (len(_closing(fence)) + 1 if fence else 0)
+            if end <= len(carry):  # not even that leaves room: progress wins over the fence
+                end, fence = limit, None
         piece = body[:end].rstrip()
         rest = _rest(body, end)
         carry = ""
         if fence is not None:
             piece += "\n" + _closing(fence)
-            carry = fence + "\n"
+            carry = _reopen(fence) + "\n"
         if piece.strip():
             pieces.append(piece)
     return pieces
@@ -98,8 +113,23 @@ def split_to_fit(text: str, limit: int, measure: Callable[[str], int] = len) -> 
         room = limit
         parts = [piece]
         while any(measure(part) > limit for part in parts):
+            if room == MIN_LIMIT:  # cannot shrink further: cut by the measure itself
+                parts = [cut for part in parts for cut in _cut_by_measure(part, limit, measure)]
+                break
             longest = max(measure(part) for part in parts)
-            room = max(32, min(room - 1, room * limit // longest))
+            room = max(MIN_LIMIT, min(room - 1, room * limit // longest))
             parts = split_message(piece, room)
         fitted.extend(parts)
     return fitted
+
+
+def _cut_by_measure(text: str, limit: int, measure: Callable[[str], int]) -> list[str]:
+    """Character runs that each measure at most ``limit`` (the last resort; no nice breaks)."""
+    cuts: list[str] = []
+    start = 0
+    for end in range(1, len(text) + 1):
+        if measure(text[start:end]) > limit:
+            cuts.append(text[start : end - 1])
+            start = end - 1
+    cuts.append(text[start:])
+    return [cut for cut in cuts if cut]

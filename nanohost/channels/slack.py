@@ -28,8 +28,8 @@ Follows Slack's documented behaviour (docs.slack.dev, "Using Socket Mode", "Even
   stays None.
 * Outgoing text is escaped the way Slack asks (``&``, ``<``, ``>`` as entities), so agent text
   cannot turn into accidental mentions or links. Escaping lengthens text (``&`` → ``&amp;``), so
-  a piece delivery cut to ``text_limit`` may no longer fit once escaped: ``send_text`` then splits
-  it further and posts the parts in order. Files go up with the current external flow:
+  ``measure`` reports the escaped length and delivery splits by it; ``send_text`` posts once.
+  Files go up with the current external flow:
   ``files.getUploadURLExternal`` → a multipart POST of the bytes → ``files.completeUploadExternal``.
 * Errors: HTTP 429 (``Retry-After``), 5xx, network failures and ``ok: false`` with
   ``ratelimited`` or a Slack-side failure are ``TransientError``; every other ``ok: false`` code

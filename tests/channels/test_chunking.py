@@ -81,3 +81,31 @@ def test_split_to_fit_uses_the_platforms_own_measure() -> None:
     pieces = split_to_fit(text, 300, escaped)
     assert len(pieces) >= 4 and all(escaped(p) <= 300 for p in pieces)
     assert "".join(pieces) == text
+
+
+@pytest.mark.parametrize("limit", [32, 100, 2000])
+def test_a_fence_line_longer_than_the_limit_still_makes_progress(limit: int) -> None:
+    text = "```" + "q" * 2500 + "\nz\n```\nafter"
+    pieces = split_message(text, limit)
+    assert all(len(p) <= limit for p in pieces)
+    assert len(pieces) <= 2 * len(text) // (limit // 2)  # bounded: no piece repeats the long line
+    assert "".join(pieces).count("q") == 2500
+    assert pieces[-1].endswith("after")
+
+
+def test_random_text_always_terminates_within_the_limit() -> None:
+    """Fuzz: fences of every shape, long lines, emoji; every piece fits by the platform's measure."""
+
+    def utf16(text: str) -> int:
+        return len(text.encode("utf-16-le")) // 2
+
+    rng = random.Random(11)
+    alphabet = ["```", "````", "```python", "```" + "z" * 40, "`" * 12, "\n", "\n\n", " ", "word", "x" * 50]
+    alphabet += ["~~~", "😀"]
+    for _ in range(1500):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 200)))
+        limit = rng.choice([32, 33, 64, 200])
+        pieces = split_message(text, limit)
+        assert all(len(p) <= limit for p in pieces)
+        assert len(pieces) <= len(text) + 1
+        assert all(utf16(p) <= limit for p in split_to_fit(text, limit, utf16))

@@ -81,6 +81,7 @@ class World:
     delivery: Delivery
     group_id: int
     session_id: int
+    outbox: Path
 
     def add(self, direction: str, text: str, **fields: Any) -> int:
         with transaction(self.db) as db:
@@ -108,11 +109,12 @@ class World:
             return row.status, row.error
 
     async def wait_status(self, message_id: int, status: str) -> None:
+        """Wait for the row's status, re-reading it on each bus event (delivery announces each mark)."""
         queue = self.bus.subscribe(self.group_id)
         try:
             async with asyncio.timeout(10):
                 while self.row(message_id)[0] != status:
-                    await self.channel.wait_for(lambda calls, n=len(self.channel.calls): len(calls) > n)
+                    await queue.get()
         finally:
             self.bus.unsubscribe(self.group_id, queue)
 
@@ -131,9 +133,13 @@ async def world(host_env: Path) -> AsyncIterator[World]:
         ids = group.id, agent_session.id
     bus = MessageBus()
     channel = RecordingChannel()
-    delivery = Delivery(db, bus, {"telegram": channel}, backoff_base=0.01, backoff_max=0.05, max_attempts=3)
+    outbox = settings.data_dir / "outbox"
+    (outbox / "1").mkdir(parents=True)
+    delivery = Delivery(
+        db, bus, {"telegram": channel}, outbox, backoff_base=0.01, backoff_max=0.05, max_attempts=3
+    )
     await delivery.start()
-    yield World(db, bus, channel, delivery, *ids)
+    yield World(db, bus, channel, delivery, *ids, outbox=outbox)
     await delivery.close()
     engine.dispose()
 
@@ -159,7 +165,7 @@ async def test_replies_to_one_chat_keep_their_order(world: World) -> None:
 
 
 async def test_a_file_goes_with_its_caption_or_after_its_text(world: World, tmp_path: Path) -> None:
-    picture = tmp_path / "chart.png"
+    picture = world.outbox / "1" / "chart.png"
     picture.write_bytes(b"png")
     attachment = [{"path": str(picture), "name": picture.name}]
     world.add("out", "short caption", attachments=attachment)
@@ -213,7 +219,7 @@ async def test_rows_left_pending_before_a_restart_are_sent(world: World) -> None
                 status="pending",
             )
         )
-    fresh = Delivery(world.db, world.bus, {"telegram": world.channel})
+    fresh = Delivery(world.db, world.bus, {"telegram": world.channel}, world.outbox)
     await fresh.start()
     try:
         await world.channel.wait_for(lambda calls: _texts(calls) == ["left over"])
@@ -251,8 +257,38 @@ async def test_pieces_and_captions_fit_by_the_platforms_own_measure(world: World
     world.add("out", text)
     await world.channel.wait_for(lambda calls: " ".join(_texts(calls)) == text)
     assert all(2 * len(piece) <= world.channel.text_limit for piece in _texts(world.channel.calls))
-    picture = tmp_path / "p.png"
+    picture = world.outbox / "1" / "p.png"
     picture.write_bytes(b"png")
     world.add("out", "c" * 30, attachments=[{"path": str(picture), "name": "p.png"}])  # 60 > caption 50
     await world.channel.wait_for(lambda calls: calls[-1][0] == "file")
     assert world.channel.calls[-1][2] == "p.png|" and world.channel.calls[-2][2] == "c" * 30
+
+
+async def test_only_the_hosts_kept_copies_are_sent(world: World, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "groups" / "team" / "old.txt"  # e.g. a row from before copies were kept
+    elsewhere.parent.mkdir(parents=True, exist_ok=True)
+    elsewhere.write_text("could be a link to a host file by now")
+    message_id = world.add("out", "old", attachments=[{"path": str(elsewhere), "name": "old.txt"}])
+    await world.wait_status(message_id, "failed")
+    assert world.row(message_id)[1] == "the file old.txt is no longer there"
+    assert not [call for call in world.channel.calls if call[0] == "file"]
+
+
+async def test_a_sent_reply_whose_mark_fails_is_not_sent_again(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mark = world.delivery._mark
+    refusals = [RuntimeError("database is locked")]
+
+    def flaky_mark(message_id: int, status: str, error: str | None) -> None:
+        if refusals:
+            raise refusals.pop()
+        mark(message_id, status, error)
+
+    monkeypatch.setattr(world.delivery, "_mark", flaky_mark)
+    first = world.add("out", "one")
+    await world.channel.wait_for(lambda calls: _texts(calls) == ["one"])
+    second = world.add("out", "two")  # the next pass marks "one" first, then sends "two"
+    await world.wait_status(second, "delivered")
+    assert world.row(first)[0] == "delivered"
+    assert _texts(world.channel.calls) == ["one", "two"]

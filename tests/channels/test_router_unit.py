@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from nanohost.channels.base import InboundMessage
-from nanohost.router import Router, starts_with_trigger
+from nanohost.router import Router, sender_allowed, starts_with_trigger
 
 
 @pytest.mark.parametrize(
@@ -34,16 +34,16 @@ def _locked() -> OperationalError:
 async def test_a_locked_database_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("nanohost.router.DB_RETRY_BASE", 0)
     router = Router(cast(Any, None))
-    attempts: list[InboundMessage] = []
+    attempts: list[int] = []
 
-    async def flaky(message: InboundMessage) -> None:
-        attempts.append(message)
+    def step(value: int) -> int:
+        attempts.append(value)
         if len(attempts) < 3:
             raise _locked()
+        return value * 2
 
-    monkeypatch.setattr(router, "_receive", flaky)
-    await router.receive(InboundMessage("telegram", "-1", "alice", "hi", platform_message_id="-1:1"))
-    assert len(attempts) == 3
+    assert await router._retrying(step, 21) == 42
+    assert attempts == [21, 21, 21]
 
 
 async def test_a_database_that_stays_locked_is_logged_as_lost(
@@ -51,11 +51,41 @@ async def test_a_database_that_stays_locked_is_logged_as_lost(
 ) -> None:
     monkeypatch.setattr("nanohost.router.DB_RETRY_BASE", 0)
     router = Router(cast(Any, None))
+    tries: list[InboundMessage] = []
 
-    async def locked(message: InboundMessage) -> None:
+    def locked(message: InboundMessage) -> None:
+        tries.append(message)
         raise _locked()
 
-    monkeypatch.setattr(router, "_receive", locked)
+    monkeypatch.setattr(router, "_binding", locked)
     with caplog.at_level(logging.ERROR, logger="nanohost.router"):
         await router.receive(InboundMessage("telegram", "-1", "alice", "hi", platform_message_id="-1:2"))
+    assert len(tries) == 3
     assert "telegram chat -1 message -1:2 LOST" in caplog.text
+
+
+def _from(channel: str, sender_id: str, handle: str | None, display: str = "Someone") -> InboundMessage:
+    return InboundMessage(channel, "c", display, "hi", sender_id=sender_id, sender_handle=handle)
+
+
+@pytest.mark.parametrize(
+    ("entries", "message", "allowed"),
+    [
+        ([], _from("telegram", "1", None), True),
+        (["@alice"], _from("telegram", "1", "Alice"), True),
+        (["alice"], _from("discord", "2", "alice"), True),
+        (["alice"], _from("telegram", "1", "mallory", display="alice"), False),  # display names never match
+        (["123456789"], _from("telegram", "123456789", None), True),
+        (["123456789"], _from("discord", "5", "123456789"), False),  # an id is not a user name
+        (["U012AB3CD"], _from("slack", "U012AB3CD", None), True),
+        (["U012AB3CD"], _from("telegram", "9", "u012ab3cd"), False),  # a Slack id is not a Telegram name
+        (["telegram:@alice"], _from("telegram", "1", "alice"), True),
+        (["telegram:@alice"], _from("discord", "2", "alice"), False),  # scoped to one platform
+        (["discord:42"], _from("discord", "42", None), True),
+        (["discord:42"], _from("telegram", "42", None), False),
+    ],
+)
+def test_the_allow_list_matches_ids_and_user_names_never_display_names(
+    entries: list[str], message: InboundMessage, allowed: bool
+) -> None:
+    assert sender_allowed(entries, message) is allowed

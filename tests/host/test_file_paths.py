@@ -94,3 +94,14 @@ def test_the_copy_refuses_what_it_actually_opened(runtime: SessionRuntime, host_
     with pytest.raises(ValueError, match="over the"):
         keep_copy(folder / "big.bin", roots, runtime.outbox, "4", limit=1024)
     assert not runtime.outbox.exists() or list(runtime.outbox.iterdir()) == []
+
+
+def test_a_symlink_loop_is_refused_not_raised_past_the_import(
+    runtime: SessionRuntime, host_env: Path
+) -> None:
+    folder = host_env / "groups" / "team"
+    (folder / "x").symlink_to(folder / "y")
+    (folder / "y").symlink_to(folder / "x")
+    with pytest.raises((ValueError, OSError, RuntimeError)):
+        source = runtime.host_path("/workspace/agent/x", GROUP)
+        keep_copy(source, [folder, runtime.dir], runtime.outbox, "5")

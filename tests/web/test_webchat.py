@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import FormData, WSCloseCode, WSMsgType
@@ -18,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import select
 
 from nanohost.channels import webchat
+from nanohost.channels.api import ROUTER
 from nanohost.channels.web_auth import COOKIE, SESSION_SECONDS, check_password
 from nanohost.channels.webchat import LOGIN_LIMITER, LoginLimiter
 from nanohost.db import make_engine, make_session_factory
@@ -342,8 +344,12 @@ async def test_a_group_without_a_web_binding_is_404(
 async def test_files_the_agent_sent_can_be_downloaded(
     client: TestClient, web_settings: Settings, tmp_path: Path
 ) -> None:
-    report = tmp_path / "report.txt"
+    report = web_settings.data_dir / "outbox" / "1" / "7" / "report.txt"  # the host's kept copy
+    report.parent.mkdir(parents=True)
     report.write_bytes(b"the report")
+    stray = tmp_path / "stray.txt"  # a path outside the outbox (a row from before copies were kept)
+    stray.write_bytes(b"not served")
+    files = [{"path": str(report), "name": "report.txt"}, {"path": str(stray), "name": "stray.txt"}]
     engine = make_engine(web_settings.db_url)
     with transaction(make_session_factory(engine)) as db:
         team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
@@ -353,7 +359,7 @@ async def test_files_the_agent_sent_can_be_downloaded(
             channel="web",
             chat_id="team",
             text="here",
-            attachments=[{"path": str(report), "name": "report.txt"}],
+            attachments=files,
             status="delivered",
         )
         db.add(row)
@@ -363,11 +369,13 @@ async def test_files_the_agent_sent_can_be_downloaded(
     assert await log_in(client) == 200
     (listed,) = (await (await client.get("/web/groups/team/messages")).json())["messages"]
     url = f"/web/groups/team/files/{message_id}/0"
-    assert listed["files"] == [{"name": "report.txt", "url": url}]
+    stray_url = f"/web/groups/team/files/{message_id}/1"
+    assert listed["files"] == [{"name": "report.txt", "url": url}, {"name": "stray.txt", "url": stray_url}]
     download = await client.get(url)
     assert download.status == 200 and await download.read() == b"the report"
     assert "attachment" in download.headers["Content-Disposition"]
-    assert (await client.get(f"/web/groups/team/files/{message_id}/1")).status == 404
+    assert (await client.get(stray_url)).status == 404  # only the host's kept copies are served
+    assert (await client.get(f"/web/groups/team/files/{message_id}/2")).status == 404
 
 
 async def test_an_uploaded_file_shows_in_the_history_and_downloads(
@@ -462,3 +470,27 @@ async def test_a_host_shutdown_closes_open_streams_at_once(client: TestClient) -
         message = await ws.receive(timeout=10)
         assert message.type is WSMsgType.CLOSE and message.data == WSCloseCode.GOING_AWAY
         await asyncio.wait_for(closing, 10)
+
+
+async def test_a_host_shutdown_answers_open_long_polls_at_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client long-polling for 60 s must not hold the host's shutdown either."""
+    assert await log_in(client) == 200
+    newest = (await (await client.get("/web/groups/team/messages")).json())["messages"]
+    after = newest[-1]["id"] if newest else 0
+    bus = client.app[ROUTER].orchestrator.ctx.bus
+    listening = asyncio.Event()
+    subscribe = bus.subscribe
+
+    def subscribe_and_say(group_id: int) -> asyncio.Queue[dict[str, Any]]:
+        queue = subscribe(group_id)
+        listening.set()
+        return queue
+
+    monkeypatch.setattr(bus, "subscribe", subscribe_and_say)
+    poll = asyncio.create_task(client.get(f"/web/groups/team/messages?after={after}&wait=60"))
+    await asyncio.wait_for(listening.wait(), 10)  # the poll is listening before the host closes
+    await asyncio.wait_for(client.server.close(), 10)
+    response = await asyncio.wait_for(poll, 10)
+    assert response.status == 200 and (await response.json())["messages"] == []
