@@ -50,6 +50,8 @@ STUCK_AFTER = 120.0
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 
+KeptFiles = dict[int, tuple[Path, str] | str]
+"""Outbound row id → (the host's copy, the file's name), or why the file was refused."""
 ReplyTarget = tuple[str, str, str | None]
 """(channel, chat id, thread id) a reply goes to."""
 
@@ -348,7 +350,8 @@ class SessionRuntime:
             while True:
                 self._pump_again = False
                 try:
-                    imported = self._import_outbound()
+                    copies = await self._copy_new_files()
+                    imported = self._import_outbound(copies)
                 except Exception:
                     log.exception("session %s: importing outbound rows failed", self.session_id)
                     return
@@ -357,13 +360,13 @@ class SessionRuntime:
                 if not imported and not self._pump_again:
                     return
 
-    def _import_outbound(self) -> list[dict[str, Any]]:
+    def _import_outbound(self, copies: KeptFiles) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         with transaction(self.ctx.db) as db:
             session, group = self._load(db)
             rows = self.queues.outbound_after(session.outbound_cursor)
             for row in rows:
-                events.extend(self._import_row(db, session, group, row))
+                events.extend(self._import_row(db, session, group, row, copies))
                 session.outbound_cursor = row.id
             answered = self._apply_acks(db)
             if rows or answered:
@@ -427,7 +430,7 @@ class SessionRuntime:
         return (source.channel, source.chat_id, source.thread_id)
 
     def _import_row(
-        self, db: Session, session: AgentSession, group: AgentGroup, row: OutboundRow
+        self, db: Session, session: AgentSession, group: AgentGroup, row: OutboundRow, copies: KeptFiles
     ) -> list[dict[str, Any]]:
         payload = row.payload
         if row.kind == "progress":
@@ -451,15 +454,11 @@ class SessionRuntime:
         text = str(payload.get("text", ""))
         if row.kind == "file":
             text = str(payload.get("caption") or "")
-            try:
-                source = self.host_path(str(payload.get("path", "")), group)
-                kept = keep_copy(source, self._roots(group), self.outbox, str(row.id))
-            except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-                # one bad file must not block the session's later rows: refuse it and go on
-                log.error("session %s: refused file from the agent: %s", self.session_id, exc)
-                text = f"(the agent tried to send a file that is not allowed: {exc})"
+            kept = copies.get(row.id) or self.keep_file(row.id, str(payload.get("path", "")))
+            if isinstance(kept, str):
+                text = f"(the agent tried to send a file that is not allowed: {kept})"
             else:
-                attachments.append({"path": str(kept), "name": source.name})
+                attachments.append({"path": str(kept[0]), "name": kept[1]})
         message_id = self._add_outbound(db, target, "agent", text, attachments)
         return [{"type": "message", "id": message_id}]
 
@@ -496,22 +495,45 @@ class SessionRuntime:
         tmp.write_text(json.dumps(listing, indent=2))
         tmp.replace(path)
 
-    def _roots(self, group: AgentGroup) -> list[Path]:
-        return [self.ctx.settings.groups_dir / group.folder, self.dir]
+    async def _copy_new_files(self) -> KeptFiles:
+        """Copy the files of new outbound rows into the outbox in a worker thread, before the
+        import transaction: a 50 MiB copy must neither stall the event loop nor hold the
+        database's write lock."""
+        with transaction(self.ctx.db) as db:
+            cursor = self._load(db)[0].outbound_cursor
+        wanted = [
+            (r.id, str(r.payload.get("path", "")))
+            for r in self.queues.outbound_after(cursor)
+            if r.kind == "file"
+        ]
+        return {row_id: await asyncio.to_thread(self.keep_file, row_id, path) for row_id, path in wanted}
+
+    def keep_file(self, row_id: int, container_path: str) -> tuple[Path, str] | str:
+        """The host's kept copy of a file the agent sent and its name, or why it was refused."""
+        try:
+            source = self.host_path(container_path)
+            return keep_copy(source, self._roots(), self.outbox, str(row_id)), source.name
+        except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            # one bad file must not block the session's later rows: refuse it and go on
+            log.error("session %s: refused file from the agent: %s", self.session_id, exc)
+            return str(exc)
+
+    def _roots(self) -> list[Path]:
+        return [self.ctx.settings.groups_dir / self.folder, self.dir]
 
     @property
     def outbox(self) -> Path:
         """Host-owned copies of the files this session's agent sent (no container mounts it)."""
         return self.ctx.settings.data_dir / "outbox" / str(self.session_id)
 
-    def host_path(self, container_path: str, group: AgentGroup) -> Path:
+    def host_path(self, container_path: str) -> Path:
         """Map a container path of a file to send onto the host, refusing anything outside the mounts.
 
         The answer is only a first check: the agent can still swap the file afterwards, so the
         caller copies it with ``agent_files.keep_copy``, which checks what it actually opened.
         """
         path = PurePosixPath(container_path)
-        roots = dict(zip((WORKSPACE, SESSION_MOUNT), self._roots(group), strict=True))
+        roots = dict(zip((WORKSPACE, SESSION_MOUNT), self._roots(), strict=True))
         for inside, host_root in roots.items():
             if path == inside or inside in path.parents:
                 candidate = (host_root / path.relative_to(inside)).resolve()

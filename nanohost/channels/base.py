@@ -121,6 +121,11 @@ class ChannelAdapter(ABC):
     typing_interval: ClassVar[float | None] = None
     """Seconds a typing signal lasts (re-sent while a turn runs); None: the platform has none."""
 
+    def broken(self) -> str | None:
+        """Why the channel stopped receiving for good after a successful start (a token revoked
+        while running), or None while it works; shown in ``/healthz``."""
+        return None
+
     def measure(self, text: str) -> int:
         """A text's length as the platform counts it against ``text_limit`` and ``caption_limit``."""
         return len(text)

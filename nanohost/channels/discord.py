@@ -206,6 +206,9 @@ class DiscordChannel(ChannelAdapter):
                 "Discord gateway not ready after %.0f s; still trying in the background", self._ready_timeout
             )
 
+    def broken(self) -> str | None:
+        return self.gateway.fatal if self.gateway is not None else None
+
     async def stop(self) -> None:
         """Cancel the gateway and inbox tasks, close the websocket and the HTTP session."""
         for task in (self.receiver, self._consumer):

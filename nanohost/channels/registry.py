@@ -56,15 +56,24 @@ def enabled_channels(settings: Settings, db: sessionmaker[Session]) -> list[Chan
 class Channels:
     """The chat platforms this host runs. A platform that refuses its credentials stays off (the
     log says which variable to fix); one that cannot be reached at start is retried in the
-    background with backoff, and joins delivery once it is up. The others never wait for it."""
+    background with backoff, and joins delivery once it is up. ``start`` gives every platform
+    its first try at once and returns when each has answered or timed out."""
 
     def __init__(self, adapters: list[ChannelAdapter], sink: ChannelSink) -> None:
         self.pending = adapters
         self.sink = sink
         self.running: dict[str, ChannelAdapter] = {}
-        self.state: dict[str, str] = {a.name: "starting" for a in adapters}
-        """Each platform's state for ``/healthz``: on, retrying: why, or off: why."""
+        self._state: dict[str, str] = {a.name: "starting" for a in adapters}
         self._retries: list[asyncio.Task[None]] = []
+
+    @property
+    def state(self) -> dict[str, str]:
+        """Each platform's state for ``/healthz``: on, retrying: why, or off: why."""
+        states = dict(self._state)
+        for name, adapter in self.running.items():
+            if (why := adapter.broken()) is not None:
+                states[name] = f"off: {why}"
+        return states
 
     async def start(self) -> None:
         await asyncio.gather(*(self._start_or_retry(a) for a in self.pending))
@@ -79,20 +88,20 @@ class Channels:
             await adapter.start(self.sink)
         except ChannelStartError as exc:
             log.error("channel %s is off: %s", adapter.name, exc)
-            self.state[adapter.name] = f"off: {exc}"
+            self._state[adapter.name] = f"off: {exc}"
             result: bool | None = None
         except TransientError as exc:
             log.warning("channel %s cannot start yet (%s); retrying in the background", adapter.name, exc)
-            self.state[adapter.name] = f"retrying: {exc}"
+            self._state[adapter.name] = f"retrying: {exc}"
             result = False
         except Exception as exc:
             log.exception("channel %s is off: it failed to start", adapter.name)
-            self.state[adapter.name] = f"off: failed to start ({type(exc).__name__})"
+            self._state[adapter.name] = f"off: failed to start ({type(exc).__name__})"
             result = None
         else:
             log.info("channel %s is on", adapter.name)
             self.running[adapter.name] = adapter
-            self.state[adapter.name] = "on"
+            self._state[adapter.name] = "on"
             return True
         with contextlib.suppress(Exception):
             await adapter.stop()

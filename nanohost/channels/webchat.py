@@ -23,6 +23,7 @@ this host never grants), and a websocket handshake from another origin is refuse
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import math
 import time
@@ -74,6 +75,20 @@ PAGE_HEADERS = {
 NO_PASSWORD = "the web chat has no password yet: run `nanohost setup` on the host"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def client_key(address: str | None) -> str:
+    """Whom failed logins are counted against: the IPv4 address, or the IPv6 /64 (one host
+    usually holds a whole /64, so counting single addresses would be no limit at all)."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class LoginLimiter:
@@ -201,7 +216,7 @@ async def login(request: web.Request) -> web.Response:
     if not stored:
         return _error(503, NO_PASSWORD)
     limiter = request.app[LOGIN_LIMITER]
-    client = request.remote or "unknown"
+    client = client_key(request.remote)
     if wait := limiter.locked_for(client):
         return _locked_out(wait)
     is_json = request.content_type == "application/json"

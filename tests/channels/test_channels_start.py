@@ -44,6 +44,10 @@ class Scripted(ChannelAdapter):
         self.starts = 0
         self.stops = 0
         self.started = asyncio.Event()
+        self.why: str | None = None
+
+    def broken(self) -> str | None:
+        return self.why
 
     async def start(self, sink: ChannelSink) -> None:
         self.starts += 1
@@ -77,6 +81,8 @@ async def test_refused_stays_off_unreachable_is_retried_and_others_run(
     assert "NANOHOST_TELEGRAM_TOKEN was refused" in caplog.text
     assert channels.state["telegram"].startswith("off: NANOHOST_TELEGRAM_TOKEN was refused")
     assert channels.state == {**channels.state, "slack": "on", "discord": "on"}
+    fine.why = "token revoked while running"
+    assert channels.state["discord"] == "off: token revoked while running"
     await channels.stop()
     assert fine.stops == 1 and flaky.stops >= 1
 

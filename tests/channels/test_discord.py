@@ -202,10 +202,12 @@ async def test_4004_while_running_stops_the_channel_with_a_clear_log(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     adapter, _ = await start()
+    assert adapter.broken() is None
     await discord_fake.close_gateway(4004)
     assert adapter.receiver is not None
     await asyncio.wait_for(asyncio.shield(adapter.receiver), 5)
     assert "NANOHOST_DISCORD_TOKEN was refused" in caplog.text
+    assert "NANOHOST_DISCORD_TOKEN was refused" in (adapter.broken() or "")  # /healthz says off
     assert len(discord_fake.connections) == 1 and discord_fake.resumes == []
 
 

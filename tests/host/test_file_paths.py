@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from nanohost.agent_files import keep_copy
-from nanohost.db.models import AgentGroup
 from nanohost.runtime import HostContext, SessionRuntime
 from nanohost.settings import load_settings
 
@@ -29,16 +28,13 @@ def runtime(host_env: Path) -> SessionRuntime:
     return SessionRuntime(ctx, session_id=1, group_id=1, folder="team")
 
 
-GROUP = AgentGroup(name="team", folder="team", agent_provider="mock")
-
-
 def test_files_inside_are_mapped_to_the_host(runtime: SessionRuntime, host_env: Path) -> None:
     folder = host_env / "groups" / "team"
     (folder / "out").mkdir()
     (folder / "out" / "a.png").write_bytes(b"x")
     (runtime.dir / "note.txt").write_text("n")
-    assert runtime.host_path("/workspace/agent/out/a.png", GROUP) == (folder / "out" / "a.png").resolve()
-    assert runtime.host_path("/workspace/session/note.txt", GROUP) == (runtime.dir / "note.txt").resolve()
+    assert runtime.host_path("/workspace/agent/out/a.png") == (folder / "out" / "a.png").resolve()
+    assert runtime.host_path("/workspace/session/note.txt") == (runtime.dir / "note.txt").resolve()
 
 
 @pytest.mark.parametrize(
@@ -57,7 +53,7 @@ def test_escapes_are_refused(runtime: SessionRuntime, host_env: Path, path: str,
     secret.write_text("host secret")
     (host_env / "groups" / "team" / "link").symlink_to(secret)
     with pytest.raises(ValueError, match=says):
-        runtime.host_path(path, GROUP)
+        runtime.host_path(path)
 
 
 def test_a_sent_file_is_copied_and_later_swaps_do_not_reach_the_host(
@@ -68,7 +64,7 @@ def test_a_sent_file_is_copied_and_later_swaps_do_not_reach_the_host(
     report.write_text("the report")
     secret = host_env / "secret.txt"
     secret.write_text("host secret")
-    source = runtime.host_path("/workspace/agent/report.txt", GROUP)
+    source = runtime.host_path("/workspace/agent/report.txt")
     kept = keep_copy(source, [folder, runtime.dir], runtime.outbox, "7")
     report.unlink()
     report.symlink_to(secret)  # the agent swaps the file after the check
@@ -102,6 +98,7 @@ def test_a_symlink_loop_is_refused_not_raised_past_the_import(
     folder = host_env / "groups" / "team"
     (folder / "x").symlink_to(folder / "y")
     (folder / "y").symlink_to(folder / "x")
-    with pytest.raises((ValueError, OSError, RuntimeError)):
-        source = runtime.host_path("/workspace/agent/x", GROUP)
-        keep_copy(source, [folder, runtime.dir], runtime.outbox, "5")
+    refusal = runtime.keep_file(5, "/workspace/agent/x")  # one bad row must not block later rows
+    assert isinstance(refusal, str) and "loop" in refusal.lower()
+    (folder / "ok.txt").write_text("fine")
+    assert runtime.keep_file(6, "/workspace/agent/ok.txt") == (runtime.outbox / "6" / "ok.txt", "ok.txt")

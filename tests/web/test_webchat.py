@@ -494,3 +494,17 @@ async def test_a_host_shutdown_answers_open_long_polls_at_once(
     await asyncio.wait_for(client.server.close(), 10)
     response = await asyncio.wait_for(poll, 10)
     assert response.status == 200 and (await response.json())["messages"] == []
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),  # the same host rotating addresses
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        (None, "unknown"),
+    ],
+)
+def test_failed_logins_count_per_ipv4_address_or_ipv6_64(address: str | None, key: str) -> None:
+    assert webchat.client_key(address) == key
