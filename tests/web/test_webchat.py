@@ -350,22 +350,7 @@ async def test_files_the_agent_sent_can_be_downloaded(
     stray = tmp_path / "stray.txt"  # a path outside the outbox (a row from before copies were kept)
     stray.write_bytes(b"not served")
     files = [{"path": str(report), "name": "report.txt"}, {"path": str(stray), "name": "stray.txt"}]
-    engine = make_engine(web_settings.db_url)
-    with transaction(make_session_factory(engine)) as db:
-        team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
-        row = Message(
-            group_id=team.id,
-            direction="out",
-            channel="web",
-            chat_id="team",
-            text="here",
-            attachments=files,
-            status="delivered",
-        )
-        db.add(row)
-        db.flush()
-        message_id = row.id
-    engine.dispose()
+    message_id = _stored(web_settings, "out", files)
     assert await log_in(client) == 200
     (listed,) = (await (await client.get("/web/groups/team/messages")).json())["messages"]
     url = f"/web/groups/team/files/{message_id}/0"
@@ -396,20 +381,21 @@ async def test_an_uploaded_file_shows_in_the_history_and_downloads(
     assert download.headers["Content-Disposition"] == 'attachment; filename="notes.txt"'
 
 
-def _inbound(settings: Settings, attachments: list[str]) -> int:
-    """A user's message in `team` carrying ``attachments`` as stored (folder-relative strings)."""
+def _stored(settings: Settings, direction: str, attachments: list[Any]) -> int:
+    """A message in `team` carrying ``attachments`` as stored: folder-relative strings for a
+    user's files, ``{"path", "name"}`` for the agent's."""
     engine = make_engine(settings.db_url)
     with transaction(make_session_factory(engine)) as db:
         team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
         row = Message(
             group_id=team.id,
-            direction="in",
+            direction=direction,
             channel="web",
             chat_id="team",
-            sender="web",
+            sender="web" if direction == "in" else "agent",
             text="files",
             attachments=attachments,
-            status="done",
+            status="done" if direction == "in" else "delivered",
         )
         db.add(row)
         db.flush()
@@ -444,7 +430,7 @@ async def test_an_inbound_file_is_served_only_from_inside_the_inbox(
         "notes.txt",
         "inbox/missing.txt",
     ]
-    message_id = _inbound(web_settings, attachments)
+    message_id = _stored(web_settings, "in", attachments)
     assert await log_in(client) == 200
     (listed,) = (await (await client.get("/web/groups/team/messages")).json())["messages"]
     assert len(listed["files"]) == len(attachments)

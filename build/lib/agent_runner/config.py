@@ -1,0 +1,92 @@
+"""This wake's configuration: ``runner.json`` in the session dir, plus paths from the environment.
+
+Paths default to the container layout and can be moved with environment variables, so the same
+runner runs in tests outside Docker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """runner.json is missing or wrong; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    session: Path
+    workspace: Path
+    codex_home: Path
+
+    @classmethod
+    def from_env(cls) -> Paths:
+        home = Path(os.environ.get("HOME", "/home/agent"))
+        return cls(
+            session=Path(os.environ.get("NANOHOST_SESSION_DIR", "/workspace/session")),
+            workspace=Path(os.environ.get("NANOHOST_WORKSPACE", "/workspace/agent")),
+            codex_home=Path(os.environ.get("CODEX_HOME", str(home / ".codex"))),
+        )
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    provider: str
+    model: str | None = None
+    reasoning_effort: str | None = None
+    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    turn_timeout: float = 600.0
+    gateway_socket: str | None = None
+    egress_socket: str | None = None
+    placeholder: str = ""
+    codex_bin: str = "codex"
+
+    @classmethod
+    def load(cls, path: Path) -> RunnerConfig:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"{path} is missing: the host writes it before starting the container"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunnerConfig:
+        provider = data.get("provider")
+        if provider not in ("codex", "mock"):
+            raise ConfigError(f"runner.json: provider must be 'codex' or 'mock', not {provider!r}")
+
+        def optional_str(name: str) -> str | None:
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"runner.json: {name} must be a string or null")
+            return value
+
+        servers = data.get("mcp_servers") or {}
+        if not isinstance(servers, dict) or not all(
+            isinstance(v, dict) and isinstance(v.get("command"), str) for v in servers.values()
+        ):
+            raise ConfigError("runner.json: mcp_servers must map names to {command, args, env}")
+        timeout = data.get("turn_timeout", 600)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise ConfigError("runner.json: turn_timeout must be a positive number")
+        return cls(
+            provider=provider,
+            model=optional_str("model"),
+            reasoning_effort=optional_str("reasoning_effort"),
+            mcp_servers=servers,
+            turn_timeout=float(timeout),
+            gateway_socket=optional_str("gateway_socket"),
+            egress_socket=optional_str("egress_socket"),
+            placeholder=optional_str("placeholder") or "",
+            codex_bin=optional_str("codex_bin") or os.environ.get("NANOHOST_CODEX_BIN", "codex"),
+        )

@@ -1,0 +1,381 @@
+"""The runner loop: inbound rows in, provider events out, replies and acks written together.
+
+One burst at a time: every waiting message goes into one query; messages that arrive while it
+runs are pushed into it (the provider steers them into the active turn or queues them for the
+next). A turn's reply, its files and the acks of the rows it answered are committed in one
+transaction and the host's doorbell is rung at once. Rows a burst did not answer (the provider
+crashed) stay unacknowledged and are retried; after ``FAIL_LIMIT`` tries they are acked 'failed'
+and the user is told, so nothing is lost silently and nothing blocks the queue forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from agent_runner.archive import archive_exchange
+from agent_runner.config import ConfigError, Paths, RunnerConfig
+from agent_runner.doorbell import RunnerDoorbell
+from agent_runner.memory import link_skills, scaffold
+from agent_runner.provider import (
+    ActivityEvent,
+    ErrorEvent,
+    Event,
+    FileEvent,
+    InitEvent,
+    Input,
+    ProgressEvent,
+    Provider,
+    Query,
+    ResultEvent,
+)
+from agent_runner.queues import InboundRow, RunnerQueues
+
+log = logging.getLogger("agent_runner")
+
+FAIL_LIMIT = 3
+FALLBACK_POLL = 1.0
+HEARTBEAT_EVERY = 5.0
+PROGRESS_EVERY = 0.5
+ABORT_DRAIN = 5.0
+
+
+def parse_row(row: InboundRow) -> tuple[Input | None, str | None]:
+    """An inbound row as provider input, or the reason it cannot be one."""
+    if row.kind != "message":
+        return None, f"unknown inbound kind {row.kind!r}"
+    try:
+        payload = json.loads(row.payload)
+    except ValueError as exc:
+        return None, f"payload is not JSON: {exc}"
+    if not isinstance(payload, dict) or not isinstance(payload.get("text"), str):
+        return None, "payload has no text"
+    text = payload["text"]
+    attachments = payload.get("attachments") or []
+    if isinstance(attachments, list):
+        for path in attachments:
+            text += f"\n(attached file: /workspace/agent/{str(path).lstrip('/')})"
+    if not text.strip():
+        return None, "empty message"
+    return Input(text, (row.id,)), None
+
+
+def merge(inputs: list[Input]) -> Input:
+    """Several waiting messages become one prompt (one turn, one reply)."""
+    if len(inputs) == 1:
+        return inputs[0]
+    return Input("\n\n".join(i.text for i in inputs), tuple(x for i in inputs for x in i.ids))
+
+
+class Runner:
+    """Drives one provider over one session's queues."""
+
+    def __init__(
+        self, paths: Paths, provider: Provider, queues: RunnerQueues, doorbell: RunnerDoorbell
+    ) -> None:
+        self.paths = paths
+        self.provider = provider
+        self.queues = queues
+        self.doorbell = doorbell
+        self.attempts: dict[int, int] = {}
+        self._last_progress = 0.0
+
+    def touch(self) -> None:
+        (self.paths.session / "heartbeat").touch()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(stopping))
+        try:
+            while not stopping.is_set():
+                self.doorbell.rung.clear()  # clear before reading, so a ring in between is not lost
+                inputs = self._inputs(self.queues.unconsumed())
+                if inputs:
+                    await self._burst(merge(inputs), stopping)
+                else:
+                    await self._wait(stopping)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _heartbeat(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            self.touch()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stopping.wait(), HEARTBEAT_EVERY)
+
+    async def _wait(self, stopping: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(self.doorbell.rung.wait()), asyncio.ensure_future(stopping.wait())]
+        await asyncio.wait(waits, timeout=FALLBACK_POLL, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waits:
+            waiter.cancel()
+
+    def _inputs(self, rows: list[InboundRow]) -> list[Input]:
+        inputs: list[Input] = []
+        refused: list[tuple[int, str, str | None]] = []
+        for row in rows:
+            item, reason = parse_row(row)
+            if item is None:
+                log.warning("inbound row %s refused: %s", row.id, reason)
+                refused.append((row.id, "failed", reason))
+            else:
+                inputs.append(item)
+        if refused:
+            self.queues.commit_turn([], refused)
+            self.doorbell.ring()
+        return inputs
+
+    async def _burst(self, first: Input, stopping: asyncio.Event) -> None:
+        query = self.provider.query(first, self.queues.get_state("continuation"))
+        burst = _Burst(self, query, first)
+        events = aiter(query)
+        next_event: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
+        rung: asyncio.Future[bool] = asyncio.ensure_future(self.doorbell.rung.wait())
+        stop: asyncio.Future[bool] = asyncio.ensure_future(stopping.wait())
+        try:
+            while True:
+                waits: set[asyncio.Future[Any]] = {next_event, rung, stop}
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if stop.done():
+                    await self._abort(query, events, next_event, burst)
+                    return
+                if rung.done():
+                    self.doorbell.rung.clear()
+                    for item in self._inputs(self.queues.unconsumed(exclude=burst.seen)):
+                        burst.push(item)
+                    rung = asyncio.ensure_future(self.doorbell.rung.wait())
+                if next_event.done():
+                    try:
+                        event = next_event.result()
+                    except StopAsyncIteration:
+                        break
+                    except Exception as exc:
+                        log.exception("provider failed")
+                        burst.error(ErrorEvent(f"provider failed: {exc}", kind="crash"))
+                        break
+                    burst.handle(event)
+                    next_event = asyncio.ensure_future(anext(events))
+        finally:
+            for future in (next_event, rung, stop):
+                future.cancel()
+        burst.finish()
+
+    async def _abort(
+        self, query: Query, events: Any, next_event: asyncio.Future[Event], burst: _Burst
+    ) -> None:
+        """SIGTERM mid-turn: interrupt, record what comes back within a few seconds, leave the rest queued."""
+        await query.abort()
+        deadline = time.monotonic() + ABORT_DRAIN
+        with contextlib.suppress(Exception):
+            while (left := deadline - time.monotonic()) > 0:
+                event = await asyncio.wait_for(next_event, left)
+                burst.handle(event)
+                next_event = asyncio.ensure_future(anext(events))
+        next_event.cancel()
+
+    def progress(self, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_progress >= PROGRESS_EVERY:
+            self._last_progress = now
+            self.queues.add("progress", {"text": text[-500:]})
+            self.doorbell.ring()
+
+
+class _Burst:
+    """Book-keeping of one query: which rows it carries and which it has answered."""
+
+    def __init__(self, runner: Runner, query: Query, first: Input) -> None:
+        self.runner = runner
+        self.query = query
+        self.seen = set(first.ids)
+        self.pending = set(first.ids)
+        self.prompts = {i: first.text for i in first.ids}
+        self.files: list[tuple[str, dict[str, Any]]] = []
+        self.thread: str | None = None
+        self.last_error: ErrorEvent | None = None
+
+    def push(self, item: Input) -> None:
+        self.seen.update(item.ids)
+        self.pending.update(item.ids)
+        self.prompts.update({i: item.text for i in item.ids})
+        self.query.push(item)
+
+    def error(self, event: ErrorEvent) -> None:
+        self.last_error = event
+        self.runner.queues.add("status", {"state": "error", "error": event.message, "error_kind": event.kind})
+        self.runner.doorbell.ring()
+
+    def handle(self, event: Event) -> None:
+        runner = self.runner
+        runner.touch()
+        if isinstance(event, InitEvent):
+            self.thread = event.continuation
+            runner.queues.set_state("continuation", event.continuation)
+            if event.fresh:
+                runner.queues.add("status", {"state": "busy", "error": None, "note": "started a new thread"})
+        elif isinstance(event, ProgressEvent):
+            runner.progress(event.text)
+        elif isinstance(event, ActivityEvent):
+            pass  # the heartbeat was touched above
+        elif isinstance(event, FileEvent):
+            self.files.append(("file", {"path": str(event.path), "caption": event.caption}))
+        elif isinstance(event, ErrorEvent):
+            self.error(event)
+        elif isinstance(event, ResultEvent):
+            self.result(event)
+
+    def result(self, event: ResultEvent) -> None:
+        runner = self.runner
+        ids = [i for i in event.ids if i in self.pending]
+        if event.status == "interrupted":
+            return  # not answered: the rows stay queued for the next wake
+        rows, self.files = self.files, []
+        text = event.text
+        if event.status == "failed" and not text.strip():
+            kind = self.last_error.kind if self.last_error else "other"
+            text = f"Sorry, I could not answer ({kind}): {event.error or 'the turn failed'}"
+        if text.strip():
+            rows.append(("message", {"text": text, "in_reply_to": ids}))
+        status = "done" if event.status == "completed" else "failed"
+        runner.queues.commit_turn(rows, [(i, status, event.error) for i in ids])
+        runner.doorbell.ring()
+        self.pending.difference_update(ids)
+        for i in ids:
+            runner.attempts.pop(i, None)
+        if event.status == "completed":
+            archive_exchange(
+                runner.paths.workspace / "conversations",
+                provider=runner.provider.name,
+                thread=self.thread,
+                status=event.status,
+                prompts=[self.prompts[i] for i in ids if i in self.prompts],
+                reply=event.text,
+            )
+        if not self.pending:
+            self.query.end()
+
+    def finish(self) -> None:
+        """The query ended: count a try against every row it left unanswered."""
+        if self.files:  # files with no result to travel with still reach the chat
+            self.runner.queues.commit_turn(self.files, [])
+            self.files = []
+        given_up = []
+        for i in sorted(self.pending):
+            tries = self.runner.attempts.get(i, 0) + 1
+            self.runner.attempts[i] = tries
+            if tries >= FAIL_LIMIT:
+                given_up.append(i)
+        if given_up:
+            reason = self.last_error.message if self.last_error else "the agent stopped without answering"
+            self.runner.queues.commit_turn(
+                [
+                    (
+                        "message",
+                        {
+                            "text": f"Sorry, I failed {FAIL_LIMIT} times on this message: {reason}",
+                            "in_reply_to": given_up,
+                        },
+                    )
+                ],
+                [(i, "failed", reason) for i in given_up],
+            )
+            for i in given_up:
+                self.runner.attempts.pop(i, None)
+        self.runner.doorbell.ring()
+
+
+def build_provider(config: RunnerConfig, paths: Paths, base_url: str) -> Provider:
+    if config.provider == "mock":
+        from agent_runner.mock import MockProvider
+
+        return MockProvider()
+    from agent_runner.codex.provider import CodexProvider  # lazily: mock wakes stay fast
+
+    codex: Provider
+    servers = dict(config.mcp_servers)
+    servers["nanohost"] = {
+        "command": sys.executable,
+        "args": ["-m", "agent_runner.mcp_server"],
+        "env": {
+            "NANOHOST_SESSION_DIR": str(paths.session),
+            "NANOHOST_WORKSPACE": str(paths.workspace),
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        },
+    }
+    codex = CodexProvider(
+        codex_home=paths.codex_home,
+        cwd=paths.workspace,
+        base_url=base_url,
+        placeholder=config.placeholder,
+        model=config.model,
+        reasoning_effort=config.reasoning_effort,
+        mcp_servers=servers,
+        turn_timeout=config.turn_timeout,
+        codex_bin=config.codex_bin,
+    )
+    return codex
+
+
+async def amain(paths: Paths) -> int:
+    queues = RunnerQueues(paths.session)
+    doorbell = RunnerDoorbell(paths.session / "doorbell.sock")
+    doorbell.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    forward = egress = None
+    provider: Provider | None = None
+    try:
+        config = RunnerConfig.load(paths.session / "runner.json")
+        scaffold(paths.workspace)
+        link_skills(paths.workspace, paths.codex_home)
+        base_url = ""
+        if config.provider == "codex" and config.gateway_socket:
+            from agent_runner.forward import LoopbackForward
+
+            forward = LoopbackForward(config.gateway_socket)
+            base_url = f"http://127.0.0.1:{await forward.start()}/v1"
+        if config.egress_socket:  # the group may reach allow-listed hosts through the gateway's proxy
+            from agent_runner.forward import LoopbackForward
+
+            egress = LoopbackForward(config.egress_socket)
+            proxy = f"http://nh:{config.placeholder}@127.0.0.1:{await egress.start()}"
+            for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+                os.environ[name] = proxy
+            os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+        provider = build_provider(config, paths, base_url)
+        await provider.start()
+        await Runner(paths, provider, queues, doorbell).run(stopping)
+        return 0
+    except (ConfigError, OSError, RuntimeError) as exc:
+        log.error("runner cannot start: %s", exc)
+        queues.add(
+            "status", {"state": "error", "error": f"runner cannot start: {exc}", "error_kind": "config"}
+        )
+        doorbell.ring()
+        return 2
+    finally:
+        if provider is not None:
+            await provider.close()
+        for listener in (forward, egress):
+            if listener is not None:
+                await listener.stop()
+        await doorbell.stop()
+        queues.close()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("NANOHOST_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    sys.exit(asyncio.run(amain(Paths.from_env())))

@@ -1,0 +1,98 @@
+"""The mock provider: a deterministic echo agent for demos and tests.
+
+It follows the provider contract exactly (init, push/end/abort, one ResultEvent per turn naming
+the ids it answered). A prompt containing ``[slow]`` holds its turn open until a follow-up is
+pushed (steered into the same turn) or the query is aborted, so tests can exercise those paths
+without timing tricks. ``[fail]`` makes the turn fail with a classified error. ``[sendback]``
+sends every attached file back to the chat, so tests can carry a file both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from agent_runner.provider import (
+    ErrorEvent,
+    Event,
+    FileEvent,
+    InitEvent,
+    Input,
+    ProgressEvent,
+    ResultEvent,
+)
+
+_ATTACHED = re.compile(r"\(attached file: (?P<path>[^)\n]+)\)")
+
+
+class MockQuery:
+    def __init__(self, first: Input, continuation: str | None) -> None:
+        self._continuation = continuation or f"mock-{uuid.uuid4()}"
+        self._queue: list[Input] = [first]
+        self._changed = asyncio.Event()
+        self._ended = False
+        self._aborted = False
+
+    def push(self, item: Input) -> None:
+        self._queue.append(item)
+        self._changed.set()
+
+    def end(self) -> None:
+        self._ended = True
+        self._changed.set()
+
+    async def abort(self) -> None:
+        self._aborted = True
+        self._changed.set()
+
+    async def _wait(self) -> None:
+        await self._changed.wait()
+        self._changed.clear()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        yield InitEvent(self._continuation)
+        while not self._aborted:
+            if not self._queue:
+                if self._ended:
+                    return
+                await self._wait()
+                continue
+            turn = [self._queue.pop(0)]
+            if "[slow]" in turn[0].text:
+                yield ProgressEvent("thinking…")
+                while not self._queue and not self._aborted:
+                    await self._wait()
+                if self._aborted:
+                    yield ResultEvent("", "interrupted", turn[0].ids)
+                    return
+                turn.append(self._queue.pop(0))  # steered into the running turn
+            ids = tuple(i for item in turn for i in item.ids)
+            if any("[fail]" in item.text for item in turn):
+                yield ErrorEvent("mock failure requested", kind="other")
+                yield ResultEvent("", "failed", ids, error="mock failure requested")
+                continue
+            for item in turn:
+                if "[sendback]" in item.text:
+                    for found in _ATTACHED.finditer(item.text):
+                        path = Path(found["path"])
+                        yield FileEvent(path, caption=f"back: {path.name}")
+            yield ResultEvent("echo: " + " | ".join(item.text for item in turn), "completed", ids)
+
+
+class MockProvider:
+    name = "mock"
+
+    async def start(self) -> None:
+        return None
+
+    def query(self, first: Input, continuation: str | None) -> MockQuery:
+        return MockQuery(first, continuation)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,1 @@
+"""Chat channels: each turns a platform's events into InboundMessages and sends replies back."""

@@ -1,0 +1,1 @@
+"""Containers: the agent image, the backend that runs containers, and the mount policy."""

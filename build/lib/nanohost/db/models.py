@@ -1,0 +1,218 @@
+"""The host's data model: typed SQLAlchemy 2 tables.
+
+The schema is owned by Alembic (``migrations/``); these classes must match it, and a test
+checks that they do. Small value sets (providers, engage modes, statuses) are plain strings
+checked here and in the CLI, so adding one is a code change, not a migration.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy import text as sql_text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+PROVIDERS = ("codex", "mock")
+ENGAGE_MODES = ("always", "mention", "trigger")
+SESSION_MODES = ("shared", "per-chat")
+SESSION_STATUSES = ("idle", "starting", "running", "stopped", "failed")
+DIRECTIONS = ("in", "out")
+
+
+def utcnow() -> datetime:
+    """Timestamps are stored in UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; JSON columns map from ``dict``/``list``."""
+
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, list[str]: JSON}
+
+
+class AgentGroup(Base):
+    """A chat group's agent: its name, its folder under the groups dir, its provider."""
+
+    __tablename__ = "agent_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    folder: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_provider: Mapped[str] = mapped_column(String(32), default="mock")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    config: Mapped[ContainerConfig] = relationship(
+        back_populates="group", cascade="all, delete-orphan", uselist=False
+    )
+    bindings: Mapped[list[ChatBinding]] = relationship(back_populates="group", cascade="all, delete-orphan")
+    sessions: Mapped[list[AgentSession]] = relationship(back_populates="group", cascade="all, delete-orphan")
+
+    __table_args__ = (CheckConstraint("agent_provider IN ('codex', 'mock')", name="ck_group_provider"),)
+
+
+class ContainerConfig(Base):
+    """One per group: what its container is woken with. Changes apply at the next wake."""
+
+    __tablename__ = "container_configs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("agent_groups.id", ondelete="CASCADE"), unique=True)
+    model: Mapped[str | None] = mapped_column(String(128))
+    reasoning_effort: Mapped[str | None] = mapped_column(String(16))
+    mcp_servers: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    env: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    skills: Mapped[list[str]] = mapped_column(default=list)
+    additional_mounts: Mapped[list[Any]] = mapped_column(default=list)
+    egress_allow: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
+    """Host patterns (``api.github.com``, ``*.pypi.org``) the agent may reach through the gateway."""
+    memory_limit: Mapped[str | None] = mapped_column(String(16))
+    cpu_limit: Mapped[float | None] = mapped_column(Float)
+    pids_limit: Mapped[int | None] = mapped_column(Integer)
+    allowed_senders: Mapped[list[str]] = mapped_column(default=list)
+    engage_mode: Mapped[str] = mapped_column(String(16), default="always")
+    trigger_word: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    group: Mapped[AgentGroup] = relationship(back_populates="config")
+
+    __table_args__ = (
+        CheckConstraint("engage_mode IN ('always', 'mention', 'trigger')", name="ck_config_engage"),
+        CheckConstraint(
+            "engage_mode != 'trigger' OR trigger_word IS NOT NULL", name="ck_config_trigger_word"
+        ),
+    )
+
+
+class ChatBinding(Base):
+    """A platform chat bound to exactly one group."""
+
+    __tablename__ = "chat_bindings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    group_id: Mapped[int] = mapped_column(ForeignKey("agent_groups.id", ondelete="CASCADE"), index=True)
+    session_mode: Mapped[str] = mapped_column(String(16), default="shared")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    group: Mapped[AgentGroup] = relationship(back_populates="bindings")
+
+    __table_args__ = (
+        UniqueConstraint("channel", "chat_id", name="uq_binding_chat"),
+        CheckConstraint("session_mode IN ('shared', 'per-chat')", name="ck_binding_session_mode"),
+    )
+
+
+class AgentSession(Base):
+    """A group's conversation with its agent: the thread to resume and the container serving it."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("agent_groups.id", ondelete="CASCADE"), index=True)
+    chat_key: Mapped[str | None] = mapped_column(String(192))  # "channel:chat_id" for per-chat sessions
+    provider_override: Mapped[str | None] = mapped_column(String(32))
+    continuation: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="idle")
+    container_id: Mapped[str | None] = mapped_column(String(80))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_active_at: Mapped[datetime | None] = mapped_column(DateTime)
+    crash_count: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    outbound_cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """The last outbound.db row imported; advanced in the same transaction as the import."""
+    failure_notified: Mapped[bool] = mapped_column(default=False, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    group: Mapped[AgentGroup] = relationship(back_populates="sessions")
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('idle', 'starting', 'running', 'stopped', 'failed')", name="ck_session_status"
+        ),
+        Index("ix_sessions_group_chat", "group_id", "chat_key"),
+    )
+
+
+class Message(Base):
+    """Every message in and out, with its delivery state."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("agent_groups.id", ondelete="CASCADE"))
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
+    direction: Mapped[str] = mapped_column(String(3))
+    channel: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    sender: Mapped[str | None] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text, default="")
+    attachments: Mapped[list[Any]] = mapped_column(default=list)
+    platform_message_id: Mapped[str | None] = mapped_column(String(128))
+    thread_id: Mapped[str | None] = mapped_column(String(128))
+    """Where in the chat the message lives (a Slack thread); replies go to the same place."""
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("direction IN ('in', 'out')", name="ck_message_direction"),
+        Index("ix_messages_group_id", "group_id", "id"),
+        Index("ix_messages_chat_status", "channel", "chat_id", "status"),
+        Index(
+            "uq_inbound_platform_id",
+            "channel",
+            "platform_message_id",
+            unique=True,
+            sqlite_where=sql_text("direction = 'in' AND platform_message_id IS NOT NULL"),
+            postgresql_where=sql_text("direction = 'in' AND platform_message_id IS NOT NULL"),
+        ),
+    )
+
+
+class ScheduledTask(Base):
+    """A prompt the agent (or an operator) asked to run later: cron, interval or once."""
+
+    __tablename__ = "scheduled_tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("agent_groups.id", ondelete="CASCADE"), index=True)
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("sessions.id", ondelete="SET NULL"))
+    prompt: Mapped[str] = mapped_column(Text)
+    schedule: Mapped[str] = mapped_column(String(128))
+    channel: Mapped[str | None] = mapped_column(String(32))
+    chat_id: Mapped[str | None] = mapped_column(String(128))
+    next_run_at: Mapped[datetime | None] = mapped_column(DateTime)
+    last_run_at: Mapped[datetime | None] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('active', 'paused', 'cancelled', 'done')", name="ck_task_status"),
+    )
+
+
+class ChannelState(Base):
+    """Small durable values a channel keeps across restarts (Telegram's update offset)."""
+
+    __tablename__ = "channel_state"
+
+    channel: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)

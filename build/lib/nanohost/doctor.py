@@ -1,0 +1,129 @@
+"""`nanohost doctor`: each thing the host needs, checked, with the fix when it is missing."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from nanohost.settings import Settings
+
+
+class Check(NamedTuple):
+    name: str
+    ok: bool
+    detail: str
+
+
+def _docker(settings: Settings) -> list[Check]:
+    import docker
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://") and not Path(host.removeprefix("unix://")).exists():
+        # Checked first: docker-py leaks a socket when its constructor cannot connect.
+        return _no_docker(FileNotFoundError(f"no socket at {host.removeprefix('unix://')}"))
+    try:
+        client = docker.from_env(timeout=5)
+    except Exception as exc:
+        return _no_docker(exc)
+    try:
+        try:
+            version = client.version().get("Version", "?")
+        except Exception as exc:
+            return _no_docker(exc)
+        return [Check("docker engine", True, f"Docker {version}"), _image(settings, client)]
+    finally:
+        client.close()
+
+
+def _no_docker(exc: Exception) -> list[Check]:
+    return [
+        Check(
+            "docker engine",
+            False,
+            f"not reachable ({exc}); start dockerd (scripts/start-dockerd.sh) or set DOCKER_HOST",
+        ),
+        Check("agent image", False, "needs the Docker engine first"),
+    ]
+
+
+def _image(settings: Settings, client: Any) -> Check:
+    try:
+        from nanohost.containers.image import image_status
+
+        present, codex = image_status(client, settings.image_tag)
+    except Exception as exc:
+        return Check("agent image", False, f"could not inspect {settings.image_tag}: {exc}")
+    if not present:
+        return Check("agent image", False, f"{settings.image_tag} missing; run `nanohost image build`")
+    if codex != settings.codex_version:
+        return Check(
+            "agent image",
+            False,
+            f"{settings.image_tag} has Codex {codex}, settings want "
+            f"{settings.codex_version}; run `nanohost image build`",
+        )
+    return Check("agent image", True, f"{settings.image_tag} (Codex {codex})")
+
+
+def _data_dir(settings: Settings) -> Check:
+    path = settings.data_dir
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return Check(
+            "data dir",
+            False,
+            f"{path} is not writable ({exc.strerror}); fix its permissions or set NANOHOST_DATA_DIR",
+        )
+    return Check("data dir", True, str(path))
+
+
+def _database(settings: Settings) -> Check:
+    from nanohost.db import engine as db_engine
+    from nanohost.db import migrate
+
+    engine = db_engine.make_engine(settings.db_url)
+    try:
+        current = migrate.current_revision(engine)
+    except Exception as exc:
+        return Check("database", False, f"cannot open {settings.db_url}: {exc}")
+    finally:
+        engine.dispose()
+    head = migrate.head_revision()
+    if current is None:
+        return Check("database", False, "empty; run `nanohost setup`")
+    if current != head:
+        return Check("database", False, f"at {current}, code wants {head}; run `nanohost db upgrade`")
+    return Check("database", True, f"at head ({head})")
+
+
+def _credentials(settings: Settings) -> Check:
+    if settings.openai_api_key is None:
+        return Check(
+            "model credential",
+            False,
+            "no OPENAI_API_KEY; codex groups cannot answer (mock groups "
+            "can); set it in the environment or .env",
+        )
+    return Check("model credential", True, f"OPENAI_API_KEY set; upstream {settings.model_base_url}")
+
+
+def _api_token(settings: Settings) -> Check:
+    if settings.api_token is None:
+        return Check("api token", False, "NANOHOST_API_TOKEN is not set; the HTTP API refuses every call")
+    return Check("api token", True, "set")
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """All checks, cheapest first; none of them changes anything but a probe file."""
+    return [
+        _data_dir(settings),
+        _database(settings),
+        *_docker(settings),
+        _credentials(settings),
+        _api_token(settings),
+    ]

@@ -1,0 +1,52 @@
+"""Host side of each agent provider: what a group's container needs before it starts.
+
+A provider contribution turns a group's config snapshot into mounts and the provider part of
+``runner.json``. It runs at every wake, so config edits apply at the next wake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host path bound into the container."""
+
+    source: Path
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A snapshot of one group's rows, so wake-time code never holds a database session."""
+
+    name: str
+    folder: str
+    folder_path: Path
+    provider: str
+    model: str | None = None
+    reasoning_effort: str | None = None
+    mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    skills: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """Mounts to add and the provider fields of runner.json."""
+
+    mounts: list[Mount]
+    runner: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+class ProviderContribution(Protocol):
+    """One per provider name."""
+
+    name: str
+
+    def prepare(self, group: GroupSpec) -> Contribution: ...

@@ -1,0 +1,375 @@
+"""Inbound: a message for a group becomes a recorded row and a queued prompt in its session.
+
+Two ways in. ``to_group`` is for the HTTP API and the web chat, which name the group. ``receive``
+is for chat platforms and applies the same rules to every channel, in this order: the chat must
+be bound to a group (unbound chats are ignored, logged once); the sender must be on the group's
+allow-list when it has one; the group's engage mode must be met (``always``; ``mention``: the
+bot's @-mention, a reply to the bot, or a direct chat; ``trigger``: the trigger word first);
+a platform message id seen before is dropped. Attachments are then saved under the group's
+``inbox/`` and the message is recorded and queued, in the chat's own session when the binding
+says ``per-chat``. Anything refused for a reason the user can fix (an oversized message or file)
+gets a reply that says why; nothing raises back into a channel's receive loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import joinedload
+
+from nanohost.bus import MessageBus
+from nanohost.channels.base import FileTooLarge, InboundMessage
+from nanohost.channels.inbox import save_incoming
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
+from nanohost.orchestrator import Orchestrator
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_TEXT = 100_000
+"""Characters one inbound message may carry (any channel)."""
+DB_ATTEMPTS = 3
+DB_RETRY_BASE = 0.5
+"""Seconds before the first retry when the database stays locked; doubled each time."""
+
+__all__ = ["MAX_TEXT", "Duplicate", "InboundMessage", "Router"]
+
+
+class Duplicate(Exception):
+    """This platform message was already recorded."""
+
+
+class NotQueued(Exception):
+    """The message was recorded, but the database failed before it reached the session's queue."""
+
+
+def chat_key(channel: str, chat_id: str) -> str:
+    """The session key of a per-chat session."""
+    return f"{channel}:{chat_id}"
+
+
+_ID_SHAPED = re.compile(r"\d+|[UWB][A-Z0-9]{6,}")
+"""Telegram and Discord user ids are numbers; Slack's are U…/W…/B… in capitals."""
+
+
+def sender_allowed(entries: list[str], message: InboundMessage) -> bool:
+    """Whether an allow-list (empty: everyone) lets ``message``'s sender in.
+
+    An entry is a user id (``123456789``, ``U012AB3CD``: matched exactly against the platform's
+    id), ``@name`` (matched, ignoring case, against the sender's unique user name) or a bare name
+    (either). ``telegram:@alice`` or ``discord:1234`` limits an entry to one platform, since the
+    same name on two platforms may be two people. Display names never match: anyone can choose one.
+    """
+    if not entries:
+        return True
+    handle = (message.sender_handle or "").lower()
+    for entry in entries:
+        platform, scoped, who = entry.partition(":")
+        if not scoped:
+            who = entry
+        elif platform != message.channel:
+            continue
+        if who.startswith("@"):
+            if handle and who[1:].lower() == handle:
+                return True
+        elif who == message.sender_id:
+            return True
+        elif handle and not _ID_SHAPED.fullmatch(who) and who.lower() == handle:
+            return True
+    return False
+
+
+def starts_with_trigger(text: str, trigger: str) -> bool:
+    """True when ``text`` begins with the trigger word (case-insensitive, as a whole word)."""
+    pattern = re.escape(trigger.strip())
+    return bool(re.match(rf"\s*{pattern}(?![\w])", text, re.IGNORECASE))
+
+
+class Router:
+    """Records inbound messages and queues them for their group's session."""
+
+    def __init__(self, orchestrator: Orchestrator, *, max_attachment_bytes: int = 20 * 1024**2) -> None:
+        self.orchestrator = orchestrator
+        self.max_attachment_bytes = max_attachment_bytes
+        self._unbound_logged: set[tuple[str, str]] = set()
+
+    @property
+    def bus(self) -> MessageBus:
+        return self.orchestrator.ctx.bus
+
+    async def to_group(
+        self,
+        group_name: str,
+        message: InboundMessage,
+        *,
+        chat_key: str | None = None,
+    ) -> int:
+        """Record ``message`` for the named group and queue it; returns the message id."""
+        with transaction(self.orchestrator.ctx.db) as db:
+            group = db.scalar(select(AgentGroup).where(AgentGroup.name == group_name))
+            if group is None:
+                raise LookupError(f"no group named {group_name!r}")
+        return await self._record(group, message, chat_key)
+
+    async def _record(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> int:
+        """Record the message in its session (one transaction), then queue it for the agent."""
+        message_id, session_id = await self._retrying(self._insert, group, message, chat_key)
+        self.bus.publish(group.id, {"type": "message", "id": message_id})
+        try:
+            runtime = await self.orchestrator.runtime(session_id)
+            await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
+        except OperationalError as exc:  # recorded: the session's next wake queues it
+            raise NotQueued(f"message {message_id} was recorded but not queued ({exc})") from exc
+        return message_id
+
+    def _insert(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> tuple[int, int]:
+        try:
+            with transaction(self.orchestrator.ctx.db) as db:
+                session_id = self.orchestrator.session_for(group, chat_key, db)
+                row = _inbound_row(group.id, session_id, message, status="pending")
+                db.add(row)
+                db.flush()
+                return row.id, session_id
+        except IntegrityError:
+            raise Duplicate(
+                f"{message.channel} message {message.platform_message_id} was already received"
+            ) from None
+
+    # --- chat platforms ---------------------------------------------------------------------
+
+    async def receive(self, message: InboundMessage) -> None:
+        """Route a chat platform's message by the rules above; never raises for a refused one.
+
+        Each database step waits out a database that stays locked past its busy timeout a few
+        times; when it never frees up, the message is logged as lost (the platform will not send
+        it again), or, if it was already recorded, as waiting for the session's next wake.
+        """
+        try:
+            await self._receive(message)
+        except OperationalError as exc:
+            log.error(
+                "%s chat %s message %s LOST: the database stayed unavailable (%s)",
+                message.channel,
+                message.chat_id,
+                message.platform_message_id,
+                exc,
+            )
+        except NotQueued as exc:
+            log.error("%s; it is queued at the session's next wake", exc)
+
+    async def _retrying(self, step: Callable[..., T], *args: Any) -> T:
+        """Run one database step, waiting out a locked database ``DB_ATTEMPTS`` times."""
+        for attempt in range(DB_ATTEMPTS):
+            try:
+                return step(*args)
+            except OperationalError as exc:
+                if attempt + 1 == DB_ATTEMPTS:
+                    raise
+                log.warning("router: database busy (%s); trying again", exc)
+                await asyncio.sleep(DB_RETRY_BASE * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def _receive(self, message: InboundMessage) -> None:
+        where = f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
+        found = await self._retrying(self._binding, message)
+        if found is None:
+            return
+        group, binding_mode = found
+        if not self._sender_allowed(group, message):
+            log.info(
+                "%s: sender %s is not on group %s's allow-list; ignored", where, message.sender, group.name
+            )
+            return
+        if not self._engaged(group, message):
+            log.debug(
+                "%s: not addressed to the bot (engage mode %s); ignored", where, group.config.engage_mode
+            )
+            return
+        if await self._retrying(self._seen, message):
+            log.info("%s: already received; ignored", where)
+            return
+        key = chat_key(message.channel, message.chat_id) if binding_mode == "per-chat" else None
+        if len(message.text) > MAX_TEXT:
+            self._refuse(
+                group, message, key, f"your message is longer than {MAX_TEXT:,} characters", whole=True
+            )
+            return
+        attachments, refusals = await self._save_files(group, message, where)
+        if not message.text.strip() and not attachments:
+            if refusals:
+                await self._retrying(self._refuse, group, message, key, "; ".join(refusals), True)
+            else:
+                log.info("%s: empty message; ignored", where)
+            return
+        if refusals:
+            await self._retrying(self._refuse, group, message, key, "; ".join(refusals), False)
+        inbound = InboundMessage(
+            channel=message.channel,
+            chat_id=message.chat_id,
+            sender=message.sender,
+            text=message.text,
+            attachments=attachments,
+            platform_message_id=message.platform_message_id,
+            sender_id=message.sender_id,
+            thread_id=message.thread_id,
+        )
+        try:
+            await self._record(group, inbound, key)
+        except Duplicate:
+            log.info("%s: already received; ignored", where)
+
+    async def chat_moved(self, channel: str, old_chat_id: str, new_chat_id: str) -> None:
+        """Move a chat's binding (and its per-chat sessions) to the chat's new platform id."""
+        with transaction(self.orchestrator.ctx.db) as db:
+            binding = db.scalar(
+                select(ChatBinding).where(ChatBinding.channel == channel, ChatBinding.chat_id == old_chat_id)
+            )
+            taken = db.scalar(
+                select(ChatBinding).where(ChatBinding.channel == channel, ChatBinding.chat_id == new_chat_id)
+            )
+            if binding is None or taken is not None:
+                return
+            binding.chat_id = new_chat_id
+            for session in db.scalars(
+                select(AgentSession).where(AgentSession.chat_key == chat_key(channel, old_chat_id))
+            ):
+                session.chat_key = chat_key(channel, new_chat_id)
+        log.info("%s chat %s is now %s; its binding moved with it", channel, old_chat_id, new_chat_id)
+
+    def _binding(self, message: InboundMessage) -> tuple[AgentGroup, str] | None:
+        with transaction(self.orchestrator.ctx.db) as db:
+            binding = db.scalar(
+                select(ChatBinding)
+                .options(joinedload(ChatBinding.group).joinedload(AgentGroup.config))
+                .where(ChatBinding.channel == message.channel, ChatBinding.chat_id == message.chat_id)
+            )
+            if binding is None:
+                chat = (message.channel, message.chat_id)
+                if chat not in self._unbound_logged:
+                    self._unbound_logged.add(chat)
+                    log.info(
+                        "%s chat %s is not bound to a group; ignoring it (bind it with "
+                        "`nanohost bind %s %s GROUP`)",
+                        *chat,
+                        *chat,
+                    )
+                return None
+            return binding.group, binding.session_mode
+
+    @staticmethod
+    def _sender_allowed(group: AgentGroup, message: InboundMessage) -> bool:
+        return sender_allowed(group.config.allowed_senders, message)
+
+    @staticmethod
+    def _engaged(group: AgentGroup, message: InboundMessage) -> bool:
+        mode = group.config.engage_mode
+        if mode == "always" or message.is_direct:
+            return True
+        if mode == "mention":
+            return message.mentions_bot
+        trigger = group.config.trigger_word or ""
+        return bool(trigger) and starts_with_trigger(message.text, trigger)
+
+    def _seen(self, message: InboundMessage) -> bool:
+        if message.platform_message_id is None:
+            return False
+        with transaction(self.orchestrator.ctx.db) as db:
+            found = db.scalar(
+                select(Message.id).where(
+                    Message.direction == "in",
+                    Message.channel == message.channel,
+                    Message.platform_message_id == message.platform_message_id,
+                )
+            )
+        return found is not None
+
+    async def _save_files(
+        self, group: AgentGroup, message: InboundMessage, where: str
+    ) -> tuple[list[str], list[str]]:
+        """Download and save each attachment under the group's inbox; returns (paths, refusals)."""
+        saved: list[str] = []
+        refusals: list[str] = []
+        limit = self.max_attachment_bytes
+        folder = self.orchestrator.ctx.settings.groups_dir / group.folder
+        for incoming in message.files:
+            if incoming.size is not None and incoming.size > limit:
+                refusals.append(f"{incoming.name!r} is larger than the {_size(limit)} limit")
+                continue
+            try:
+                data = await incoming.fetch(limit)
+            except FileTooLarge:
+                refusals.append(f"{incoming.name!r} is larger than the {_size(limit)} limit")
+                continue
+            except Exception as exc:
+                log.warning("%s: could not download %r: %s", where, incoming.name, exc)
+                refusals.append(f"{incoming.name!r} could not be downloaded")
+                continue
+            try:
+                saved.append(await asyncio.to_thread(save_incoming, folder, incoming.name, data))
+            except OSError as exc:
+                log.error("%s: could not save %r in %s: %s", where, incoming.name, folder, exc)
+                refusals.append(f"{incoming.name!r} could not be saved on the host")
+        return saved, refusals
+
+    def _refuse(
+        self, group: AgentGroup, message: InboundMessage, key: str | None, why: str, whole: bool
+    ) -> None:
+        """Tell the chat why (part of) its message was not passed on; delivery sends it.
+
+        A message refused whole is recorded too (status ``refused``), so the platform sending it
+        again is recognised as a duplicate and not answered twice.
+        """
+        with transaction(self.orchestrator.ctx.db) as db:
+            session_id = self.orchestrator.session_for(group, key, db)
+            if whole:
+                db.add(_inbound_row(group.id, session_id, message, status="refused", error=why))
+            row = Message(
+                group_id=group.id,
+                session_id=session_id,
+                direction="out",
+                channel=message.channel,
+                chat_id=message.chat_id,
+                thread_id=message.thread_id,
+                sender="nanohost",
+                text=f"Not passed to the agent: {why}.",
+                status="pending",
+            )
+            db.add(row)
+            db.flush()
+            message_id = row.id
+        log.info("%s chat %s: refused: %s", message.channel, message.chat_id, why)
+        self.bus.publish(group.id, {"type": "message", "id": message_id})
+
+
+def _inbound_row(
+    group_id: int, session_id: int, message: InboundMessage, *, status: str, error: str | None = None
+) -> Message:
+    """The host's record of an inbound message (text bounded for refused ones)."""
+    return Message(
+        group_id=group_id,
+        session_id=session_id,
+        direction="in",
+        channel=message.channel,
+        chat_id=message.chat_id,
+        thread_id=message.thread_id,
+        sender=message.sender,
+        text=message.text if status != "refused" else message.text[:2000],
+        attachments=list(message.attachments),
+        platform_message_id=message.platform_message_id,
+        status=status,
+        error=error,
+    )
+
+
+def _size(size: int) -> str:
+    """A byte count as people read it: 20 MiB, 512 KiB."""
+    if size >= 1024**2:
+        return f"{size / 1024**2:.3g} MiB"
+    return f"{size / 1024:.3g} KiB"

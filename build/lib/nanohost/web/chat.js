@@ -1,0 +1,236 @@
+"use strict";
+// The web chat page: groups on the left, one conversation on the right.
+//
+// History comes from GET /web/groups/{g}/messages (page by page); live messages and progress from
+// the websocket /web/groups/{g}/stream?after=<last id>. When the socket drops (host restart,
+// network), it reconnects with backoff, resuming after the last id seen; messages are keyed by
+// id, so a replay never shows one twice. A 401 anywhere means the session ended: reload to log in.
+
+const PAGE = 200;
+const $ = (id) => document.getElementById(id);
+const state = {
+  group: null,
+  generation: 0, // bumped when the group changes: late events of the old one are dropped
+  messages: new Map(),
+  lastId: 0,
+  progress: "",
+  socket: null,
+  backoff: 500,
+  maxBytes: 0,
+};
+
+async function call(path, options = {}) {
+  const response = await fetch(path, {
+    credentials: "same-origin",
+    ...options,
+    headers: { "X-Nanohost": "1", ...(options.headers || {}) },
+  });
+  if (response.status === 401) {
+    location.reload();
+    throw new Error("logged out");
+  }
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function groupUrl(suffix) {
+  return `/web/groups/${encodeURIComponent(state.group)}/${suffix}`;
+}
+
+function showError(text) {
+  $("error").textContent = text;
+  $("error").hidden = !text;
+}
+
+// --- groups ---------------------------------------------------------------------------------
+
+async function loadGroups() {
+  const { groups, max_attachment_bytes: maxBytes } = await call("/web/groups");
+  state.maxBytes = maxBytes;
+  const nav = $("groups");
+  nav.replaceChildren();
+  for (const name of groups) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = name;
+    button.dataset.group = name;
+    button.addEventListener("click", () => selectGroup(name));
+    nav.append(button);
+  }
+  if (!groups.length) {
+    $("title").textContent = "No groups";
+    showError("No group has a web binding yet: run `nanohost bind web GROUP GROUP` on the host.");
+    $("send").disabled = true;
+    return;
+  }
+  const wanted = decodeURIComponent(location.hash.slice(1));
+  selectGroup(groups.includes(wanted) ? wanted : groups[0]);
+}
+
+async function selectGroup(name) {
+  const generation = ++state.generation;
+  if (state.socket) state.socket.close();
+  Object.assign(state, { group: name, messages: new Map(), lastId: 0, progress: "", backoff: 500 });
+  history.replaceState(null, "", `#${encodeURIComponent(name)}`);
+  $("title").textContent = name;
+  $("messages").replaceChildren();
+  showError("");
+  for (const button of $("groups").children) button.classList.toggle("active", button.dataset.group === name);
+  updateThinking();
+  try {
+    for (;;) {
+      const { messages } = await call(groupUrl(`messages?after=${state.lastId}`));
+      if (generation !== state.generation) return;
+      messages.forEach(addMessage);
+      if (messages.length < PAGE) break;
+    }
+  } catch (exc) {
+    showError(`could not load the conversation: ${exc.message}`);
+  }
+  connect(generation);
+}
+
+// --- live stream ----------------------------------------------------------------------------
+
+function connect(generation) {
+  if (generation !== state.generation) return;
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${scheme}//${location.host}${groupUrl(`stream?after=${state.lastId}`)}`);
+  state.socket = socket;
+  socket.addEventListener("open", () => {
+    state.backoff = 500;
+    $("connection").textContent = "";
+  });
+  socket.addEventListener("message", (event) => {
+    if (generation !== state.generation) return;
+    const data = JSON.parse(event.data);
+    if (data.type === "message") addMessage(data);
+    else if (data.type === "progress") {
+      state.progress = data.text || "";
+      $("thinking").dataset.progress = "1";
+      updateThinking();
+    }
+  });
+  socket.addEventListener("close", () => {
+    if (generation !== state.generation) return;
+    $("connection").textContent = "reconnecting…";
+    const delay = state.backoff;
+    state.backoff = Math.min(state.backoff * 2, 10000);
+    setTimeout(() => reconnect(generation), delay);
+  });
+}
+
+async function reconnect(generation) {
+  try {
+    await call("/web/groups"); // the host is back and the session still valid (401 reloads)
+  } catch {
+    if (generation === state.generation) setTimeout(() => reconnect(generation), state.backoff);
+    state.backoff = Math.min(state.backoff * 2, 10000);
+    return;
+  }
+  connect(generation);
+}
+
+// --- messages -------------------------------------------------------------------------------
+
+function addMessage(message) {
+  if (state.messages.has(message.id)) return;
+  state.messages.set(message.id, message);
+  const item = document.createElement("li");
+  item.className = `message ${message.direction}`;
+  item.dataset.id = message.id;
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const when = new Date(message.created_at);
+  const sender = message.direction === "in" && message.sender === "web" ? "you" : message.sender;
+  meta.textContent = `${sender || (message.direction === "out" ? "agent" : "someone")} · ${
+    isNaN(when) ? "" : when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
+  const body = document.createElement("div");
+  body.className = "body";
+  body.innerHTML = renderMarkdown(message.text); // escapes everything first (markdown.js)
+  item.append(meta, body);
+  if (message.files.length) {
+    const files = document.createElement("ul");
+    files.className = "files";
+    for (const file of message.files) {
+      const link = document.createElement("a");
+      link.href = file.url;
+      link.download = file.name;
+      link.textContent = file.name;
+      const entry = document.createElement("li");
+      entry.append(link);
+      files.append(entry);
+    }
+    item.append(files);
+  }
+  const list = $("messages");
+  const later = [...list.children].find((li) => Number(li.dataset.id) > message.id);
+  list.insertBefore(item, later || null);
+  state.lastId = Math.max(state.lastId, message.id);
+  if (message.direction === "out") state.progress = "";
+  updateThinking();
+  list.scrollTop = list.scrollHeight;
+}
+
+// "thinking…" while the newest message is the user's and still waiting, or while progress arrives.
+function updateThinking() {
+  const newest = state.messages.get(state.lastId);
+  const waiting = newest && newest.direction === "in" && ["pending", "queued"].includes(newest.status);
+  const thinking = $("thinking");
+  thinking.hidden = !(waiting || state.progress);
+  if (thinking.hidden) delete thinking.dataset.progress;
+  $("progress").textContent = state.progress && state.progress !== "thinking…" ? state.progress : "";
+}
+
+// --- sending --------------------------------------------------------------------------------
+
+async function send(event) {
+  event.preventDefault();
+  const text = $("text").value;
+  const file = $("file").files[0];
+  if (!text.trim() && !file) return;
+  if (file && state.maxBytes && file.size > state.maxBytes) {
+    showError(`${file.name} is larger than the ${(state.maxBytes / 1024 ** 2).toFixed(0)} MiB limit`);
+    return;
+  }
+  const form = new FormData();
+  form.append("text", text);
+  if (file) form.append("file", file);
+  $("send").disabled = true;
+  showError("");
+  try {
+    const { id } = await call(groupUrl("messages"), { method: "POST", body: form });
+    $("text").value = "";
+    $("file").value = "";
+    $("file-name").textContent = "";
+    // The socket delivers the row itself; until then, show the wait at once.
+    if (!state.messages.has(id)) {
+      const { messages } = await call(groupUrl(`messages?after=${state.lastId}`));
+      messages.forEach(addMessage);
+    }
+  } catch (exc) {
+    showError(exc.message);
+  } finally {
+    $("send").disabled = false;
+    $("text").focus();
+  }
+}
+
+$("composer").addEventListener("submit", send);
+$("text").addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    $("composer").requestSubmit();
+  }
+});
+$("file").addEventListener("change", () => {
+  const file = $("file").files[0];
+  $("file-name").textContent = file ? file.name : "";
+});
+$("logout").addEventListener("click", async () => {
+  await fetch("/web/logout", { method: "POST", headers: { "X-Nanohost": "1" } });
+  location.replace("/");
+});
+
+loadGroups().catch((exc) => showError(`could not load the groups: ${exc.message}`));
