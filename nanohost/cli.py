@@ -484,7 +484,12 @@ def groups_config(
         return
     for change in changes:
         out.print(f"{name}: {change}", markup=False)
-    out.print("takes effect at the group's next wake", markup=False)
+    if edit.needs_wake():
+        out.print(
+            "takes effect at the group's next wake (senders, engage mode: the next message)", markup=False
+        )
+    else:
+        out.print("applies from the next message", markup=False)
 
 
 # --- sessions and messages --------------------------------------------------------------

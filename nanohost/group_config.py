@@ -7,7 +7,7 @@ was even when other options in the same command were fine.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from nanohost.db.models import ENGAGE_MODES, AgentGroup
@@ -82,6 +82,12 @@ class ConfigEdit:
 
     def is_empty(self) -> bool:
         return self == ConfigEdit()
+
+    def needs_wake(self) -> bool:
+        """Whether a part of the edit reaches the container (the router reads the rest, the
+        allow-list and engage mode, for every message, so those apply at once)."""
+        routing = {"allow_senders", "deny_senders", "engage", "trigger"}
+        return any(getattr(self, f.name) not in (None, []) for f in fields(self) if f.name not in routing)
 
 
 def _merged(current: list[str], add: list[str], remove: list[str]) -> list[str]:

@@ -382,3 +382,10 @@ def test_doctor_says_what_to_fix(cli: Run, monkeypatch: pytest.MonkeyPatch) -> N
     assert checks["database"]["ok"] is True
     assert checks["model credential"]["ok"] is True
     assert "sk-test" not in json.dumps(checks)
+
+
+def test_routing_edits_say_they_apply_from_the_next_message(ready: Run) -> None:
+    result = ready("groups", "config", "main", "--allow-sender", "telegram:@alice", "--engage", "mention")
+    assert "applies from the next message" in result.stdout
+    assert "next wake" not in result.stdout
+    assert "next wake" in ready("groups", "config", "main", "--memory", "512m").stdout
