@@ -1,5 +1,0 @@
-"""`python -m agent_runner`: the container's entrypoint."""
-
-from agent_runner.main import main
-
-main()

@@ -1,1 +1,0 @@
-"""The Codex provider: drives `codex app-server` over JSON-RPC on stdio (see CODEX.md)."""

@@ -1,1 +1,0 @@
-"""Chat channels: each turns a platform's events into InboundMessages and sends replies back."""
