@@ -22,22 +22,38 @@ MAX_FILE_BYTES = 50 * 1024**2
 """Largest file the agent may send (Telegram's bot upload limit; the strictest platform's)."""
 
 
-def keep_copy(source: Path, roots: list[Path], outbox: Path, key: str, limit: int = MAX_FILE_BYTES) -> Path:
-    """Copy ``source`` to ``outbox/<key>/<name>``; raises ``ValueError`` saying why not."""
+def open_inside(path: Path, roots: list[Path]) -> int:
+    """Open ``path`` for reading as the regular file it is now, inside one of ``roots`` (real
+    paths), or raise ``ValueError`` saying why not.
+
+    The final component is opened without following a link and without waiting on a FIFO, and
+    what was actually opened is checked (its real path, read from ``/proc/self/fd``), so no link
+    the agent planted anywhere on the way can lead outside. The caller closes the descriptor.
+    """
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ValueError(f"{source.name} cannot be opened: {exc.strerror}") from None
+        raise ValueError(f"{path.name} cannot be opened: {exc.strerror}") from None
     try:
         real = Path(os.readlink(f"/proc/self/fd/{fd}"))
-        if not any(root.resolve() in real.parents for root in roots):
-            raise ValueError(f"{source.name} resolves outside the workspace")
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{source.name} is not a regular file")
-        if info.st_size > limit:
+        if not any(root in real.parents for root in roots):
+            raise ValueError(f"{path.name} resolves outside the workspace")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path.name} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def keep_copy(source: Path, roots: list[Path], outbox: Path, key: str, limit: int = MAX_FILE_BYTES) -> Path:
+    """Copy ``source`` to ``outbox/<key>/<name>``; raises ``ValueError`` saying why not."""
+    fd = open_inside(source, [root.resolve() for root in roots])
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
             raise ValueError(
-                f"{source.name} is {info.st_size / 1024**2:.1f} MiB, over the {limit / 1024**2:.0f} MiB limit"
+                f"{source.name} is {size / 1024**2:.1f} MiB, over the {limit / 1024**2:.0f} MiB limit"
             )
         target = outbox / key / safe_name(source.name)  # the file keeps its name on the platform
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -139,6 +139,8 @@ class Delivery:
             self._kick(channel, chat_id)
 
     def _on_message(self, message_id: int) -> None:
+        if not self.adapters:  # web and API replies need no sending: spare the hot path a read
+            return
         with transaction(self.db) as db:
             row = db.get(Message, message_id)
             if row is None or row.channel not in self.adapters:

@@ -55,6 +55,12 @@ def chat_key(channel: str, chat_id: str) -> str:
     return f"{channel}:{chat_id}"
 
 
+def session_key(binding: ChatBinding) -> str | None:
+    """Which of its group's sessions a bound chat talks to: its own (``per-chat``) or the
+    group's shared one (None)."""
+    return chat_key(binding.channel, binding.chat_id) if binding.session_mode == "per-chat" else None
+
+
 _ID_SHAPED = re.compile(r"\d+|[UWB][A-Z0-9]{6,}")
 """Telegram and Discord user ids are numbers; Slack's are U…/W…/B… in capitals."""
 
@@ -181,7 +187,7 @@ class Router:
         found = await self._retrying(self._binding, message)
         if found is None:
             return
-        group, binding_mode = found
+        group, key = found
         if not self._sender_allowed(group, message):
             log.info(
                 "%s: sender %s is not on group %s's allow-list; ignored", where, message.sender, group.name
@@ -195,7 +201,6 @@ class Router:
         if await self._retrying(self._seen, message):
             log.info("%s: already received; ignored", where)
             return
-        key = chat_key(message.channel, message.chat_id) if binding_mode == "per-chat" else None
         if len(message.text) > MAX_TEXT:
             self._refuse(
                 group, message, key, f"your message is longer than {MAX_TEXT:,} characters", whole=True
@@ -243,7 +248,8 @@ class Router:
                 session.chat_key = chat_key(channel, new_chat_id)
         log.info("%s chat %s is now %s; its binding moved with it", channel, old_chat_id, new_chat_id)
 
-    def _binding(self, message: InboundMessage) -> tuple[AgentGroup, str] | None:
+    def _binding(self, message: InboundMessage) -> tuple[AgentGroup, str | None] | None:
+        """The bound group and the session key, or None for an unbound chat (logged once)."""
         with transaction(self.orchestrator.ctx.db) as db:
             binding = db.scalar(
                 select(ChatBinding)
@@ -261,7 +267,7 @@ class Router:
                         *chat,
                     )
                 return None
-            return binding.group, binding.session_mode
+            return binding.group, session_key(binding)
 
     @staticmethod
     def _sender_allowed(group: AgentGroup, message: InboundMessage) -> bool:

@@ -91,6 +91,8 @@ class SessionRuntime:
         self._pump_lock = asyncio.Lock()
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_again = False
+        self._imported_to: int | None = None
+        """The session's outbound cursor as this runtime (its only writer) last committed it."""
         self._wake_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -374,6 +376,8 @@ class SessionRuntime:
                 continuation = self.queues.continuation()
                 if continuation and continuation != session.continuation:
                     session.continuation = continuation
+            cursor = session.outbound_cursor
+        self._imported_to = cursor  # committed
         if events:
             self.last_activity = time.monotonic()
         return events
@@ -499,11 +503,12 @@ class SessionRuntime:
         """Copy the files of new outbound rows into the outbox in a worker thread, before the
         import transaction: a 50 MiB copy must neither stall the event loop nor hold the
         database's write lock."""
-        with transaction(self.ctx.db) as db:
-            cursor = self._load(db)[0].outbound_cursor
+        if self._imported_to is None:  # once per runtime; afterwards the import keeps it
+            with transaction(self.ctx.db) as db:
+                self._imported_to = self._load(db)[0].outbound_cursor
         wanted = [
             (r.id, str(r.payload.get("path", "")))
-            for r in self.queues.outbound_after(cursor)
+            for r in self.queues.outbound_after(self._imported_to)
             if r.kind == "file"
         ]
         return {row_id: await asyncio.to_thread(self.keep_file, row_id, path) for row_id, path in wanted}

@@ -23,7 +23,6 @@ import contextlib
 import hmac
 import json
 import os
-import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path, PurePosixPath
@@ -33,7 +32,7 @@ from urllib.parse import quote
 from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy import select
 
-from nanohost.agent_files import kept_copy
+from nanohost.agent_files import kept_copy, open_inside
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
 from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, Router
@@ -293,30 +292,16 @@ def open_inbox_file(folder: Path, relative: str) -> int | None:
     or None when it is missing or lies anywhere but inside the folder's ``inbox/``.
 
     The agent owns the folder and may plant links (``inbox`` itself, a directory in it, or the
-    file), so the name is checked, the last component is opened without following a link, and
-    the file actually opened must really be inside ``<real group folder>/inbox``.
+    file), so the name is checked and the file actually opened must really be inside
+    ``<real group folder>/inbox`` (``inbox`` itself is deliberately not resolved).
     """
     parts = PurePosixPath(relative).parts
     if len(parts) < 2 or parts[0] != "inbox" or ".." in parts or "\\" in relative:
         return None
-    inbox = os.path.join(os.path.realpath(folder), "inbox")
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # no link, never hang on a fifo
     try:
-        fd = os.open(os.path.join(folder, *parts), flags)
-    except OSError:
+        return open_inside(folder.joinpath(*parts), [folder.resolve() / "inbox"])
+    except ValueError:
         return None
-    try:
-        real = os.readlink(f"/proc/self/fd/{fd}")
-        if (
-            stat.S_ISREG(os.fstat(fd).st_mode)
-            and os.path.commonpath([real, inbox]) == inbox
-            and real != inbox
-        ):
-            return fd
-    except (OSError, ValueError):
-        pass
-    os.close(fd)
-    return None
 
 
 async def _inbox_file_response(request: web.Request, folder: Path, relative: str) -> web.StreamResponse:

@@ -49,7 +49,7 @@ from nanohost.channels.web_auth import (
 )
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding
-from nanohost.router import MAX_TEXT, chat_key
+from nanohost.router import MAX_TEXT, session_key
 from nanohost.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -363,8 +363,7 @@ def _chat(request: web.Request, group: AgentGroup) -> tuple[str, str | None]:
         ).first()
         if binding is None:
             return group.name, None
-        per_chat = binding.session_mode == "per-chat"
-        return binding.chat_id, chat_key(CHANNEL, binding.chat_id) if per_chat else None
+        return binding.chat_id, session_key(binding)
 
 
 def add_routes(app: web.Application) -> None:
