@@ -11,16 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 
 from nanohost.channels import api, webchat
 from nanohost.channels.registry import Channels, enabled_channels
 from nanohost.containers.backend import ContainerBackend, DockerBackend
 from nanohost.db import engine as db_engine
 from nanohost.db import migrate
+from nanohost.db.models import AgentGroup, AgentSession, utcnow
 from nanohost.delivery import Delivery
 from nanohost.gateway import Gateway
 from nanohost.orchestrator import Orchestrator
@@ -30,6 +32,7 @@ from nanohost.providers.mock import MockContribution
 from nanohost.router import Router
 from nanohost.runtime import HostContext
 from nanohost.settings import Settings
+from nanohost.slots import Slots
 
 log = logging.getLogger("nanohost")
 
@@ -69,7 +72,7 @@ def _host(backend_factory: Any) -> Any:
             backend=backend,
             gateway=gateway,
             contributions=_contributions(settings),
-            slots=asyncio.Semaphore(settings.max_containers),
+            slots=Slots(settings.max_containers, quantum=settings.slot_quantum),
         )
         orchestrator = Orchestrator(ctx)
         await orchestrator.start()
@@ -89,6 +92,7 @@ def _host(backend_factory: Any) -> Any:
         yield
         await delivery.close()  # first: no send is cut off half-way by its channel stopping
         await channels.stop()
+        await ctx.slots.close()  # no eviction starts while the runtimes close
         await orchestrator.close()
         await gateway.stop()
         if isinstance(backend, DockerBackend):
@@ -99,7 +103,9 @@ def _host(backend_factory: Any) -> Any:
 
 async def healthz(request: web.Request) -> web.Response:
     """200 when the database and the container backend answer; the chat platforms' states are
-    shown too (``on``, ``retrying: …``, ``off: …``) when any is configured."""
+    shown too (``on``, ``retrying: …``, ``off: …``) when any is configured, and the wake queue
+    (container slots in use, wakes waiting for one, the oldest wait). Wakes merely waiting for a
+    slot are not a fault: still 200."""
     checks: dict[str, Any] = {}
     try:
         with request.app[ENGINE].connect() as connection:
@@ -110,8 +116,32 @@ async def healthz(request: web.Request) -> web.Response:
     checks["containers"] = "ok" if await request.app[BACKEND].ping() else "container engine not reachable"
     ok = all(v == "ok" for v in checks.values())
     channels = request.app[CHANNELS].state if CHANNELS in request.app else {}
-    shown = {"channels": channels} if channels else {}
+    shown: dict[str, Any] = {"channels": channels} if channels else {}
+    if ORCHESTRATOR in request.app:
+        shown["wake_queue"] = request.app[ORCHESTRATOR].ctx.slots.stats()
+    if checks["database"] == "ok":
+        quarantined = await asyncio.to_thread(_quarantined, request.app[ENGINE])
+        if quarantined:
+            shown["quarantined"] = quarantined
     return web.json_response({"ok": ok, **checks, **shown}, status=200 if ok else 503)
+
+
+def _quarantined(engine: Engine) -> list[dict[str, Any]]:
+    """Sessions set aside in the last week because their queue was unreadable (newest first):
+    the host is healthy, but an operator should look at the kept files."""
+    since = utcnow() - timedelta(days=7)
+    with db_engine.make_session_factory(engine)() as db:
+        rows = db.execute(
+            select(AgentSession.id, AgentGroup.name, AgentSession.quarantined_at, AgentSession.last_error)
+            .join(AgentGroup, AgentSession.group_id == AgentGroup.id)
+            .where(AgentSession.quarantined_at.is_not(None), AgentSession.quarantined_at >= since)
+            .order_by(AgentSession.quarantined_at.desc())
+            .limit(20)
+        ).all()
+    return [
+        {"session": sid, "group": group, "at": f"{at.isoformat()}Z" if at else None, "reason": error}
+        for sid, group, at, error in rows
+    ]
 
 
 def build_app(settings: Settings, *, backend_factory: Any = None) -> web.Application:

@@ -35,9 +35,11 @@ from nanohost.db.models import (
     AgentSession,
     ChatBinding,
     Message,
+    utcnow,
 )
 from nanohost.group_config import ConfigEdit, McpServerSpec, apply_edit, effective_config
 from nanohost.groups import NotFound, bind_chat, create_group, delete_group, get_group
+from nanohost.limits import SETTINGS_NAMES, check_limits, engine_resources
 from nanohost.settings import Settings, SettingsError, load_settings
 from nanohost.validation import InvalidInput, check_channel, check_chat_id
 
@@ -272,11 +274,35 @@ def unbind(
     out.print(f"{channel} chat {chat_id} unbound", markup=False)
 
 
+def _wake_queue(session: Session) -> dict[int, float]:
+    """Session id → seconds its oldest unanswered message has waited, for sessions with no
+    running container (not failed, not set aside): the wake queue as the database sees it.
+
+    The CLI runs outside the host, so this is read from the database rather than asked of the
+    host; it also counts a session between its message and its container start, and one
+    waiting out a crash backoff."""
+    now = utcnow()
+    rows = session.execute(
+        select(Message.session_id, func.min(Message.created_at))
+        .join(AgentSession, Message.session_id == AgentSession.id)
+        .where(
+            Message.direction == "in",
+            Message.status.in_(("pending", "queued")),
+            AgentSession.status.in_(("idle", "stopped")),
+            AgentSession.quarantined_at.is_(None),
+        )
+        .group_by(Message.session_id)
+    ).all()
+    return {int(sid): max(0.0, (now - oldest).total_seconds()) for sid, oldest in rows if sid is not None}
+
+
 @app.command()
 @handles_errors
 def status(as_json: JsonOption = False) -> None:
-    """Groups with their session state, container, pending messages and last error."""
+    """Groups with their session state, container, pending messages and last error, and the wake
+    queue: sessions with unanswered messages and no running container (read from the database)."""
     with database(settings()) as session:
+        queue = _wake_queue(session)
         pending = dict(
             session.execute(
                 select(Message.group_id, func.count())
@@ -296,9 +322,23 @@ def status(as_json: JsonOption = False) -> None:
                     "crashes": latest.crash_count if latest else 0,
                     "undelivered": pending.get(group.id, 0),
                     "last_error": latest.last_error if latest else None,
+                    "quarantined": sum(1 for s in group.sessions if s.quarantined_at is not None),
+                    "waiting_s": _oldest_wait(queue, group),
                 }
             )
     emit(rows, as_json, title="nanohost status", empty="no groups yet; run `nanohost setup`")
+    if rows and not as_json:
+        out.print(
+            f"wake queue: {len(queue)} session(s) with unanswered messages and no running container"
+            + (f"; the oldest has waited {max(queue.values()):.0f} s" if queue else ""),
+            markup=False,
+        )
+
+
+def _oldest_wait(queue: dict[int, float], group: AgentGroup) -> int | None:
+    """Whole seconds the group's longest-waiting session has waited for a container, if any."""
+    waits = [queue[s.id] for s in group.sessions if s.id in queue]
+    return int(max(waits)) if waits else None
 
 
 @app.command()
@@ -327,9 +367,17 @@ def doctor(as_json: JsonOption = False) -> None:
 @handles_errors
 def serve() -> None:
     """Start the host: upgrade the database, then serve the web chat and API."""
-    from nanohost.app import run
+    from nanohost import app as host_app
 
-    run(settings())
+    cfg = settings()
+    check_limits(  # default limits the engine cannot grant would fail every wake
+        memory=cfg.container_memory,
+        cpus=cfg.container_cpus,
+        pids=cfg.container_pids,
+        probe=engine_resources,
+        names=SETTINGS_NAMES,
+    )
+    host_app.run(cfg)
 
 
 # --- groups -----------------------------------------------------------------------------
@@ -474,7 +522,7 @@ def groups_config(
     cfg = settings()
     with database(cfg) as session:
         group = get_group(session, name)
-        changes = apply_edit(group, edit)
+        changes = apply_edit(group, edit, probe=engine_resources)
         data = effective_config(cfg, group)
     if as_json:
         emit_mapping({"changes": changes, "config": data}, True)

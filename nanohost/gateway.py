@@ -6,9 +6,28 @@ placeholder; the gateway checks it, swaps in the real key and streams the upstre
 as it arrives (no buffering, so streamed tokens keep flowing). An unknown placeholder gets 401.
 The real key is never logged and never written anywhere a container can read.
 
+What is forwarded: only the provider's own API calls, an exact ``(method, path)`` from a
+frozenset (``CODEX_ROUTES``: ``POST /v1/responses``, the only call a real ``codex app-server``
+0.138 turn makes). The path is ``/v1/…`` on the gateway and ``{upstream}/…`` upstream, sent
+exactly as vetted (no re-normalisation). The request body is streamed through, never buffered;
+it must carry a ``Content-Length`` (Codex always does; 411 otherwise) of at most
+``MAX_REQUEST_BODY`` (413 otherwise; Codex resends the whole thread every turn, so this is large).
+
+What is refused with 403 and a JSON error, before the upstream is contacted: any other method or
+path (``/v1/files``, ``/v1/organization/…``, ``GET /v1/responses``, ``/healthz``), any query
+string, and on the raw request target (before any decoding) dot segments (``.``/``..``),
+percent-encoded dots, slashes or backslashes (``%2e``, ``%2f``, ``%5c``), backslashes, empty
+segments (``//``) and absolute-form targets. Each refusal is logged once, with the group.
+
 Egress (off by default): a group with an allow-list of host patterns gets an HTTPS proxy on a
 second socket. Only ``CONNECT host:port`` to an allowed host is tunnelled; the client proves its
-session with the same placeholder (``Proxy-Authorization: Basic nh:<placeholder>``).
+session with the same placeholder (``Proxy-Authorization: Basic nh:<placeholder>``). The name is
+resolved once; if any address it resolves to (or an IP-literal target) is loopback, private,
+link-local, multicast, reserved, unspecified, carrier-grade NAT, an IPv6 form embedding such an
+IPv4 address, or one of this host's own addresses, the answer is 403 and nothing is connected.
+Otherwise the tunnel connects to the vetted address itself, never to the name again (no DNS
+rebinding between the check and the connect). The address policy, resolver and connector are
+constructor arguments so tests can tunnel to a loopback echo server.
 """
 
 from __future__ import annotations
@@ -16,14 +35,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import fnmatch
+import ipaddress
 import logging
 import secrets
+import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
+from yarl import URL
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +57,22 @@ CONTAINER_SOCKET_DIR = "/run/nanohost"
 SOCKET_NAME = "gateway.sock"
 EGRESS_SOCKET_NAME = "egress.sock"
 MAX_HEAD = 8192
+API_PREFIX = "/v1"
+MAX_REQUEST_BODY = 64 * 1024 * 1024
+EGRESS_CONNECT_TIMEOUT = 30.0
+
+Route = tuple[str, str]
+"""``(METHOD, path)`` as the container sends it to the gateway, e.g. ``("POST", "/v1/responses")``."""
+
+CODEX_ROUTES: frozenset[Route] = frozenset({("POST", "/v1/responses")})
+"""Every call a real ``codex app-server`` 0.138 turn makes (observed: start, text turn, tool-call
+turn, MCP tools, resume after a restart); nothing else is forwarded for Codex."""
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+AddressPolicy = Callable[[IPAddress], bool]
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
 _HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -45,8 +86,123 @@ _HOP_BY_HOP = frozenset(
         "host",
         "content-length",
         "authorization",
+        "expect",
     }
 )
+_ACCOUNT_HEADERS = frozenset(
+    {"openai-organization", "openai-project", "cookie", "x-api-key", "api-key", "chatgpt-account-id"}
+)
+"""Request headers that choose whose account or credential the real key is used as: the host
+decides those, never the container, so they are dropped before forwarding."""
+_ENCODED_SEPARATORS = ("%2e", "%2f", "%5c")
+_CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# IPv4-compatible (deprecated) and local-use NAT64: no public destination is ever written so.
+_IPV6_REFUSED = (ipaddress.IPv6Network("::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def path_refusal(method: str, raw_target: str, allowed: frozenset[Route]) -> str | None:
+    """Why a request may not be forwarded, or None. ``raw_target`` is the request line's target,
+    undecoded: the checks run on what was sent, not on what a parser made of it."""
+    if not raw_target.startswith("/"):
+        return "only origin-form targets (/v1/...) are forwarded"
+    if "?" in raw_target or "#" in raw_target:
+        return "query strings are not forwarded"
+    lowered = raw_target.lower()
+    if "\\" in raw_target or any(code in lowered for code in _ENCODED_SEPARATORS):
+        return "backslashes and percent-encoded dots, slashes or backslashes are refused"
+    if "//" in raw_target or any(seg in (".", "..") for seg in raw_target.split("/")):
+        return "dot segments and empty segments are refused"
+    if (method, raw_target) not in allowed:
+        return f"{method} {raw_target} is not an API call this provider makes"
+    return None
+
+
+def is_own_address(ip: IPAddress) -> bool:
+    """Whether ``ip`` is assigned to one of this host's interfaces (binding to it succeeds).
+    Fails closed: if the kernel lets us bind to any address (ip_nonlocal_bind), every address
+    counts as our own and egress is refused."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+        return False  # no such address family here: nothing of ours to reach through it
+    with sock:
+        try:
+            sock.bind((str(ip), 0))
+        except OSError as exc:
+            return exc.errno != errno.EADDRNOTAVAIL
+        return True
+
+
+def _public(ip: IPAddress) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return _public(ip.ipv4_mapped)
+        if ip in _NAT64:  # the well-known prefix reaches the IPv4 address in the last 32 bits
+            return _public(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.sixtofour is not None and not _public(ip.sixtofour):
+            return False
+        if ip.teredo is not None or any(ip in net for net in _IPV6_REFUSED) or ip.is_site_local:
+            return False
+    elif ip in _CGNAT:
+        return False
+    return ip.is_global and not (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+def public_address(ip: IPAddress) -> bool:
+    """The default egress policy: a globally routable unicast address that is not this host's."""
+    return _public(ip) and not is_own_address(ip)
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to for TCP (the system resolver, off the event loop)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    addresses: list[IPAddress] = []
+    for info in infos:
+        address = ipaddress.ip_address(str(info[4][0]))
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+async def open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(host, port)
+
+
+def _split_target(target: str) -> tuple[str, int] | None:
+    """``host:port`` or ``[v6]:port`` of a CONNECT line, or None."""
+    host, sep, port_text = target.rpartition(":")
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
+        return None
+    port = int(port_text)
+    if not 0 < port < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return (host, port) if host else None
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _json_error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind}}, status=status)
 
 
 @dataclass(frozen=True)
@@ -63,12 +219,34 @@ class Grant:
 
 
 class Gateway:
-    """Placeholder registry plus the forwarding server."""
+    """Placeholder registry plus the forwarding server.
 
-    def __init__(self, socket_dir: Path, upstream: str, api_key: str | None) -> None:
+    ``routes`` is the provider's allowed ``(method, path)`` set (Codex's by default).
+    ``egress_address_ok`` decides which resolved addresses the egress proxy may connect to
+    (public only by default); ``egress_resolve`` and ``egress_connect`` are the resolver and the
+    TCP connector, injectable so tests never touch a real network.
+    """
+
+    def __init__(
+        self,
+        socket_dir: Path,
+        upstream: str,
+        api_key: str | None,
+        *,
+        routes: frozenset[Route] = CODEX_ROUTES,
+        egress_address_ok: AddressPolicy = public_address,
+        egress_resolve: Resolver = resolve_host,
+        egress_connect: Connector = open_tcp,
+    ) -> None:
+        if not all(path.startswith(API_PREFIX + "/") for _, path in routes):
+            raise ValueError(f"gateway routes must be under {API_PREFIX}/: {sorted(routes)}")
         self.socket_dir = socket_dir
         self.upstream = upstream.rstrip("/")
+        self.routes = routes
         self._api_key = api_key
+        self._address_ok = egress_address_ok
+        self._resolve = egress_resolve
+        self._connect = egress_connect
         self._grants: dict[str, Grant] = {}
         self._runner: web.AppRunner | None = None
         self._client: ClientSession | None = None
@@ -96,8 +274,9 @@ class Gateway:
         self._grants.pop(placeholder, None)
 
     def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_route("*", "/v1/{tail:.*}", self._forward)
+        # The body is streamed (request.content), so client_max_size only guards accidental reads.
+        app = web.Application(client_max_size=MAX_REQUEST_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._forward)  # everything comes here to be vetted
         return app
 
     async def start(self) -> None:
@@ -127,23 +306,41 @@ class Gateway:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         grant = self._check(request)
-        if self._api_key is None:
-            return web.json_response(
-                {"error": {"message": "nanohost has no OPENAI_API_KEY configured", "type": "auth"}},
-                status=401,
+        refusal = path_refusal(request.method, request.raw_path, self.routes)
+        if refusal is not None:
+            log.warning(
+                "gateway: refused %s %r for group %s: %s",
+                request.method,
+                request.raw_path[:200],
+                grant.group,
+                refusal,
             )
+            return _json_error(403, f"nanohost gateway: {refusal}", "forbidden")
+        if self._api_key is None:
+            return _json_error(401, "nanohost has no OPENAI_API_KEY configured", "auth")
+        length = request.content_length
+        if length is None and request.body_exists:
+            return _json_error(411, "nanohost gateway: the request body needs a Content-Length", "length")
+        if length is not None and length > MAX_REQUEST_BODY:
+            log.warning("gateway: refused a %d-byte body for group %s", length, grant.group)
+            return _json_error(413, f"nanohost gateway: body over {MAX_REQUEST_BODY} bytes", "too_large")
         assert self._client is not None
-        headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP)
+        headers = CIMultiDict(
+            (k, v)
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP_BY_HOP and k.lower() not in _ACCOUNT_HEADERS
+        )
         headers["Authorization"] = f"Bearer {self._api_key}"
-        url = f"{self.upstream}/{request.match_info['tail']}"
-        if request.query_string:
-            url = f"{url}?{request.query_string}"
-        body = await request.read()
+        if length is not None:
+            headers["Content-Length"] = str(length)  # stream the body as sent, not re-chunked
+        # The vetted path, exactly: encoded=True keeps yarl from re-normalising or re-quoting it.
+        url = URL(self.upstream + request.raw_path.removeprefix(API_PREFIX), encoded=True)
+        data: Any = request.content if length else None
         try:
-            upstream = await self._client.request(request.method, url, headers=headers, data=body)
+            upstream = await self._client.request(request.method, url, headers=headers, data=data)
         except Exception as exc:
             log.warning("gateway: upstream %s unreachable for group %s: %s", self.upstream, grant.group, exc)
-            return web.json_response({"error": {"message": f"upstream unreachable: {exc}"}}, status=502)
+            return _json_error(502, f"upstream unreachable: {exc}", "upstream")
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
@@ -186,28 +383,66 @@ class Gateway:
             k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
         }
         grant = self._proxy_grant(headers.get("proxy-authorization", ""))
-        host, _, port_text = target.rpartition(":")
+        split = _split_target(target)
         if grant is None:
             refuse("407 Proxy Authentication Required", "unknown nanohost placeholder")
-        elif method.upper() != "CONNECT" or not port_text.isdigit():
+        elif method.upper() != "CONNECT" or split is None:
             refuse("405 Method Not Allowed", "only CONNECT host:port (HTTPS) is proxied")
-        elif not grant.may_reach(host):
-            log.warning("egress: group %s may not reach %s", grant.group, host)
-            refuse("403 Forbidden", f"{host} is not on this group's egress allow-list")
+        elif not grant.may_reach(split[0]):
+            log.warning("egress: group %s may not reach %s", grant.group, split[0])
+            refuse("403 Forbidden", f"{split[0]} is not on this group's egress allow-list")
         else:
-            try:
-                up_reader, up_writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port_text)), 30
-                )
-            except (OSError, TimeoutError) as exc:
-                refuse("502 Bad Gateway", f"cannot reach {target}: {exc}")
+            host, port = split
+            addresses, problem = await self._vet(host, port)
+            if problem is not None:
+                log.warning("egress: group %s refused %s: %s", grant.group, target, problem)
+                refuse("403 Forbidden" if addresses else "502 Bad Gateway", problem)
             else:
-                writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-                await asyncio.gather(_splice(reader, up_writer), _splice(up_reader, writer))
-                return
+                upstream = await self._open(addresses, port)
+                if isinstance(upstream, str):
+                    refuse("502 Bad Gateway", f"cannot reach {target}: {upstream}")
+                else:
+                    writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    await asyncio.gather(_splice(reader, upstream[1]), _splice(upstream[0], writer))
+                    return
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
+
+    async def _vet(self, host: str, port: int) -> tuple[list[IPAddress], str | None]:
+        """The addresses to connect to, or why not (with a non-empty list: a refused address)."""
+        literal = _literal(host)
+        if literal is not None:
+            addresses = [literal]
+        else:
+            try:
+                addresses = await self._resolve(host, port)
+            except (OSError, ValueError, UnicodeError) as exc:
+                return [], f"cannot resolve {host}: {exc}"
+            if not addresses:
+                return [], f"{host} resolves to no address"
+        bad = [str(a) for a in addresses if not self._address_ok(a)]
+        if literal is not None and bad:
+            return addresses, f"{host} is a non-public address"
+        if bad:
+            return addresses, f"{host} resolves to a non-public address ({', '.join(bad)})"
+        return addresses, None
+
+    async def _open(
+        self, addresses: list[IPAddress], port: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | str:
+        """Connect to the first vetted address that answers (by IP: the name is never used again)."""
+        errors: list[str] = []
+        try:
+            async with asyncio.timeout(EGRESS_CONNECT_TIMEOUT):
+                for address in addresses:
+                    try:
+                        return await self._connect(str(address), port)
+                    except OSError as exc:
+                        errors.append(f"{address}: {exc}")
+        except TimeoutError:
+            errors.append(f"timed out after {EGRESS_CONNECT_TIMEOUT:.0f} s")
+        return "; ".join(errors)
 
     def _proxy_grant(self, header: str) -> Grant | None:
         scheme, _, value = header.partition(" ")

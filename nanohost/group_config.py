@@ -7,13 +7,21 @@ was even when other options in the same command were fine.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from nanohost.db.models import ENGAGE_MODES, AgentGroup
 from nanohost.groups import check_provider
-from nanohost.settings import Settings, parse_memory
-from nanohost.validation import InvalidInput, check_env_name, check_name, check_single_line
+from nanohost.limits import EngineResources, check_limits
+from nanohost.settings import Settings
+from nanohost.validation import (
+    InvalidInput,
+    check_env_name,
+    check_env_value,
+    check_name,
+    check_single_line,
+)
 
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 _MCP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -102,12 +110,29 @@ def _parse_env(pairs: list[str]) -> dict[str, str]:
         name, sep, value = pair.partition("=")
         if not sep:
             raise InvalidInput(f"--env {pair!r} must look like NAME=VALUE")
-        parsed[check_env_name(name)] = check_single_line(value, f"value of {name}")
+        parsed[check_env_name(name)] = check_env_value(name, value)
     return parsed
 
 
-def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
-    """Validate ``edit`` whole, then apply it to the group's config. Returns what changed."""
+def _check_stored_env(env: dict[str, Any]) -> None:
+    """The env the group keeps (after this edit) must pass the rule too: a row written by other
+    means, or under an older rule, is refused here with the way out, not first at the wake."""
+    for name, value in env.items():
+        try:
+            check_env_name(str(name))
+            check_env_value(str(name), value)
+        except InvalidInput as exc:
+            raise InvalidInput(f"the group's stored {exc}; remove it with --unset-env {name}") from None
+
+
+def apply_edit(
+    group: AgentGroup, edit: ConfigEdit, probe: Callable[[], EngineResources] | None = None
+) -> list[str]:
+    """Validate ``edit`` whole, then apply it to the group's config. Returns what changed.
+
+    ``probe`` gives what the container engine has (``limits.engine_resources``); with it, a
+    memory or CPU limit beyond the engine's is refused now rather than at the next wake.
+    """
     config = group.config
     changes: list[str] = []
     # --- validate everything first -------------------------------------------------------
@@ -120,20 +145,16 @@ def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
     for name in edit.unset_env:
         if name not in config.env and name not in env_set:
             raise InvalidInput(f"env {name!r} is not set for group {group.name!r}")
+    env_after = {**config.env, **env_set}
+    for name in edit.unset_env:
+        env_after.pop(name, None)
+    _check_stored_env(env_after)
     mcp_add = edit.mcp_add.validated() if edit.mcp_add else None
     for name in edit.mcp_remove:
         if name not in config.mcp_servers:
             raise InvalidInput(f"group {group.name!r} has no MCP server {name!r}")
     memory = edit.memory.strip().lower() if edit.memory is not None else None
-    if memory is not None:
-        try:
-            parse_memory(memory)
-        except ValueError as exc:
-            raise InvalidInput(f"--memory: {exc}") from None
-    if edit.cpus is not None and not 0 < edit.cpus <= 256:
-        raise InvalidInput(f"--cpus {edit.cpus} must be more than 0 and at most 256")
-    if edit.pids is not None and not 16 <= edit.pids <= 65536:
-        raise InvalidInput(f"--pids {edit.pids} must be between 16 and 65536")
+    check_limits(memory=memory, cpus=edit.cpus, pids=edit.pids, probe=probe)
     for sender in [*edit.allow_senders, *edit.deny_senders]:
         if not sender.strip() or len(sender) > 128:
             raise InvalidInput(f"sender id {sender!r} must be 1-128 characters")
@@ -174,10 +195,7 @@ def apply_edit(group: AgentGroup, edit: ConfigEdit) -> list[str]:
         group.agent_provider = provider
         changes.append(f"provider = {provider}")
     if env_set or edit.unset_env:
-        env = {**config.env, **env_set}
-        for name in edit.unset_env:
-            env.pop(name, None)
-        config.env = env
+        config.env = env_after
         changes += [f"env {k} set" for k in env_set] + [f"env {k} unset" for k in edit.unset_env]
     if mcp_add is not None or edit.mcp_remove:
         servers = dict(config.mcp_servers)

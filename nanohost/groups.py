@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from nanohost.db.models import PROVIDERS, AgentGroup, ChatBinding, ContainerConfig
+from nanohost.safe_fs import create_beneath, make_dirs_beneath
 from nanohost.settings import PROJECT_ROOT, Settings
 from nanohost.validation import InvalidInput, check_folder, check_name
 
@@ -47,15 +48,18 @@ def group_folder(settings: Settings, group: AgentGroup) -> Path:
 
 
 def populate_folder(folder: Path, templates: Path = TEMPLATES_DIR) -> None:
-    """Copy the template files that are missing into ``folder``; never overwrite what exists."""
-    for source in sorted(templates.rglob("*")):
-        target = folder / source.relative_to(templates)
-        if source.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-        elif source.name not in _SKIP_TEMPLATE_FILES and not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+    """Copy the template files that are missing into ``folder``; never overwrite what exists.
+
+    An adopted folder may have been an agent's workspace, so files are created through
+    ``safe_fs`` (never through a link left in it).
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    for source in sorted(templates.rglob("*")):
+        relative = source.relative_to(templates).as_posix()
+        if source.is_dir():
+            make_dirs_beneath(folder, relative)
+        elif source.name not in _SKIP_TEMPLATE_FILES:
+            create_beneath(folder, relative, source.read_bytes())
 
 
 def create_group(

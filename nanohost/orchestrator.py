@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from nanohost.containers.backend import LABEL_SESSION
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message
-from nanohost.runtime import HostContext, SessionRuntime
+from nanohost.runtime import LABEL_LAYOUT, HostContext, SessionRuntime
+from nanohost.session_dir import LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class Orchestrator:
         return session.id
 
     async def runtime(self, session_id: int) -> SessionRuntime:
+        """The live runtime of a session (made when missing). A quarantined session's is its
+        successor's, and its waiting messages move there first."""
         async with self._create_lock:
             runtime = self.runtimes.get(session_id)
             if runtime is None:
@@ -75,6 +78,13 @@ class Orchestrator:
                     session = db.get(AgentSession, session_id)
                     if session is None:
                         raise LookupError(f"session {session_id} does not exist")
+                    if session.quarantined_at is not None:
+                        self._move_off_quarantined(db)
+                        session = db.get(AgentSession, self._successor(db, session))
+                        assert session is not None
+                        if (found := self.runtimes.get(session.id)) is not None:
+                            return found
+                        session_id = session.id
                     group_id, folder = session.group_id, session.group.folder
                 runtime = SessionRuntime(self.ctx, session_id, group_id, folder)
                 await runtime.open()
@@ -90,7 +100,11 @@ class Orchestrator:
                 session_id = -1
             with transaction(self.ctx.db) as db:
                 exists = db.get(AgentSession, session_id) is not None
-            if state.running and exists:
+            if state.running and exists and state.labels.get(LABEL_LAYOUT) != LAYOUT:
+                # started by an older host, with its session dir writable as a whole: never trusted
+                log.info("stopping container %s: started with an older session layout", state.name)
+                await self.ctx.backend.stop(state.id)
+            elif state.running and exists:
                 runtime = await self.runtime(session_id)
                 await runtime.adopt(state.id)
             elif state.running:
@@ -98,8 +112,11 @@ class Orchestrator:
                 await self.ctx.backend.stop(state.id)
 
     async def resume_waiting(self) -> None:
-        """Sessions with unanswered messages get their runtimes back (the sweeper wakes them)."""
+        """Sessions with unanswered messages get their runtimes back, with those messages in
+        their queues (the sweeper wakes them). Messages that reached a quarantined session after
+        it was set aside move to the session that replaced it."""
         with transaction(self.ctx.db) as db:
+            self._move_off_quarantined(db)
             ids = db.scalars(
                 select(Message.session_id)
                 .where(Message.direction == "in", Message.status.in_(("pending", "queued")))
@@ -107,9 +124,46 @@ class Orchestrator:
             ).all()
         for session_id in ids:
             if session_id is not None:
-                await self.runtime(session_id)
+                (await self.runtime(session_id)).requeue_waiting()
         if ids:
             self.ctx.sweep_now.set()
+
+    @staticmethod
+    def _move_off_quarantined(db: Session) -> None:
+        stranded = db.scalars(
+            select(Message)
+            .join(AgentSession, Message.session_id == AgentSession.id)
+            .where(
+                AgentSession.quarantined_at.is_not(None),
+                Message.direction == "in",
+                Message.status.in_(("pending", "queued")),
+            )
+        ).all()
+        for message in stranded:
+            old = db.get(AgentSession, message.session_id)
+            assert old is not None
+            message.session_id, message.status = Orchestrator._successor(db, old), "pending"
+
+    @staticmethod
+    def _successor(db: Session, old: AgentSession) -> int:
+        """The session that took over from a quarantined one (made if it is somehow missing)."""
+        same_chat = (
+            AgentSession.chat_key.is_(None) if old.chat_key is None else AgentSession.chat_key == old.chat_key
+        )
+        newest = db.scalar(
+            select(AgentSession.id)
+            .where(AgentSession.group_id == old.group_id, same_chat, AgentSession.quarantined_at.is_(None))
+            .order_by(AgentSession.id.desc())
+            .limit(1)
+        )
+        if newest is not None:
+            return int(newest)
+        fresh = AgentSession(
+            group_id=old.group_id, chat_key=old.chat_key, provider_override=old.provider_override
+        )
+        db.add(fresh)
+        db.flush()
+        return fresh.id
 
     async def sweep(self) -> None:
         for runtime in list(self.runtimes.values()):
@@ -119,6 +173,12 @@ class Orchestrator:
                 log.exception(
                     "sweeper: session %s check failed; continuing with the others", runtime.session_id
                 )
+        replaced = [r for r in self.runtimes.values() if r.replaced_by is not None]
+        for runtime in replaced:
+            del self.runtimes[runtime.session_id]
+            await runtime.close()
+        if replaced:
+            await self.resume_waiting()
 
     async def _sweep_forever(self) -> None:
         while True:

@@ -15,33 +15,34 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from nanohost.agent_files import keep_copy
 from nanohost.bus import MessageBus
 from nanohost.containers.backend import (
     LABEL_GROUP,
     LABEL_SESSION,
     ContainerBackend,
     ContainerSpec,
-    hand_to_agent,
 )
 from nanohost.containers.mounts import check_extra_mount
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
 from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway
+from nanohost.importer import KeptFiles, OutboundImport, ReplyTarget
+from nanohost.limits import check_limits
 from nanohost.providers import GroupSpec, Mount, ProviderContribution
+from nanohost.safe_fs import hand_tree_to_agent
+from nanohost.session_dir import LAYOUT, SessionDir
 from nanohost.settings import Settings
-from nanohost.transport import Doorbell, OutboundRow, SessionQueues
+from nanohost.slots import Slots
+from nanohost.transport import Doorbell, QueueUnreadable, SessionQueues
 from nanohost.validation import InvalidInput
 
 log = logging.getLogger(__name__)
 
 WORKSPACE = PurePosixPath("/workspace/agent")
-SESSION_MOUNT = PurePosixPath("/workspace/session")
 MAX_CRASHES = 3
 START_GRACE = 30.0
 """Seconds after a start during which a missing heartbeat is not held against a container."""
@@ -50,10 +51,8 @@ STUCK_AFTER = 120.0
 BACKOFF_BASE = 1.0
 BACKOFF_MAX = 60.0
 
-KeptFiles = dict[int, tuple[Path, str] | str]
-"""Outbound row id → (the host's copy, the file's name), or why the file was refused."""
-ReplyTarget = tuple[str, str, str | None]
-"""(channel, chat id, thread id) a reply goes to."""
+LABEL_LAYOUT = "nanohost.layout"
+__all__ = ["HostContext", "KeptFiles", "ReplyTarget", "SessionRuntime"]
 
 
 @dataclass
@@ -66,7 +65,7 @@ class HostContext:
     gateway: Gateway
     contributions: dict[str, ProviderContribution]
     bus: MessageBus = field(default_factory=MessageBus)
-    slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    slots: Slots = field(default_factory=lambda: Slots(8))
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -79,7 +78,20 @@ class SessionRuntime:
         self.group_id = group_id
         self.folder = folder
         self.dir = ctx.settings.sessions_dir / str(session_id)
+        self.session_dir = SessionDir(self.dir)
+        self.session_dir.prepare()  # before anything opens a file in it (an older layout is taken back)
         self.queues = SessionQueues(self.dir)
+        self.output = OutboundImport(
+            ctx.db,
+            self.queues,
+            session_id=session_id,
+            group_id=group_id,
+            folder=ctx.settings.groups_dir / folder,
+            outbox=ctx.settings.data_dir / "outbox" / str(session_id),
+            on_tasks_changed=lambda db: self._write_tasks(db, group_id),
+        )
+        self.replaced_by: int | None = None
+        """Set when the session was quarantined: the fresh session that took over."""
         self.doorbell = Doorbell(self.dir / "doorbell.sock", self._rung, self._hung_up)
         self.container_id: str | None = None
         self.placeholder: str | None = None
@@ -87,21 +99,24 @@ class SessionRuntime:
         self.last_activity = time.monotonic()
         self.next_attempt = 0.0
         self._holds_slot = False
+        self._held_back = False
+        """Its slot's quantum is over while other wakes wait: new messages wait in the database
+        (not in its queue) until it has stopped between turns and woken again (see slots.py)."""
         self._wake_lock = asyncio.Lock()
         self._pump_lock = asyncio.Lock()
         self._pump_task: asyncio.Task[None] | None = None
         self._pump_again = False
-        self._imported_to: int | None = None
-        """The session's outbound cursor as this runtime (its only writer) last committed it."""
         self._wake_task: asyncio.Task[None] | None = None
+        self._quarantine_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
         await self.doorbell.start()
-        hand_to_agent(self.dir)
 
     async def close(self) -> None:
+        if self._quarantine_task is not None:
+            await asyncio.gather(self._quarantine_task, return_exceptions=True)
         if self._wake_task is not None:
             self._wake_task.cancel()
             await asyncio.gather(self._wake_task, return_exceptions=True)
@@ -113,10 +128,16 @@ class SessionRuntime:
 
     async def submit(self, message_id: int, text: str, sender: str | None, attachments: list[str]) -> None:
         """Queue a message for the agent and make sure its container is up."""
-        self.queues.append(message_id, text, sender, attachments)
+        if self.replaced_by is not None:  # quarantined meanwhile: the sweeper moves it on
+            self.ctx.sweep_now.set()
+            return
+        # held back (slots.py, rule 3): the message stays "pending"; the next wake queues it
+        held_back = self._held_back and self.container_id is not None
+        if not held_back:
+            self.queues.append(message_id, text, sender, attachments)
         with transaction(self.ctx.db) as db:
             message = db.get(Message, message_id)
-            if message is not None and message.status == "pending":
+            if message is not None and message.status == "pending" and not held_back:
                 message.status = "queued"
             session = db.get(AgentSession, self.session_id)
             if session is not None and session.status == "failed":
@@ -124,6 +145,9 @@ class SessionRuntime:
                 session.status, session.crash_count, session.failure_notified = "idle", 0, False
                 self.next_attempt = 0.0
         self.last_activity = time.monotonic()
+        if held_back:
+            log.info("session %s: message %s waits for the next wake", self.session_id, message_id)
+            return
         self.doorbell.ring()
         self.wake_soon()
 
@@ -150,8 +174,9 @@ class SessionRuntime:
                     return
                 await self._container_gone(state.exit_reason if state else "container disappeared")
             if not self._holds_slot:
-                await self.ctx.slots.acquire()
+                await self.ctx.slots.acquire(self)
                 self._holds_slot = True
+            self._held_back = False  # a fresh start: _start queues every waiting message
             try:
                 await self._start()
             except InvalidInput as exc:  # the group's config is wrong: retrying cannot help
@@ -170,14 +195,17 @@ class SessionRuntime:
                 raise
 
     async def adopt(self, container_id: str) -> None:
-        """Take over a container a previous host process started."""
-        runner = self._read_runner_json()
-        placeholder = runner.get("placeholder")
-        if isinstance(placeholder, str):
-            egress = [str(h) for h in runner.get("egress_allow") or []]
+        """Take over a container a previous host process started.
+
+        Its gateway grant comes from the database (host state), never from anything the
+        container's side could have written."""
+        with transaction(self.ctx.db) as db:
+            session, _ = self._load(db)
+            placeholder, egress = session.gateway_placeholder, list(session.gateway_egress or [])
+        if placeholder:
             self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress)
             self.placeholder = placeholder
-        await self.ctx.slots.acquire()
+        await self.ctx.slots.acquire(self)
         self._holds_slot = True
         self.container_id = container_id
         self.started_at = time.monotonic()
@@ -189,14 +217,72 @@ class SessionRuntime:
         async with self._wake_lock:
             if self.container_id is None:
                 return
-            log.info("session %s: stopping container %s: %s", self.session_id, self.container_id[:12], reason)
-            await self.ctx.backend.stop(self.container_id)
-            await self.pump()
-            self._forget_container()
-            with transaction(self.ctx.db) as db:
-                session = db.get(AgentSession, self.session_id)
-                if session is not None and session.status != "failed":
-                    session.status = "stopped"
+            await self._stop_locked(reason)
+        self._wake_again_if_waiting()
+
+    async def _stop_locked(self, reason: str) -> None:
+        """The clean stop, under the wake lock: SIGTERM (the runner ends or checkpoints its turn and
+        exits 0), import its last output, free the slot. Never recorded as a crash."""
+        assert self.container_id is not None
+        log.info("session %s: stopping container %s: %s", self.session_id, self.container_id[:12], reason)
+        await self.ctx.backend.stop(self.container_id)
+        await self.pump()
+        self._forget_container()
+        with transaction(self.ctx.db) as db:
+            session = db.get(AgentSession, self.session_id)
+            if session is not None and session.status != "failed":
+                session.status = "stopped"
+
+    def _wake_again_if_waiting(self) -> None:
+        """After a clean stop: messages that wait (held back, or come while it stopped) go into the
+        queue and the session wakes again, at the back of the wake queue when the cap is full."""
+        self._held_back = False
+        if self.replaced_by is None and self.requeue_waiting():
+            self.wake_soon()
+
+    # --- the slot (see slots.py for the rule) ---------------------------------------------
+
+    def __repr__(self) -> str:
+        return f"session {self.session_id}"
+
+    @property
+    def last_used(self) -> float:
+        return self.last_activity
+
+    async def between_turns(self) -> bool:
+        """Its container runs, no wake or stop is under way, and every queued message is answered."""
+        if self.container_id is None or self._wake_lock.locked() or self.replaced_by is not None:
+            return False
+        return not await self._unconsumed()
+
+    async def give_up_slot(self, reason: str) -> bool:
+        """Stop cleanly to free the slot for a waiting wake, only between turns; False otherwise.
+        Messages arriving meanwhile wait in the database and wake the session again afterwards."""
+        async with self._wake_lock:
+            if self.container_id is None or self.replaced_by is not None:
+                return False
+            held_back, self._held_back = self._held_back, True  # from here no message joins the queue
+            stopped = False
+            try:
+                if not await self._unconsumed():
+                    await self._stop_locked(reason)
+                    stopped = True
+            finally:
+                if not stopped:  # a message came (mid-turn after all), or the stop failed
+                    self._held_back = held_back
+                    if not held_back:  # any that arrived meanwhile join the queue after all
+                        with contextlib.suppress(Exception):
+                            self.requeue_waiting()
+        if stopped:
+            self._wake_again_if_waiting()
+        return stopped
+
+    def hold_back(self) -> None:
+        log.info(
+            "session %s: slot quantum over while other wakes wait: new messages wait for its next wake",
+            self.session_id,
+        )
+        self._held_back = True
 
     # --- waking ---------------------------------------------------------------------------
 
@@ -229,14 +315,9 @@ class SessionRuntime:
                 config.cpu_limit if config.cpu_limit is not None else settings.container_cpus,
                 config.pids_limit if config.pids_limit is not None else settings.container_pids,
             )
-            pending = db.scalars(
-                select(Message).where(
-                    Message.session_id == self.session_id,
-                    Message.direction == "in",
-                    Message.status.in_(("pending", "queued")),
-                )
-            ).all()
-            requeue = [(m.id, m.text, m.sender, [str(a) for a in m.attachments]) for m in pending]
+            # a row written behind the CLI's back is checked too: Docker reads pids 0 as unlimited
+            check_limits(memory=limits[0], cpus=limits[1], pids=limits[2])
+            requeue = self._waiting(db)
             self._write_tasks(db, group.id)
         for item in requeue:  # a host crash between recording and queueing loses nothing
             self.queues.append(*item)
@@ -244,6 +325,9 @@ class SessionRuntime:
         if self.placeholder is not None:
             self.ctx.gateway.revoke(self.placeholder)
         self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress)
+        with transaction(self.ctx.db) as db:  # the grant is host state: adoption reads it from here
+            session, _ = self._load(db)
+            session.gateway_placeholder, session.gateway_egress = self.placeholder, egress
         runner = {
             **contribution.runner,
             "turn_timeout": settings.turn_timeout,
@@ -252,13 +336,15 @@ class SessionRuntime:
             "egress_allow": egress,
             "placeholder": self.placeholder,
         }
-        (self.dir / "runner.json").write_text(json.dumps(runner, indent=2))
+        self.session_dir.prepare()
+        self.session_dir.write("runner.json", json.dumps(runner, indent=2))
         spec.folder_path.mkdir(parents=True, exist_ok=True)
-        hand_to_agent(self.dir, spec.folder_path, *(m.source for m in contribution.mounts if not m.read_only))
+        for tree in (spec.folder_path, *(m.source for m in contribution.mounts if not m.read_only)):
+            hand_tree_to_agent(tree)
         mounts = [
             Mount(spec.folder_path, str(WORKSPACE)),
             *contribution.mounts,
-            Mount(self.dir, str(SESSION_MOUNT)),
+            *self.session_dir.mounts(),
             Mount(self.ctx.gateway.socket_dir, CONTAINER_SOCKET_DIR, read_only=True),
             *(Mount(m.source, m.target, m.read_only) for m in extra),
         ]
@@ -266,7 +352,7 @@ class SessionRuntime:
             name=f"nanohost-{spec.folder}-s{self.session_id}",
             image=settings.image_tag,
             mounts=mounts,
-            labels={LABEL_GROUP: spec.folder, LABEL_SESSION: str(self.session_id)},
+            labels={LABEL_GROUP: spec.folder, LABEL_SESSION: str(self.session_id), LABEL_LAYOUT: LAYOUT},
             memory=limits[0],
             cpus=limits[1],
             pids=limits[2],
@@ -290,17 +376,40 @@ class SessionRuntime:
             "; " + "; ".join(contribution.notes) if contribution.notes else "",
         )
 
-    def _read_runner_json(self) -> dict[str, Any]:
-        try:
-            data = json.loads((self.dir / "runner.json").read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+    def _waiting(self, db: Session) -> list[tuple[int, str, str | None, list[str]]]:
+        """This session's inbound messages not answered yet, as queue rows."""
+        pending = db.scalars(
+            select(Message).where(
+                Message.session_id == self.session_id,
+                Message.direction == "in",
+                Message.status.in_(("pending", "queued")),
+            )
+        ).all()
+        return [(m.id, m.text, m.sender, [str(a) for a in m.attachments]) for m in pending]
+
+    def requeue_waiting(self) -> int:
+        """Put this session's unanswered messages (back) into its queue; idempotent."""
+        with transaction(self.ctx.db) as db:
+            waiting = self._waiting(db)
+        for item in waiting:
+            self.queues.append(*item)
+        if waiting:
+            with transaction(self.ctx.db) as db:
+                for message in db.scalars(select(Message).where(Message.id.in_([w[0] for w in waiting]))):
+                    if message.status == "pending":
+                        message.status = "queued"  # queued: its ack is applied when it comes
+            self.doorbell.ring()
+        return len(waiting)
+
+    async def _unconsumed(self) -> list[int]:
+        """Queued messages the runner has not acknowledged; read in a worker thread, since a
+        hostile container can hold its queue's lock for the whole busy timeout."""
+        return await asyncio.to_thread(self.queues.unconsumed)
 
     def _release_slot(self) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            self.ctx.slots.release()
+            self.ctx.slots.release(self)
 
     def _forget_container(self) -> None:
         self.container_id = None
@@ -311,12 +420,15 @@ class SessionRuntime:
         assert self.container_id is not None
         logs = await self.ctx.backend.logs(self.container_id, tail=20)
         await self.pump()
-        waiting = bool(self.queues.unconsumed())
+        waiting = bool(await self._unconsumed())
         detail = f"container exited ({reason})" + (
             f"; last output: {logs.strip()[-500:]}" if logs.strip() else ""
         )
         log.warning("session %s: %s%s", self.session_id, detail, " with messages waiting" if waiting else "")
         self._forget_container()
+        if self._held_back:  # the messages it held back join the queue; the sweeper wakes it (backoff)
+            self._held_back = False
+            self.requeue_waiting()
         self._record_error(detail, crashed=waiting)
 
     def _record_error(self, error: str, *, crashed: bool) -> None:
@@ -336,6 +448,7 @@ class SessionRuntime:
     def _rung(self) -> None:
         self.last_activity = time.monotonic()
         self.schedule_pump()
+        self.ctx.slots.nudge()  # a turn may have ended: a waiting wake may take this slot now
 
     def _hung_up(self) -> None:
         self.ctx.sweep_now.set()  # the runner's line dropped: probably died; look now
@@ -347,146 +460,26 @@ class SessionRuntime:
             self._pump_again = True
 
     async def pump(self) -> None:
-        """Import every new outbound row in one transaction, advancing the session's cursor with it."""
+        """Import every new outbound row, a bounded batch per transaction, in a worker thread:
+        a container flooding its queue never holds up the event loop (other groups, /healthz)."""
         async with self._pump_lock:
-            while True:
+            while self.replaced_by is None:
                 self._pump_again = False
                 try:
-                    copies = await self._copy_new_files()
-                    imported = self._import_outbound(copies)
+                    imported, read = await asyncio.to_thread(self.output.batch)
+                except QueueUnreadable as exc:
+                    # not here: a caller may hold the wake lock, which quarantine takes
+                    self._quarantine_soon(str(exc))
+                    return
                 except Exception:
                     log.exception("session %s: importing outbound rows failed", self.session_id)
                     return
                 for event in imported:
                     self.ctx.bus.publish(self.group_id, event)
-                if not imported and not self._pump_again:
+                if imported:
+                    self.last_activity = time.monotonic()
+                if not read and not self._pump_again:
                     return
-
-    def _import_outbound(self, copies: KeptFiles) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        with transaction(self.ctx.db) as db:
-            session, group = self._load(db)
-            rows = self.queues.outbound_after(session.outbound_cursor)
-            for row in rows:
-                events.extend(self._import_row(db, session, group, row, copies))
-                session.outbound_cursor = row.id
-            answered = self._apply_acks(db)
-            if rows or answered:
-                session.last_active_at = utcnow()
-                continuation = self.queues.continuation()
-                if continuation and continuation != session.continuation:
-                    session.continuation = continuation
-            cursor = session.outbound_cursor
-        self._imported_to = cursor  # committed
-        if events:
-            self.last_activity = time.monotonic()
-        return events
-
-    def _apply_acks(self, db: Session) -> int:
-        waiting = db.scalars(
-            select(Message).where(
-                Message.session_id == self.session_id, Message.direction == "in", Message.status == "queued"
-            )
-        ).all()
-        acks = self.queues.acks([m.id for m in waiting])
-        for message in waiting:
-            if message.id in acks:
-                status, reason = acks[message.id]
-                message.status = "answered" if status == "done" else "failed"
-                message.error = reason
-        return len(acks)
-
-    def _add_outbound(
-        self,
-        db: Session,
-        target: ReplyTarget,
-        sender: str,
-        text: str,
-        attachments: list[dict[str, str]],
-    ) -> int:
-        """Record a message for the chat. API and web replies are delivered by being stored;
-        chat platform replies stay ``pending`` until delivery has sent them."""
-        channel, chat_id, thread_id = target
-        message = Message(
-            group_id=self.group_id,
-            session_id=self.session_id,
-            direction="out",
-            channel=channel,
-            chat_id=chat_id,
-            thread_id=thread_id,
-            sender=sender,
-            text=text,
-            attachments=attachments,
-            status="delivered" if channel in ("api", "web") else "pending",
-        )
-        db.add(message)
-        db.flush()
-        return message.id
-
-    def _reply_target(self, db: Session, ids: list[int]) -> ReplyTarget:
-        """Where a reply goes: the chat (and thread) of the newest message it answers."""
-        query = select(Message).where(Message.session_id == self.session_id, Message.direction == "in")
-        if ids:
-            query = query.where(Message.id.in_(ids))
-        source = db.scalars(query.order_by(Message.id.desc()).limit(1)).first()
-        if source is None:
-            return ("api", self.folder, None)
-        return (source.channel, source.chat_id, source.thread_id)
-
-    def _import_row(
-        self, db: Session, session: AgentSession, group: AgentGroup, row: OutboundRow, copies: KeptFiles
-    ) -> list[dict[str, Any]]:
-        payload = row.payload
-        if row.kind == "progress":
-            return [{"type": "progress", "text": str(payload.get("text", ""))}]
-        if row.kind == "status":
-            state = payload.get("state")
-            if payload.get("error"):
-                session.last_error = f"{payload.get('error_kind') or 'error'}: {payload['error']}"
-            return [{"type": "status", "state": state, "error": payload.get("error")}]
-        if row.kind == "task":
-            events = self._import_task(db, session, group, payload)
-            db.flush()
-            self._write_tasks(db, group.id)
-            return events
-        if row.kind not in ("message", "file"):
-            log.error("session %s: outbound row %s has unknown kind %r", self.session_id, row.id, row.kind)
-            return []
-        ids = [int(i) for i in payload.get("in_reply_to", []) if isinstance(i, int)]
-        target = self._reply_target(db, ids)
-        attachments: list[dict[str, str]] = []
-        text = str(payload.get("text", ""))
-        if row.kind == "file":
-            text = str(payload.get("caption") or "")
-            kept = copies.get(row.id) or self.keep_file(row.id, str(payload.get("path", "")))
-            if isinstance(kept, str):
-                text = f"(the agent tried to send a file that is not allowed: {kept})"
-            else:
-                attachments.append({"path": str(kept[0]), "name": kept[1]})
-        message_id = self._add_outbound(db, target, "agent", text, attachments)
-        return [{"type": "message", "id": message_id}]
-
-    def _import_task(
-        self, db: Session, session: AgentSession, group: AgentGroup, payload: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        op = payload.get("op")
-        if op == "schedule":
-            channel, chat_id, _ = self._reply_target(db, [])
-            db.add(
-                ScheduledTask(
-                    group_id=group.id,
-                    session_id=session.id,
-                    prompt=str(payload.get("prompt", "")),
-                    schedule=str(payload.get("schedule", "")),
-                    channel=channel,
-                    chat_id=chat_id,
-                )
-            )
-        elif op == "cancel":
-            task = db.get(ScheduledTask, int(str(payload.get("task_id", "0")) or 0))
-            if task is not None and task.group_id == group.id:
-                task.status = "cancelled"
-        return []
 
     def _write_tasks(self, db: Session, group_id: int) -> None:
         """The group's live tasks as the agent's ``list_tasks`` tool sees them (session/tasks.json)."""
@@ -494,65 +487,100 @@ class SessionRuntime:
             select(ScheduledTask).where(ScheduledTask.group_id == group_id, ScheduledTask.status == "active")
         ).all()
         listing = [{"id": t.id, "prompt": t.prompt, "schedule": t.schedule} for t in tasks]
-        path = self.dir / "tasks.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(listing, indent=2))
-        tmp.replace(path)
-
-    async def _copy_new_files(self) -> KeptFiles:
-        """Copy the files of new outbound rows into the outbox in a worker thread, before the
-        import transaction: a 50 MiB copy must neither stall the event loop nor hold the
-        database's write lock."""
-        if self._imported_to is None:  # once per runtime; afterwards the import keeps it
-            with transaction(self.ctx.db) as db:
-                self._imported_to = self._load(db)[0].outbound_cursor
-        wanted = [
-            (r.id, str(r.payload.get("path", "")))
-            for r in self.queues.outbound_after(self._imported_to)
-            if r.kind == "file"
-        ]
-        return {row_id: await asyncio.to_thread(self.keep_file, row_id, path) for row_id, path in wanted}
+        self.session_dir.write("tasks.json", json.dumps(listing, indent=2))
 
     def keep_file(self, row_id: int, container_path: str) -> tuple[Path, str] | str:
         """The host's kept copy of a file the agent sent and its name, or why it was refused."""
-        try:
-            source = self.host_path(container_path)
-            return keep_copy(source, self._roots(), self.outbox, str(row_id)), source.name
-        except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-            # one bad file must not block the session's later rows: refuse it and go on
-            log.error("session %s: refused file from the agent: %s", self.session_id, exc)
-            return str(exc)
-
-    def _roots(self) -> list[Path]:
-        return [self.ctx.settings.groups_dir / self.folder, self.dir]
+        return self.output.keep_file(row_id, container_path)
 
     @property
     def outbox(self) -> Path:
         """Host-owned copies of the files this session's agent sent (no container mounts it)."""
-        return self.ctx.settings.data_dir / "outbox" / str(self.session_id)
+        return self.output.outbox
 
     def host_path(self, container_path: str) -> Path:
-        """Map a container path of a file to send onto the host, refusing anything outside the mounts.
+        """Map a container path of a file to send onto the host (see ``OutboundImport.host_path``)."""
+        return self.output.host_path(container_path)
 
-        The answer is only a first check: the agent can still swap the file afterwards, so the
-        caller copies it with ``agent_files.keep_copy``, which checks what it actually opened.
-        """
-        path = PurePosixPath(container_path)
-        roots = dict(zip((WORKSPACE, SESSION_MOUNT), self._roots(), strict=True))
-        for inside, host_root in roots.items():
-            if path == inside or inside in path.parents:
-                candidate = (host_root / path.relative_to(inside)).resolve()
-                if candidate != host_root.resolve() and host_root.resolve() in candidate.parents:
-                    if not candidate.is_file():
-                        raise ValueError(f"{container_path} is not a file")
-                    return candidate
-                raise ValueError(f"{container_path} resolves outside the workspace")
-        raise ValueError(f"{container_path} is outside /workspace/agent and /workspace/session")
+    # --- quarantine -----------------------------------------------------------------------
+
+    async def quarantine(self, reason: str) -> None:
+        """The container's queue cannot be read: set the session's files aside for the operator,
+        hand its unanswered messages to a fresh session, and tell the chat once.
+
+        Only this session is touched; every other group keeps answering. The fresh session
+        starts on a new thread (the old one's state was in the unreadable files)."""
+        async with self._wake_lock, self._pump_lock:
+            if self.replaced_by is not None:
+                return
+            log.error("session %s: quarantined: %s", self.session_id, reason)
+            if self.container_id is not None:
+                with contextlib.suppress(Exception):
+                    await self.ctx.backend.kill(self.container_id)
+                self._forget_container()
+            if self.placeholder is not None:
+                self.ctx.gateway.revoke(self.placeholder)
+            await self.doorbell.stop()
+            self.queues.close()
+            kept = await asyncio.to_thread(
+                self.session_dir.move_aside, self.ctx.settings.data_dir / "quarantine"
+            )
+            self._replace(reason, kept)
+        self.ctx.sweep_now.set()  # the orchestrator moves on to the fresh session
+
+    def _quarantine_soon(self, reason: str) -> None:
+        if self._quarantine_task is None:
+            self._quarantine_task = asyncio.get_running_loop().create_task(self.quarantine(reason))
+
+    def _replace(self, reason: str, kept: Path) -> None:
+        """Record the quarantine and the fresh session that takes over, in one transaction."""
+        with transaction(self.ctx.db) as db:
+            session, _ = self._load(db)
+            target = self.output.reply_target(db, [])
+            session.status = "failed"
+            session.last_error = f"quarantined: {reason}; its files are kept in {kept}"
+            session.quarantined_at = utcnow()
+            session.container_id = session.gateway_placeholder = None
+            fresh = AgentSession(
+                group_id=self.group_id, chat_key=session.chat_key, provider_override=session.provider_override
+            )
+            db.add(fresh)
+            db.flush()
+            for message in db.scalars(
+                select(Message).where(
+                    Message.session_id == self.session_id,
+                    Message.direction == "in",
+                    Message.status.in_(("pending", "queued")),
+                )
+            ):
+                message.session_id, message.status = fresh.id, "pending"
+            notice = self.output.add_outbound(
+                db,
+                target,
+                "nanohost",
+                "Something went wrong with this conversation's message queue, so it was set aside for "
+                "the operator and a fresh conversation has started. Messages still waiting for an "
+                "answer are answered there; earlier context may be missing.",
+                [],
+            )
+            self.replaced_by = fresh.id
+        self.ctx.bus.publish(self.group_id, {"type": "message", "id": notice})
 
     # --- health ---------------------------------------------------------------------------
 
     async def check(self) -> None:
-        """The sweeper's look at this session: respawn, unstick, idle-stop, or give up and say so."""
+        """The sweeper's look at this session: respawn, unstick, idle-stop, or give up and say so;
+        an unreadable queue quarantines the session."""
+        if self.replaced_by is not None:
+            return
+        try:
+            await self._check()
+        except QueueUnreadable as exc:
+            self._quarantine_soon(str(exc))
+        if self._quarantine_task is not None:
+            await asyncio.shield(self._quarantine_task)
+
+    async def _check(self) -> None:
         now = time.monotonic()
         await self.pump()
         if self.waking:
@@ -564,7 +592,7 @@ class SessionRuntime:
                     if self.container_id is not None:
                         await self._container_gone(state.exit_reason if state else "container disappeared")
             else:
-                waiting = bool(self.queues.unconsumed())
+                waiting = bool(await self._unconsumed())
                 age = self.queues.heartbeat_age()
                 if waiting and now - self.started_at > START_GRACE and (age is None or age > STUCK_AFTER):
                     log.warning(
@@ -579,7 +607,7 @@ class SessionRuntime:
                 elif not waiting and now - self.last_activity > self.ctx.settings.idle_timeout:
                     await self.stop(f"idle for {now - self.last_activity:.0f} s")
                     return
-        if self.container_id is None and self.queues.unconsumed():
+        if self.container_id is None and await self._unconsumed():
             await self._retry_or_fail(now)
 
     def _fail(self, error: str, notice: str) -> None:
@@ -592,7 +620,9 @@ class SessionRuntime:
             if session.failure_notified:
                 return
             session.failure_notified = True
-            message_id = self._add_outbound(db, self._reply_target(db, []), "nanohost", notice, [])
+            message_id = self.output.add_outbound(
+                db, self.output.reply_target(db, []), "nanohost", notice, []
+            )
         self.ctx.bus.publish(self.group_id, {"type": "message", "id": message_id})
 
     async def _retry_or_fail(self, now: float) -> None:

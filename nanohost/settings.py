@@ -7,14 +7,19 @@ variable, because a typo found at the first message of the day is a typo found t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from nanohost.limits import MAX_CPUS, MAX_PIDS, MIN_CPUS, MIN_PIDS
+from nanohost.limits import parse_memory as parse_memory  # its home was here; callers still import it
 
 ENV_PREFIX = "NANOHOST_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -22,28 +27,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
-_MEMORY_RE = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<unit>[bkmg]?)$", re.IGNORECASE)
-_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-MIN_MEMORY_BYTES = 6 * 1024**2  # Docker refuses a memory limit under 6 MiB.
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 
 class SettingsError(ValueError):
     """Settings could not be loaded; the message names each bad variable and what is wrong."""
-
-
-def parse_memory(value: str) -> int:
-    """Parse a Docker-style memory size (``512m``, ``2g``, ``1.5g``) into bytes.
-
-    Raises ``ValueError`` with a message a person can act on.
-    """
-    match = _MEMORY_RE.match(value.strip())
-    if not match:
-        raise ValueError(f"{value!r} is not a memory size; use a number with k, m or g, e.g. 512m or 2g")
-    size = int(float(match["num"]) * _MEMORY_UNITS[match["unit"].lower()])
-    if size < MIN_MEMORY_BYTES:
-        raise ValueError(f"{value!r} is below Docker's minimum of 6m")
-    return size
 
 
 class Settings(BaseSettings):
@@ -72,14 +60,33 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(default=60.0, gt=0, description="Seconds between sweeper passes.")
     turn_timeout: float = Field(default=600.0, gt=0, description="Seconds before a hung turn is ended.")
     max_containers: int = Field(default=8, ge=1, le=1000, description="Running containers at most.")
+    slot_quantum: float = Field(
+        default=60.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds a container keeps its slot while wakes wait before it yields between turns.",
+    )
     container_memory: str = Field(default="1g", description="Default memory limit per container.")
-    container_cpus: float = Field(default=1.0, gt=0, le=256, description="Default CPU limit per container.")
-    container_pids: int = Field(default=256, ge=16, le=65536, description="Default process limit.")
+    container_cpus: float = Field(
+        default=1.0,
+        ge=MIN_CPUS,
+        le=MAX_CPUS,
+        allow_inf_nan=False,
+        description="Default CPU limit per container.",
+    )
+    container_pids: int = Field(default=256, ge=MIN_PIDS, le=MAX_PIDS, description="Default process limit.")
     allowed_mounts: list[Path] = Field(
         default_factory=list, description="Host paths a group may mount (JSON list), none by default."
     )
     web_host: str = Field(default="127.0.0.1", min_length=1, description="Web chat / API bind address.")
     web_port: int = Field(default=8080, ge=1, le=65535, description="Web chat / API port.")
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Reverse proxies (IPs or CIDRs, comma-separated or a JSON list) whose X-Forwarded-For, "
+            "X-Forwarded-Proto and Forwarded headers the web chat believes; none by default."
+        ),
+    )
     api_token: SecretStr | None = Field(default=None, description="Bearer token for the HTTP API.")
     openai_api_key: SecretStr | None = Field(
         default=None,
@@ -126,6 +133,29 @@ class Settings(BaseSettings):
     def _check_memory(cls, value: str) -> str:
         parse_memory(value)
         return value.strip().lower()
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = (
+                    json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p.strip()]
+                )
+            except ValueError:
+                raise ValueError(
+                    f"{text!r} is not a JSON list; or give addresses separated by commas"
+                ) from None
+        if not isinstance(value, list | tuple):
+            return value
+        networks: list[IPv4Network | IPv6Network] = []
+        for item in value:
+            try:
+                networks.append(ip_network(str(item).strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"{str(item).strip()!r} is not an IP address or network (CIDR)") from None
+        return networks
 
     @field_validator("codex_version")
     @classmethod

@@ -14,13 +14,26 @@ import contextlib
 import json
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent_runner.queues import connect  # one definition of how both sides open the queues
+
+from nanohost.boundary import (
+    MAX_IMPORT_BYTES,
+    MAX_IMPORT_ROWS,
+    MAX_ROW_BYTES,
+    Ack,
+    BadRow,
+    Row,
+    parse_ack,
+    parse_continuation,
+    parse_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,96 +49,181 @@ CREATE TABLE IF NOT EXISTS inbound (
 
 @dataclass(frozen=True)
 class OutboundRow:
+    """One row of the container's queue, checked: its model, or why it was refused."""
+
     id: int
-    kind: str
-    payload: dict[str, Any]
+    row: Row | BadRow
+
+    @property
+    def kind(self) -> str:
+        return "invalid" if isinstance(self.row, BadRow) else self.row.kind
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The fields the row carried (for logs and tests)."""
+        if isinstance(self.row, BadRow):
+            return {"error": self.row.reason}
+        return self.row.model_dump(exclude={"kind"}, exclude_unset=True)
+
+
+class QueueUnreadable(Exception):
+    """The container's queue file cannot be read as a queue (corrupt, not SQLite, wrong shape):
+    the session is quarantined. A busy or locked file is not this; it is retried."""
+
+
+_TRANSIENT = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+
+
+@contextlib.contextmanager
+def _reading(session_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(exc, sqlite3.OperationalError) and code is not None and code & 0xFF in _TRANSIENT:
+            raise
+        raise QueueUnreadable(f"outbound.db of session {session_dir.name} is unreadable: {exc}") from exc
 
 
 class SessionQueues:
-    """The two SQLite queues of one session directory, seen from the host."""
+    """The two SQLite queues of one session directory, seen from the host.
+
+    The directory is host-owned and read-only to the container (``session_dir``), so the paths
+    opened here cannot be swapped for links; ``outbound.db``'s bytes are the agent's, so
+    everything read from it is checked (``boundary``) and read as bytes, a bounded amount at a
+    time. The outbound connection is used from the import worker thread and the event loop,
+    one at a time (a lock each).
+    """
 
     def __init__(self, session_dir: Path) -> None:
         self.dir = session_dir
         session_dir.mkdir(parents=True, exist_ok=True)
-        self._inbound = connect(session_dir / "inbound.db")
+        self._inbound = connect(session_dir / "inbound.db", threads=True)
         self._inbound.executescript(INBOUND_SCHEMA)
+        self._in_lock = threading.Lock()
         self._outbound: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        self._inbound.close()
-        if self._outbound is not None:
-            self._outbound.close()
+        with self._in_lock:
+            self._inbound.close()
+        with self._lock:
+            if self._outbound is not None:
+                self._outbound.close()
+                self._outbound = None
 
     def append(self, message_id: int, text: str, sender: str | None, attachments: list[str]) -> None:
         """Queue a message for the agent (idempotent by message id)."""
         payload = json.dumps({"text": text, "sender": sender or "", "attachments": attachments})
-        self._inbound.execute(
-            "INSERT OR IGNORE INTO inbound (id, kind, payload, created_at) VALUES (?, 'message', ?, ?)",
-            (message_id, payload, time.time()),
-        )
+        with self._in_lock:
+            self._inbound.execute(
+                "INSERT OR IGNORE INTO inbound (id, kind, payload, created_at) VALUES (?, 'message', ?, ?)",
+                (message_id, payload, time.time()),
+            )
 
     def _out(self) -> sqlite3.Connection | None:
         if self._outbound is None:
             path = self.dir / "outbound.db"
-            if not path.exists():
+            if not path.exists() or path.stat().st_size == 0:
                 return None
-            self._outbound = connect(path)
+            connection = connect(path, journal="PERSIST", threads=True)
+            connection.text_factory = bytes  # invalid UTF-8 is a bad row, not an error on fetch
+            connection.execute("PRAGMA trusted_schema=OFF")
+            connection.execute("PRAGMA query_only=ON")
+            self._outbound = connection
         return self._outbound
 
-    def _has_table(self, connection: sqlite3.Connection, name: str) -> bool:
+    @staticmethod
+    def _has_table(connection: sqlite3.Connection, name: str) -> bool:
         row = connection.execute(
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
         ).fetchone()
         return row is not None
 
-    def outbound_after(self, cursor: int, limit: int = 500) -> list[OutboundRow]:
-        """Outbound rows newer than ``cursor``, oldest first. A malformed payload becomes an error row."""
-        connection = self._out()
-        if connection is None or not self._has_table(connection, "outbound"):
-            return []
-        rows = connection.execute(
-            "SELECT id, kind, payload FROM outbound WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit)
-        ).fetchall()
-        result = []
-        for row_id, kind, payload in rows:
-            try:
-                data = json.loads(payload)
-                if not isinstance(data, dict):
-                    raise ValueError("payload is not an object")
-            except ValueError as exc:
-                log.error(
-                    "session %s: outbound row %s is malformed (%s); skipped", self.dir.name, row_id, exc
+    def outbound_after(
+        self, cursor: int, rows: int = MAX_IMPORT_ROWS, budget: int = MAX_IMPORT_BYTES
+    ) -> list[OutboundRow]:
+        """Outbound rows newer than ``cursor``, oldest first, at most ``rows`` of them and about
+        ``budget`` payload bytes (always at least one row). A payload over ``MAX_ROW_BYTES`` is
+        never loaded; any row that is not what the runner writes comes back as a ``BadRow``."""
+        with self._lock, _reading(self.dir):
+            connection = self._out()
+            if connection is None or not self._has_table(connection, "outbound"):
+                return []
+            found = connection.execute(
+                "SELECT id, typeof(kind), typeof(payload) FROM outbound WHERE id > ? ORDER BY id LIMIT ?",
+                (cursor, rows),
+            ).fetchall()
+            result: list[OutboundRow] = []
+            spent = 0
+            for row_id, kind_type, payload_type in found:
+                if not isinstance(row_id, int) or row_id <= cursor:
+                    raise QueueUnreadable(f"outbound.db of session {self.dir.name} has a row id {row_id!r}")
+                kind = self._column(connection, "kind", row_id, kind_type.decode(), 64)[1]
+                size, payload = self._column(
+                    connection, "payload", row_id, payload_type.decode(), MAX_ROW_BYTES
                 )
-                kind, data = "invalid", {"error": str(exc)}
-            result.append(OutboundRow(int(row_id), str(kind), data))
-        return result
+                parsed: Row | BadRow = (
+                    parse_row(kind, payload, size)
+                    if payload_type in (b"text", b"blob")
+                    else BadRow(f"payload is {payload_type.decode()}, not text")
+                )
+                if isinstance(parsed, BadRow):
+                    log.error("session %s: outbound row %s refused: %s", self.dir.name, row_id, parsed.reason)
+                result.append(OutboundRow(row_id, parsed))
+                spent += len(payload or b"")
+                if spent >= budget:
+                    break
+            return result
 
-    def acks(self, ids: list[int]) -> dict[int, tuple[str, str | None]]:
-        """The runner's acknowledgements for these inbound ids: id → (status, reason)."""
-        connection = self._out()
-        if connection is None or not ids or not self._has_table(connection, "acks"):
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = connection.execute(
-            f"SELECT inbound_id, status, reason FROM acks WHERE inbound_id IN ({marks})", ids
-        ).fetchall()
-        return {int(i): (str(s), r) for i, s, r in rows}
+    @staticmethod
+    def _column(
+        connection: sqlite3.Connection, column: str, row_id: int, kind: str, limit: int
+    ) -> tuple[int, bytes | None]:
+        """(size, bytes) of one text or blob cell, read through SQLite's blob handle so a value
+        larger than ``limit`` is never loaded (bytes None then); other types are (0, None)."""
+        if kind not in ("text", "blob"):
+            return 0, None
+        with connection.blobopen("outbound", column, row_id, readonly=True) as cell:
+            size = len(cell)
+            return size, (cell.read(limit + 1)[:limit] if column == "kind" or size <= limit else None)
+
+    def acks(self, ids: list[int]) -> dict[int, Ack]:
+        """The runner's acknowledgements for these inbound ids (only well-formed ones)."""
+        with self._lock, _reading(self.dir):
+            connection = self._out()
+            if connection is None or not ids or not self._has_table(connection, "acks"):
+                return {}
+            found: dict[int, Ack] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT inbound_id, status, substr(reason, 1, 4000) FROM acks WHERE inbound_id IN ({marks})"  # noqa: E501
+                for row in connection.execute(query, chunk):
+                    ack = parse_ack(*row)
+                    if ack is not None:
+                        found[ack.inbound_id] = ack
+            return found
 
     def unconsumed(self) -> list[int]:
         """Inbound ids the runner has not acknowledged yet."""
-        ids = [int(r[0]) for r in self._inbound.execute("SELECT id FROM inbound ORDER BY id").fetchall()]
+        with self._in_lock:
+            ids = [int(r[0]) for r in self._inbound.execute("SELECT id FROM inbound ORDER BY id").fetchall()]
         if not ids:
             return []
         done = self.acks(ids)
         return [i for i in ids if i not in done]
 
     def continuation(self) -> str | None:
-        """The provider thread id the runner stored, if any."""
-        connection = self._out()
-        if connection is None or not self._has_table(connection, "state"):
-            return None
-        row = connection.execute("SELECT value FROM state WHERE key='continuation'").fetchone()
-        return str(row[0]) if row else None
+        """The provider thread id the runner stored, if any (and if it looks like one)."""
+        with self._lock, _reading(self.dir):
+            connection = self._out()
+            if connection is None or not self._has_table(connection, "state"):
+                return None
+            row = connection.execute(
+                "SELECT substr(value, 1, 256) FROM state WHERE key='continuation'"
+            ).fetchone()
+            return parse_continuation(row[0]) if row else None
 
     def heartbeat_age(self) -> float | None:
         """Seconds since the runner last touched its heartbeat, or None if it never has."""

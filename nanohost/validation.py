@@ -6,11 +6,70 @@ One place for the rules, so the CLI, the HTTP API and the host refuse the same t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 MAX_NAME = 64
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_NAME_RE = re.compile(r"(_KEY|_TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+MAX_ENV_NAME = 128
+MAX_ENV_VALUE = 4096
+# The env-name rule (``check_env_name``), on the name upper-cased:
+_CREDENTIAL_WORDS = frozenset(
+    {"KEY", "KEYS", "TOKEN", "TOKENS", "PASS", "AUTH", "AUTHN", "AUTHZ", "OAUTH", "PAT", "JWT", "BEARER"}
+)
+"""A ``_``-separated part equal to one of these (so MONKEY, KEYBOARD, TOKENIZERS, AUTHOR pass)."""
+_CREDENTIAL_ENDINGS = ("TOKEN", "TOKENS")
+"""A part ending in one of these (ACCESSTOKEN, GITHUBTOKEN)."""
+_CREDENTIAL_INSIDE = (
+    "SECRET",
+    "PASSWORD",
+    "PASSWD",
+    "PASSPHRASE",
+    "CREDENTIAL",
+    "COOKIE",
+    "APIKEY",
+    "ACCESSKEY",
+    "PRIVATEKEY",
+    "SESSIONID",
+    "AUTHORIZATION",
+    "AUTHENTICATION",
+)
+"""Anywhere in the name with its ``_`` removed (APIKEY, API_KEY, MY_SECRET, JSESSIONID)."""
+_RESERVED_NAMES = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "ENV",
+        "BASH_ENV",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "NODE_EXTRA_CA_CERTS",
+        "PERL5OPT",
+        "PERL5LIB",
+        "PERLLIB",
+        "RUBYOPT",
+        "RUBYLIB",
+        "GCONV_PATH",
+        "LOCPATH",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "JAVA_TOOL_OPTIONS",
+        "_JAVA_OPTIONS",
+        "JDK_JAVA_OPTIONS",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "FTP_PROXY",
+        "NO_PROXY",
+    }
+)
+_RESERVED_PREFIXES = ("LD_", "DYLD_", "PYTHON", "NANOHOST_", "CODEX_", "OPENAI_")
+"""Loader, interpreter and runtime settings, and the host's own names: only the image and the
+runner set these, since they change what every program in the container loads, runs or reaches."""
 RESERVED_FOLDERS = frozenset({"templates"})
 CHANNELS = ("web", "api", "telegram", "slack", "discord")
 
@@ -48,19 +107,67 @@ def check_folder(value: str) -> str:
 
 
 def check_env_name(name: str) -> str:
-    """Environment names for a group's container; anything that looks like a credential is refused.
+    """An environment name for a group's container. Refused, compared case-insensitively:
 
-    Credentials never enter a container: the gateway injects the model key, and other secrets
-    belong in MCP servers on the host side.
+    - anything but a shell identifier (letters, digits, ``_``; no leading digit), or longer
+      than ``MAX_ENV_NAME``;
+    - a name that looks like a credential: a ``_``-separated part that is KEY, TOKEN, PASS,
+      AUTH, PAT, JWT… (``_CREDENTIAL_WORDS``) or ends in TOKEN, or the name without its ``_``
+      containing SECRET, PASSWORD, PASSWD, CREDENTIAL, COOKIE, APIKEY, SESSIONID,
+      AUTHORIZATION… (``_CREDENTIAL_INSIDE``). Credentials never enter a container: the
+      gateway injects the model key, and other secrets belong on the host side;
+    - a loader, interpreter or runtime setting, or a name the host and runner own: LD_*,
+      PYTHON*, NODE_OPTIONS, BASH_ENV, ENV, PATH, HOME, CODEX_*, the proxy variables,
+      NANOHOST_*… (``_RESERVED_NAMES``, ``_RESERVED_PREFIXES``).
+
+    The credential rule is a guard against the obvious mistake, not a secret scanner: it
+    cannot know that ``DATABASE_URL`` holds a password.
     """
     if not _ENV_NAME_RE.match(name):
         raise InvalidInput(f"env name {name!r} must be letters, digits and '_' and not start with a digit")
-    if _SECRET_NAME_RE.search(name):
+    if len(name) > MAX_ENV_NAME:
+        raise InvalidInput(f"env name {name[:16]!r}… is longer than {MAX_ENV_NAME} characters")
+    upper = name.upper()
+    parts = [part for part in upper.split("_") if part]
+    if any(part in _CREDENTIAL_WORDS or part.endswith(_CREDENTIAL_ENDINGS) for part in parts) or any(
+        word in upper.replace("_", "") for word in _CREDENTIAL_INSIDE
+    ):
         raise InvalidInput(
             f"env name {name!r} looks like a credential; credentials never enter a container "
             "(the gateway injects the model key)"
         )
+    if upper in _RESERVED_NAMES or upper.startswith(_RESERVED_PREFIXES):
+        raise InvalidInput(
+            f"env name {name!r} is reserved: it changes what programs in the container load, run or "
+            "connect to, so only the image and the host set it"
+        )
     return name
+
+
+def check_env_value(name: str, value: object) -> str:
+    """An env value: a string (numbers are taken as text) on one line, without NUL bytes, at most
+    ``MAX_ENV_VALUE`` characters."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise InvalidInput(f"value of {name} must be a string")
+    text = str(value)
+    if "\x00" in text:
+        raise InvalidInput(f"value of {name} must not contain a NUL byte")
+    if "\n" in text or "\r" in text:
+        raise InvalidInput(f"value of {name} must be a single line")
+    if len(text) > MAX_ENV_VALUE:
+        raise InvalidInput(f"value of {name} is longer than {MAX_ENV_VALUE} characters")
+    return text
+
+
+def check_env(env: object) -> dict[str, str]:
+    """A group's whole env row, however it was written: every name and value as above.
+
+    The CLI checks each ``--env`` with this rule, and the host checks the stored row again when
+    it reads it for a wake, so a row written by other means is refused too.
+    """
+    if not isinstance(env, Mapping):
+        raise InvalidInput("the group's env must be a mapping of NAME to value")
+    return {check_env_name(str(name)): check_env_value(str(name), value) for name, value in env.items()}
 
 
 def check_single_line(value: str, what: str) -> str:

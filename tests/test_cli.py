@@ -7,6 +7,7 @@ database nor the disk changed.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,10 +17,12 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from nanohost import cli as cli_module
 from nanohost.cli import app
 from nanohost.db import AgentGroup, AgentSession, Message, make_engine, make_session_factory
 from nanohost.db.engine import transaction
-from nanohost.settings import load_settings
+from nanohost.limits import EngineResources
+from nanohost.settings import Settings, load_settings
 
 Run = Callable[..., "Result"]
 
@@ -32,8 +35,25 @@ class Result:
         return json.loads(self.stdout)
 
 
+ENGINE = EngineResources(cpus=2, memory=4 * 1024**3)
+"""What the Docker engine has, as far as these tests are concerned (not this machine's size)."""
+
+
 @pytest.fixture
-def cli(host_env: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+def engine_asked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Pins the engine's figures to ``ENGINE``; records each time they are asked for."""
+    asked: list[int] = []
+
+    def fake_engine() -> EngineResources:
+        asked.append(1)
+        return ENGINE
+
+    monkeypatch.setattr(cli_module, "engine_resources", fake_engine)
+    return asked
+
+
+@pytest.fixture
+def cli(host_env: Path, monkeypatch: pytest.MonkeyPatch, engine_asked: list[int]) -> Run:
     monkeypatch.setenv("COLUMNS", "200")  # as the real entry point sets for piped output
     runner = CliRunner()
 
@@ -257,6 +277,15 @@ def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyP
         (("--model", "ok", "--effort", "ultra"), "unknown reasoning effort"),  # valid parts don't land either
         (("--env", "OPENAI_API_KEY=sk-x"), "looks like a credential"),
         (("--env", "GH_TOKEN=x"), "looks like a credential"),
+        (("--env", "APIKEY=x"), "env name 'APIKEY' looks like a credential"),
+        (("--env", "AUTHORIZATION=Bearer x"), "env name 'AUTHORIZATION' looks like a credential"),
+        (("--env", "TZ=UTC", "--env", "LD_PRELOAD=/tmp/x.so"), "env name 'LD_PRELOAD' is reserved"),
+        (("--env", "PYTHONSTARTUP=/tmp/x.py"), "env name 'PYTHONSTARTUP' is reserved"),
+        (("--env", "https_proxy=http://evil:8080"), "env name 'https_proxy' is reserved"),
+        (("--env", "NANOHOST_SESSION_DIR=/tmp"), "env name 'NANOHOST_SESSION_DIR' is reserved"),
+        (("--env", "A-B=x"), "env name 'A-B' must be letters"),
+        (("--env", "MODE=a\x00b"), "value of MODE must not contain a NUL byte"),
+        (("--env", "MODE=" + "x" * 4097), "value of MODE is longer than 4096 characters"),
         (("--env", "NOEQUALS"), "NAME=VALUE"),
         (("--env", "1BAD=x"), "env name"),
         (("--unset-env", "NEVER_SET"), "is not set"),
@@ -266,7 +295,14 @@ def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyP
         (("--mcp-remove", "ghost"), "no MCP server 'ghost'"),
         (("--memory", "lots"), "not a memory size"),
         (("--cpus", "0"), "--cpus"),
+        (("--cpus", "nan"), "--cpus nan must be between 0.01 and 256"),
+        (("--cpus", "64"), "--cpus 64 is more than the 2 CPUs the Docker engine has"),
+        (("--memory", "999999g"), "--memory 999999g is more than the 4g of memory the Docker engine has"),
+        (("--model", "ok", "--memory", "5g"), "--memory 5g is more than the 4g"),  # nothing else lands
         (("--pids", "5"), "--pids"),
+        (("--pids", "0"), "--pids 0 must be between 16 and 65536"),
+        (("--pids", "-1"), "--pids -1 must be between 16 and 65536"),
+        (("--pids", "99999999"), "--pids 99999999 must be between 16 and 65536"),
         (("--deny-sender", "stranger"), "not on group 'main''s allow-list"),
         (("--engage", "sometimes"), "unknown engage mode"),
         (("--engage", "trigger"), "needs --trigger"),
@@ -357,6 +393,46 @@ def test_sessions_messages_and_status(ready: Run, host_env: Path) -> None:
     assert ready("messages", "tail", "main", "-n", "0", ok=False).code == 2
 
 
+def test_status_shows_the_wake_queue_from_the_database(ready: Run) -> None:
+    """Sessions with unanswered messages and no running container wait for a wake; a running
+    one (mid-turn) and a failed one (paused) do not."""
+    from datetime import timedelta
+
+    from nanohost.db.models import utcnow
+
+    ready("groups", "create", "busy", "--provider", "mock")
+    ready("groups", "create", "broken", "--provider", "mock")
+    engine = make_engine(load_settings().db_url)
+    with transaction(make_session_factory(engine)) as db:
+        waits = (("main", "stopped", 90), ("busy", "running", 300), ("broken", "failed", 600))
+        for name, state, age in waits:
+            group = db.scalar(select(AgentGroup).where(AgentGroup.name == name))
+            assert group is not None
+            agent_session = AgentSession(group=group, status=state)
+            db.add(agent_session)
+            db.flush()
+            db.add(
+                Message(
+                    group_id=group.id,
+                    session_id=agent_session.id,
+                    direction="in",
+                    channel="api",
+                    chat_id=name,
+                    text="hello",
+                    status="queued",
+                    created_at=utcnow() - timedelta(seconds=age),
+                )
+            )
+    engine.dispose()
+    rows = {row["group"]: row for row in ready("status", "--json").json()}
+    assert 90 <= rows["main"]["waiting_s"] < 150
+    assert rows["busy"]["waiting_s"] is None and rows["broken"]["waiting_s"] is None
+    table = ready("status").stdout
+    assert "wake queue: 1 session(s) with unanswered messages and no running container" in table
+    oldest = re.search(r"the oldest has waited (\d+) s", table)
+    assert oldest is not None and 90 <= int(oldest[1]) < 150
+
+
 def test_db_commands(cli: Run) -> None:
     current = cli("db", "current", "--json").json()
     assert current["current"] is None and current["at_head"] is False
@@ -389,3 +465,77 @@ def test_routing_edits_say_they_apply_from_the_next_message(ready: Run) -> None:
     assert "applies from the next message" in result.stdout
     assert "next wake" not in result.stdout
     assert "next wake" in ready("groups", "config", "main", "--memory", "512m").stdout
+
+
+def test_limits_up_to_the_engines_pass_and_only_limits_ask_the_engine(
+    ready: Run, engine_asked: list[int]
+) -> None:
+    ready("groups", "config", "main", "--model", "gpt-5.5", "--pids", "65536")
+    assert engine_asked == []  # nothing to compare: the engine is not asked
+    ready("groups", "config", "main", "--memory", "4g", "--cpus", "2")
+    assert engine_asked == [1]
+    config = ready("groups", "show", "main", "--json").json()
+    assert (config["memory"], config["cpus"], config["pids"]) == ("4g", 2, 65536)
+
+
+def _write_env_row(env_json: str) -> None:
+    """Write the env column by other means than the CLI (plain SQL, no ORM checks)."""
+    engine = make_engine(load_settings().db_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE container_configs SET env = ?", (env_json,))
+    engine.dispose()
+
+
+def test_a_bad_env_row_written_by_other_means_is_refused_until_removed(ready: Run, host_env: Path) -> None:
+    _write_env_row('{"TZ": "UTC", "LD_PRELOAD": "/tmp/x.so"}')
+    refused(
+        ready,
+        host_env,
+        "groups",
+        "config",
+        "main",
+        "--model",
+        "gpt-5.5",
+        says="the group's stored env name 'LD_PRELOAD' is reserved",
+    )
+    assert (
+        "remove it with --unset-env LD_PRELOAD"
+        in ready("groups", "config", "main", "--model", "x", ok=False).stderr
+    )
+    ready("groups", "config", "main", "--unset-env", "LD_PRELOAD")
+    assert ready("groups", "show", "main", "--json").json()["env"] == {"TZ": "UTC"}
+    ready("groups", "config", "main", "--model", "gpt-5.5")
+
+
+@pytest.fixture
+def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """``nanohost serve`` up to the point where it would start serving (recorded instead)."""
+    from nanohost import app as host_app
+
+    calls: list[Settings] = []
+    monkeypatch.setattr(host_app, "run", calls.append)
+    return calls
+
+
+def test_serve_refuses_default_limits_the_engine_cannot_grant(
+    cli: Run, monkeypatch: pytest.MonkeyPatch, serve_calls: list[Settings]
+) -> None:
+    monkeypatch.setenv("NANOHOST_CONTAINER_CPUS", "64")
+    result = cli("serve", ok=False)
+    assert result.code == 1
+    assert (
+        result.stderr == "error: NANOHOST_CONTAINER_CPUS=64 is more than the 2 CPUs the Docker engine has\n"
+    )
+    monkeypatch.setenv("NANOHOST_CONTAINER_CPUS", "2")
+    monkeypatch.setenv("NANOHOST_CONTAINER_MEMORY", "8g")
+    result = cli("serve", ok=False)
+    assert "NANOHOST_CONTAINER_MEMORY=8g is more than the 4g of memory the Docker engine has" in result.stderr
+    assert serve_calls == []
+
+
+def test_serve_starts_with_limits_the_engine_has(
+    cli: Run, engine_asked: list[int], serve_calls: list[Settings]
+) -> None:
+    cli("serve")
+    assert engine_asked == [1]
+    assert [(s.container_memory, s.container_cpus) for s in serve_calls] == [("1g", 1.0)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,17 @@ def test_openai_key_is_read_and_never_shown(
         ("NANOHOST_WEB_PORT", "70000", "less than or equal to 65535"),
         ("NANOHOST_CONTAINER_MEMORY", "lots", "not a memory size"),
         ("NANOHOST_CONTAINER_MEMORY", "1m", "minimum of 6m"),
+        ("NANOHOST_CONTAINER_MEMORY", "-2g", "not a memory size"),
+        ("NANOHOST_CONTAINER_CPUS", "0", "greater than or equal to 0.01"),
+        ("NANOHOST_CONTAINER_CPUS", "-1", "greater than or equal to 0.01"),
+        ("NANOHOST_CONTAINER_CPUS", "nan", "finite number"),
+        ("NANOHOST_CONTAINER_CPUS", "300", "less than or equal to 256"),
+        ("NANOHOST_CONTAINER_CPUS", "two", "valid number"),
+        ("NANOHOST_CONTAINER_PIDS", "0", "greater than or equal to 16"),
+        ("NANOHOST_CONTAINER_PIDS", "-1", "greater than or equal to 16"),
+        ("NANOHOST_CONTAINER_PIDS", "100000000", "less than or equal to 65536"),
+        ("NANOHOST_TRUSTED_PROXIES", "10.0.0.1,proxy.local", "'proxy.local' is not an IP address"),
+        ("NANOHOST_TRUSTED_PROXIES", "[10.0.0.1", "not a JSON list"),
         ("NANOHOST_LOG_LEVEL", "loud", "DEBUG"),
         ("NANOHOST_CODEX_VERSION", "latest", "not a version"),
         ("NANOHOST_IDLE_TIMEOUT", "-5", "greater than 0"),
@@ -99,3 +111,22 @@ def test_ca_file_defaults_to_ssl_cert_file(host_env: Path, monkeypatch: pytest.M
     assert load_settings().image_ca_file == bundle
     monkeypatch.delenv("SSL_CERT_FILE")
     assert load_settings().image_ca_file is None
+
+
+def test_trusted_proxies_are_none_by_default(host_env: Path) -> None:
+    assert load_settings().trusted_proxies == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10.0.0.1, 192.168.0.0/16,::1", '["10.0.0.1", "192.168.0.0/16", "::1"]', "10.0.0.1,192.168.7.7/16,::1"],
+)
+def test_trusted_proxies_take_addresses_and_networks(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("NANOHOST_TRUSTED_PROXIES", value)
+    assert load_settings().trusted_proxies == [
+        ip_network("10.0.0.1/32"),
+        ip_network("192.168.0.0/16"),
+        ip_network("::1/128"),
+    ]

@@ -32,10 +32,29 @@ class InboundRow:
     payload: str
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+def connect(
+    path: Path, *, journal: str = "DELETE", readonly: bool = False, threads: bool = False
+) -> sqlite3.Connection:
+    """A queue connection. ``outbound.db`` uses the PERSIST journal on both sides: its directory
+    is read-only to the container (only the db and its journal file are bound writable), so
+    SQLite must never create or delete the journal, only reuse it. ``readonly`` is how the
+    runner opens the host's ``inbound.db``. ``threads``: used from more than one thread, one
+    at a time (the host imports in a worker thread)."""
+    if readonly:
+        connection = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=not threads,
+        )
+        connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        return connection
+    connection = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=not threads
+    )
     connection.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    connection.execute("PRAGMA journal_mode=DELETE")
+    connection.execute(f"PRAGMA journal_mode={journal}")
     return connection
 
 
@@ -44,7 +63,7 @@ class RunnerQueues:
 
     def __init__(self, session_dir: Path) -> None:
         self.dir = session_dir
-        self._out = connect(session_dir / "outbound.db")
+        self._out = connect(session_dir / "outbound.db", journal="PERSIST")
         self._out.executescript(OUTBOUND_SCHEMA)
         self._in: sqlite3.Connection | None = None
 
@@ -58,7 +77,7 @@ class RunnerQueues:
             path = self.dir / "inbound.db"
             if not path.exists():
                 return None
-            self._in = connect(path)
+            self._in = connect(path, readonly=True)
         return self._in
 
     def unconsumed(self, exclude: Iterable[int] = (), limit: int = 100) -> list[InboundRow]:

@@ -10,6 +10,9 @@ Every call needs ``Authorization: Bearer $NANOHOST_API_TOKEN``.
 - ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries: one the agent
   sent, or one a user sent (kept in the group folder's ``inbox/``, served only from there)
 
+An id in the path or in ``?after=`` is read by ``parse_id``: anything but a whole number from 0 to
+SQLite's largest id answers 404, as an id that does not exist does.
+
 The web chat (``webchat``) serves the same conversation under ``/web`` with a session cookie
 instead of the token, so the work lives in functions taking the group and URL prefix
 (``messages_response``, ``stream_response``, ``file_response``, ``record``); the handlers here
@@ -42,6 +45,8 @@ API_TOKEN = web.AppKey("api_token", str)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
 """The open stream sockets, closed when the host shuts down (else shutdown waits out its timeout)."""
 MAX_WAIT = 60.0
+MAX_ID = 2**63 - 1
+"""The largest row id SQLite stores (signed 64-bit); larger ones would overflow in the query."""
 PAGE = 200
 CHUNK = 64 * 1024
 
@@ -100,9 +105,7 @@ def find_group(request: web.Request, channel: str | None = None) -> AgentGroup:
         group = db.scalar(query.limit(1))
     if group is None:
         where = f" with a {channel} binding" if channel else ""
-        raise web.HTTPNotFound(
-            text=json.dumps({"error": f"no group named {name!r}{where}"}), content_type="application/json"
-        )
+        raise _not_found(f"no group named {name!r}{where}")
     return group
 
 
@@ -158,6 +161,30 @@ async def post_message(request: web.Request) -> web.Response:
     )
 
 
+def parse_id(raw: str | None) -> int | None:
+    """A message id or index from a URL or query: ASCII digits only (no sign, space or ``_``),
+    0 to ``MAX_ID``; ``None`` for anything else."""
+    if raw is None or not raw.isascii() or not raw.isdigit() or len(raw.lstrip("0")) > len(str(MAX_ID)):
+        return None
+    value = int(raw)
+    return value if value <= MAX_ID else None
+
+
+def _not_found(message: str) -> web.HTTPNotFound:
+    return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def _after(request: web.Request, default: int) -> int:
+    """``?after=<id>``: a message id as ``parse_id`` reads it (else 404, as for an id in the path)."""
+    raw = request.query.get("after")
+    if raw is None:
+        return default
+    after = parse_id(raw)
+    if after is None:
+        raise _not_found(f"after must be a message id (0 to {MAX_ID})")
+    return after
+
+
 def _number(request: web.Request, name: str, default: float, low: float, high: float) -> float:
     raw = request.query.get(name)
     if raw is None:
@@ -178,7 +205,7 @@ def _number(request: web.Request, name: str, default: float, low: float, high: f
 
 async def messages_response(request: web.Request, group: AgentGroup, prefix: str) -> web.Response:
     """``GET …/messages?after=&wait=``: messages newer than ``after``, long-polling up to ``wait`` s."""
-    after = int(_number(request, "after", 0, 0, 2**62))
+    after = _after(request, 0)
     wait = _number(request, "wait", 0, 0, MAX_WAIT)
     bus = request.app[ROUTER].orchestrator.ctx.bus
     queue = bus.subscribe(group.id)  # subscribe before reading, so nothing slips in between
@@ -200,7 +227,7 @@ async def messages_response(request: web.Request, group: AgentGroup, prefix: str
 
 async def stream_response(request: web.Request, group: AgentGroup, prefix: str) -> web.WebSocketResponse:
     """Websocket ``…/stream?after=``: replay newer messages, then push messages and progress."""
-    after = int(_number(request, "after", -1, -1, 2**62))
+    after = _after(request, -1)  # without it: no replay, only what comes next
     ws = web.WebSocketResponse(heartbeat=30)
     await ws.prepare(request)
     bus = request.app[ROUTER].orchestrator.ctx.bus
@@ -259,10 +286,9 @@ async def close_streams(app: web.Application) -> None:
 
 async def file_response(request: web.Request, group: AgentGroup) -> web.StreamResponse:
     """``…/files/{message_id}/{index}``: a file a message of ``group`` carries, as a download."""
-    try:
-        message_id, index = int(request.match_info["message_id"]), int(request.match_info["index"])
-    except ValueError:
-        return _error(400, "message id and index must be numbers")
+    message_id, index = parse_id(request.match_info["message_id"]), parse_id(request.match_info["index"])
+    if message_id is None or index is None:
+        return _error(404, "no such file")
     with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
         message = db.get(Message, message_id)
         attachments = list(message.attachments) if message and message.group_id == group.id else []

@@ -10,14 +10,12 @@ on open directory descriptors, so a link the agent swaps in cannot steer the wri
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import re
 import unicodedata
 from pathlib import Path, PurePath
 
-from nanohost.containers.backend import container_user
+from nanohost.safe_fs import give_to_agent, open_root, open_subdir
 
 INBOX = "inbox"
 MAX_NAME = 100
@@ -47,31 +45,6 @@ def _split(name: str) -> tuple[str, str]:
     return name[: -len(suffix)], suffix
 
 
-def _open_inbox(folder_fd: int) -> int:
-    """Open (creating it when missing) the inbox under the group folder, never through a link:
-    the agent owns the folder and may have replaced ``inbox`` with a link to steer host writes."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    for _ in range(3):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(INBOX, 0o755, dir_fd=folder_fd)
-        try:
-            inbox_fd = os.open(INBOX, flags, dir_fd=folder_fd)
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                raise
-            os.unlink(INBOX, dir_fd=folder_fd)  # a link or a file where the inbox belongs
-            continue
-        _give_to_agent(inbox_fd)
-        return inbox_fd
-    raise OSError(f"cannot make {INBOX}/ a directory")
-
-
-def _give_to_agent(fd: int) -> None:
-    if os.getuid() == 0:  # a root host hands what the agent may touch to the container user
-        uid, gid = container_user()
-        os.fchown(fd, uid, gid)
-
-
 def save_incoming(group_folder: Path, name: str, data: bytes) -> str:
     """Write ``data`` to ``inbox/<safe name>`` (never overwriting); returns the folder-relative path.
 
@@ -79,9 +52,9 @@ def save_incoming(group_folder: Path, name: str, data: bytes) -> str:
     moment can move the write outside the inbox.
     """
     group_folder.mkdir(parents=True, exist_ok=True)
-    folder_fd = os.open(group_folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    folder_fd = open_root(group_folder)
     try:
-        inbox_fd = _open_inbox(folder_fd)
+        inbox_fd = open_subdir(folder_fd, INBOX, create=True)
     finally:
         os.close(folder_fd)
     try:
@@ -94,7 +67,7 @@ def save_incoming(group_folder: Path, name: str, data: bytes) -> str:
                 fd = os.open(candidate, flags, 0o644, dir_fd=inbox_fd)
             except FileExistsError:
                 continue
-            _give_to_agent(fd)
+            give_to_agent(fd)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             return f"{INBOX}/{candidate}"

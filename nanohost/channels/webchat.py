@@ -13,7 +13,10 @@ without a valid session cookie (``web_auth``). The conversation endpoints are th
 
 Guessing is limited: a wrong password answers 401 only after ``LOGIN_DELAY``, one password check
 runs at a time, and a client IP with ``MAX_FAILURES`` wrong passwords in ``FAILURE_WINDOW``
-seconds gets 429 without a check until the window has passed (``LoginLimiter``).
+seconds gets 429 without a check until the window has passed (``LoginLimiter``). Behind a reverse
+proxy listed in ``NANOHOST_TRUSTED_PROXIES`` the client IP is the one the proxy forwards
+(``forwarded``); the cookie is ``Secure`` whenever the browser used HTTPS, directly or as such a
+proxy says.
 
 CSRF: the cookie is ``SameSite=Strict``, and on top of that every state-changing call must carry
 ``X-Nanohost: 1`` or a JSON body (neither can be sent cross-site without a CORS preflight, which
@@ -37,6 +40,7 @@ from sqlalchemy import select
 
 from nanohost.channels import api
 from nanohost.channels.base import InboundMessage
+from nanohost.channels.forwarded import came_over_https, client_address
 from nanohost.channels.inbox import save_incoming
 from nanohost.channels.state import ChannelStore
 from nanohost.channels.web_auth import (
@@ -216,7 +220,8 @@ async def login(request: web.Request) -> web.Response:
     if not stored:
         return _error(503, NO_PASSWORD)
     limiter = request.app[LOGIN_LIMITER]
-    client = client_key(request.remote)
+    proxies = _settings(request).trusted_proxies
+    client = client_key(client_address(request, proxies))
     if wait := limiter.locked_for(client):
         return _locked_out(wait)
     is_json = request.content_type == "application/json"
@@ -250,7 +255,7 @@ async def login(request: web.Request) -> web.Response:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=came_over_https(request, proxies),
     )
     return response
 
@@ -259,7 +264,8 @@ async def logout(request: web.Request) -> web.Response:
     if not _csrf_safe(request):
         return _error(403, "missing the X-Nanohost: 1 header (cross-site requests are refused)")
     response = web.json_response({"ok": True})
-    response.del_cookie(COOKIE, path="/")
+    secure = came_over_https(request, _settings(request).trusted_proxies)
+    response.del_cookie(COOKIE, path="/", secure=secure, httponly=True, samesite="Strict")
     return response
 
 

@@ -13,10 +13,10 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from nanohost.providers import Mount
+from nanohost.safe_fs import AGENT_UID
 from nanohost.settings import parse_memory
 from nanohost.validation import InvalidInput
 
@@ -28,27 +28,12 @@ Docker leaves the hostname out of /etc/hosts, and Codex resolving its own hostna
 waits out a 5 s DNS timeout (measured: initialize 5.1 s → 0.14 s with the mapping)."""
 LABEL_GROUP = "nanohost.group"
 LABEL_SESSION = "nanohost.session"
-AGENT_UID = 1000
 
 
 def container_user() -> tuple[int, int]:
     """The uid:gid the agent runs as: the host user's, or the image's ``agent`` (1000) under root."""
     uid, gid = os.getuid(), os.getgid()
     return (AGENT_UID, AGENT_UID) if uid == 0 else (uid, gid)
-
-
-def hand_to_agent(*paths: Path) -> None:
-    """Under a root host, give the directories the agent writes to the container user."""
-    if os.getuid() != 0:
-        return
-    uid, gid = container_user()
-    for root in paths:
-        for path in [root, *root.rglob("*")]:
-            try:
-                if path.lstat().st_uid != uid:
-                    os.lchown(path, uid, gid)
-            except FileNotFoundError:
-                continue
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,17 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy import text as sql_text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
+
+from nanohost.limits import check_limits
+from nanohost.validation import check_env
 
 PROVIDERS = ("codex", "mock")
 ENGAGE_MODES = ("always", "mention", "trigger")
 SESSION_MODES = ("shared", "per-chat")
 SESSION_STATUSES = ("idle", "starting", "running", "stopped", "failed")
 DIRECTIONS = ("in", "out")
+_LIMIT_ARGS = {"memory_limit": "memory", "cpu_limit": "cpus", "pids_limit": "pids"}
 
 
 def utcnow() -> datetime:
@@ -89,6 +93,18 @@ class ContainerConfig(Base):
 
     group: Mapped[AgentGroup] = relationship(back_populates="config")
 
+    @validates("env")
+    def _check_env(self, _key: str, value: Any) -> dict[str, str]:
+        """Whoever writes the row through the ORM meets the CLI's env rule (``validation``)."""
+        return check_env(value)
+
+    @validates("memory_limit", "cpu_limit", "pids_limit")
+    def _check_limit(self, key: str, value: Any) -> Any:
+        """The CLI's fixed bounds for limits (``limits.check_limits``); ``None`` is "the default"."""
+        if value is not None:
+            check_limits(**{_LIMIT_ARGS[key]: value})
+        return value
+
     __table_args__ = (
         CheckConstraint("engage_mode IN ('always', 'mention', 'trigger')", name="ck_config_engage"),
         CheckConstraint(
@@ -136,6 +152,13 @@ class AgentSession(Base):
     outbound_cursor: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """The last outbound.db row imported; advanced in the same transaction as the import."""
     failure_notified: Mapped[bool] = mapped_column(default=False, server_default="0")
+    gateway_placeholder: Mapped[str | None] = mapped_column(String(64))
+    """The gateway placeholder granted to the running container: host state, so a restarted host
+    re-grants exactly this, never what the container's side says it was given."""
+    gateway_egress: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
+    """The egress allow-list granted with the placeholder."""
+    quarantined_at: Mapped[datetime | None] = mapped_column(DateTime)
+    """When the session's queue files were found unreadable and set aside (status ``failed``)."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     group: Mapped[AgentGroup] = relationship(back_populates="sessions")

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from nanohost.validation import check_env
+
 
 @dataclass(frozen=True)
 class Mount:
@@ -33,6 +35,11 @@ class GroupSpec:
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     skills: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # The stored env meets the CLI's rule again here, at the wake: a row written by other
+        # means is refused (``InvalidInput``: the wake fails, saying what to fix).
+        check_env(self.env)
 
 
 @dataclass(frozen=True)

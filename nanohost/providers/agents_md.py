@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanohost.safe_fs import read_beneath
+
 log = logging.getLogger(__name__)
 
 LIMIT_BYTES = 32 * 1024
@@ -59,14 +61,14 @@ def _truncate(text: str, cap: int, what: str) -> str:
     if len(data) <= cap:
         return text
     kept = data[:cap].decode(errors="ignore")
-    return f"{kept}\n\n[… {what} truncated: {len(data) - cap} more bytes in the file …]\n"
+    return f"{kept}\n\n[… {what} truncated at {cap} bytes …]\n"
 
 
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
+def _read_agent_file(folder: Path, relative: str, cap: int) -> str:
+    """A file from the agent's folder, read without following a link (the agent could point one
+    at a host file to have it composed into its instructions), at most ``cap`` bytes plus one."""
+    data = read_beneath(folder, relative, cap)
+    return "" if data is None else data.decode("utf-8", errors="replace")
 
 
 def skill_names(folder: Path) -> list[str]:
@@ -79,7 +81,8 @@ def skill_names(folder: Path) -> list[str]:
 
 def core_sections(contract: str, folder: Path, shared_skills: list[str]) -> list[Section]:
     """Header-adjacent sections that are always kept."""
-    index = _truncate(_read(folder / "memory" / "index.md"), INDEX_CAP_BYTES, "memory index")
+    index = _read_agent_file(folder, "memory/index.md", INDEX_CAP_BYTES)
+    index = _truncate(index, INDEX_CAP_BYTES, "memory index")
     memory = (
         "Your long-term memory lives in `memory/`. How it works: `memory/system/definition.md`.\n"
         "The index `memory/index.md` is inlined here as it was at this wake:\n\n"

@@ -7,12 +7,14 @@ an empty placeholder (the gateway injects the key), and an existing one is never
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
 
 from nanohost.providers import Contribution, GroupSpec, Mount
 from nanohost.providers.agents_md import Section, compose, core_sections, write_atomically
+from nanohost.safe_fs import agent_owner, create_beneath, open_root, open_subdir
 from nanohost.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -48,29 +50,50 @@ def sync_skill_links(folder: Path, selected: list[str], shared_dir: Path = SHARE
     """Make ``.agents/skills/<name>`` link to each selected shared skill; drop deselected links.
 
     Only links that point into the shared skills mount are ours; anything else in the
-    directory (the agent's own files) is left alone.
+    directory (the agent's own files) is left alone. The folder is the agent's, so every step
+    goes through directory descriptors (``safe_fs``): a ``.agents`` swapped for a link to a host
+    directory is replaced, never followed.
     """
-    skills_dir = folder / ".agents" / "skills"
-    skills_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {name for name in selected if (shared_dir / name).is_dir()}
+    wanted = {name for name in selected if _is_skill_name(name) and (shared_dir / name).is_dir()}
     for missing in sorted(set(selected) - wanted):
         log.warning("group folder %s: selected skill %r does not exist in %s", folder, missing, shared_dir)
-    for entry in skills_dir.iterdir():
-        if entry.is_symlink() and os.readlink(entry).startswith(SHARED_SKILLS_TARGET + "/"):
-            if entry.name not in wanted or os.readlink(entry) != f"{SHARED_SKILLS_TARGET}/{entry.name}":
-                entry.unlink()
-    for name in sorted(wanted):
-        link = skills_dir / name
-        if not link.is_symlink() and not link.exists():
-            link.symlink_to(f"{SHARED_SKILLS_TARGET}/{name}")
+    root = open_root(folder)
+    try:
+        agents = open_subdir(root, ".agents", create=True)
+        try:
+            skills = open_subdir(agents, "skills", create=True)
+        finally:
+            os.close(agents)
+    finally:
+        os.close(root)
+    try:
+        for name in os.listdir(skills):
+            try:
+                target = os.readlink(name, dir_fd=skills)
+            except OSError:
+                continue  # not a link: the agent's own entry
+            if target.startswith(SHARED_SKILLS_TARGET + "/") and (
+                name not in wanted or target != f"{SHARED_SKILLS_TARGET}/{name}"
+            ):
+                os.unlink(name, dir_fd=skills)
+        for name in sorted(wanted):
+            with contextlib.suppress(FileExistsError):  # the agent's own entry of that name stays
+                os.symlink(f"{SHARED_SKILLS_TARGET}/{name}", name, dir_fd=skills)
+                if (owner := agent_owner()) is not None:
+                    os.chown(name, *owner, dir_fd=skills, follow_symlinks=False)
+    finally:
+        os.close(skills)
+
+
+def _is_skill_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..") and not name.startswith(".")
 
 
 def ensure_codex_home(path: Path) -> None:
-    """The per-group ~/.codex with an empty auth.json placeholder (never truncating one)."""
+    """The per-group ~/.codex with an empty auth.json placeholder (never truncating one, and
+    never creating through a link the agent put there)."""
     path.mkdir(parents=True, exist_ok=True)
-    auth = path / "auth.json"
-    if not auth.exists():
-        auth.touch()
+    create_beneath(path, "auth.json", b"", mode=0o600)
 
 
 class CodexContribution:

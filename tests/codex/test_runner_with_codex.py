@@ -41,7 +41,9 @@ async def test_reply_is_archived_and_mcp_send_message_reaches_the_queue(
     await harness.until(lambda: any(p.get("text") == "all done" for p in harness.replies()), limit=60)
     texts = [p["text"] for p in harness.replies()]
     assert texts == ["interim update from a tool", "all done"]
-    assert harness.host.acks([message_id]) == {message_id: ("done", None)}
+    assert {i: (a.status, a.reason) for i, a in harness.host.acks([message_id]).items()} == {
+        message_id: ("done", None)
+    }
     tools = [t for t in model_server.requests[0].body.get("tools", []) if t.get("name") == "mcp__nanohost"]
     assert tools, "the nanohost MCP server was not offered to the model"
     archived = list((harness.paths.workspace / "conversations").glob("*.md"))

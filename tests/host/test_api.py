@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
 
 from nanohost.app import build_app
+from nanohost.channels.api import parse_id
 from nanohost.db import make_engine, make_session_factory, migrate
 from nanohost.db.engine import transaction
 from nanohost.groups import create_group
@@ -54,7 +56,10 @@ async def test_api_needs_the_token(client: TestClient, headers: dict[str, str]) 
 async def test_healthz_reports_database_and_containers(client: TestClient) -> None:
     response = await client.get("/healthz")
     assert response.status == 200
-    assert await response.json() == {"ok": True, "database": "ok", "containers": "ok"}
+    body = await response.json()
+    queue = body.pop("wake_queue")
+    assert body == {"ok": True, "database": "ok", "containers": "ok"}
+    assert (queue["capacity"], queue["in_use"], queue["waiting"], queue["oldest_wait_s"]) == (8, 0, 0, 0.0)
 
 
 @pytest.mark.parametrize(
@@ -83,10 +88,60 @@ async def test_unknown_group_is_404(client: TestClient) -> None:
     assert "ghost" in (await response.json())["error"]
 
 
-@pytest.mark.parametrize("query", ["after=x", "wait=999", "wait=-1", "after=-5"])
+@pytest.mark.parametrize("query", ["wait=999", "wait=-1", "wait=soon"])
 async def test_bad_query_values(client: TestClient, query: str) -> None:
     response = await client.get(f"/api/groups/team/messages?{query}", headers=AUTH)
     assert response.status == 400
+    assert "wait must be" in (await response.json())["error"]
+
+
+BAD_IDS = [
+    "99999999999999999999999",  # beyond SQLite's 64-bit ids: used to overflow into a 500
+    "9223372036854775808",  # 2**63, one past the largest
+    "-1",
+    "-5",
+    "x",
+    "1.5",
+    "1e3",
+    "%2B1",  # +1
+    "1_0",
+    "%201",  # " 1"
+    "%EF%BC%91",  # a full-width digit one
+]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+async def test_an_id_that_cannot_be_a_message_id_is_404(client: TestClient, bad: str) -> None:
+    for url in (f"/api/groups/team/files/{bad}/0", f"/api/groups/team/files/1/{bad}"):
+        response = await client.get(url, headers=AUTH)
+        assert response.status == 404, url
+        assert (await response.json()) == {"error": "no such file"}
+    response = await client.get(f"/api/groups/team/messages?after={bad}", headers=AUTH)
+    assert response.status == 404
+    assert "after must be a message id" in (await response.json())["error"]
+    with pytest.raises(WSServerHandshakeError) as caught:
+        await client.ws_connect(f"/api/groups/team/stream?after={bad}", headers=AUTH)
+    assert caught.value.status == 404
+
+
+async def test_the_largest_id_is_an_id_that_does_not_exist(client: TestClient) -> None:
+    largest = 2**63 - 1
+    response = await client.get(f"/api/groups/team/files/{largest}/{largest}", headers=AUTH)
+    assert response.status == 404 and (await response.json()) == {"error": "no such file"}
+    response = await client.get(f"/api/groups/team/messages?after={largest}", headers=AUTH)
+    assert response.status == 200 and (await response.json()) == {"messages": []}
+    response = await client.get(f"/api/groups/team/messages?after={0:025d}", headers=AUTH)
+    assert response.status == 200  # leading zeros are fine
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("0", 0), ("42", 42), ("007", 7), ("0" * 30 + "1", 1), (str(2**63 - 1), 2**63 - 1), (str(2**63), None)]
+    + [(bad, None) for bad in ["", "-1", "+1", " 1", "1 ", "1_0", "1.0", "\uff11", "\u0661", "x"]]
+    + [(None, None)],
+)
+def test_parse_id(raw: str | None, value: int | None) -> None:
+    assert parse_id(raw) == value
 
 
 async def test_long_poll_returns_empty_after_wait(client: TestClient) -> None:

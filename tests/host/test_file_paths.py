@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from nanohost.agent_files import keep_copy
 from nanohost.runtime import HostContext, SessionRuntime
 from nanohost.settings import load_settings
+from nanohost.slots import Slots
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def runtime(host_env: Path) -> SessionRuntime:
         backend=None,
         gateway=None,
         contributions={},  # type: ignore[arg-type]
-        slots=asyncio.Semaphore(1),
+        slots=Slots(1),
     )
     (settings.groups_dir / "team").mkdir(parents=True)
     return SessionRuntime(ctx, session_id=1, group_id=1, folder="team")
@@ -32,9 +32,13 @@ def test_files_inside_are_mapped_to_the_host(runtime: SessionRuntime, host_env: 
     folder = host_env / "groups" / "team"
     (folder / "out").mkdir()
     (folder / "out" / "a.png").write_bytes(b"x")
-    (runtime.dir / "note.txt").write_text("n")
     assert runtime.host_path("/workspace/agent/out/a.png") == (folder / "out" / "a.png").resolve()
-    assert runtime.host_path("/workspace/session/note.txt") == (runtime.dir / "note.txt").resolve()
+
+
+def test_the_session_dir_is_not_a_place_files_are_sent_from(runtime: SessionRuntime) -> None:
+    # it holds the host's files (runner.json carries the gateway placeholder): never sent to a chat
+    with pytest.raises(ValueError, match="outside /workspace/agent"):
+        runtime.host_path("/workspace/session/runner.json")
 
 
 @pytest.mark.parametrize(

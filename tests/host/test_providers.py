@@ -148,3 +148,39 @@ def test_skill_links_follow_the_selection(layout: dict[str, Path]) -> None:
 def test_mock_contribution_is_minimal(layout: dict[str, Path]) -> None:
     result = MockContribution().prepare(spec(layout))
     assert result.mounts == [] and result.runner == {"provider": "mock"}
+
+
+def test_links_the_agent_plants_never_steer_a_wake(layout: dict[str, Path], tmp_path: Path) -> None:
+    """The agent owns its folder and ~/.codex: a wake reads, creates and links only inside them."""
+    victim = tmp_path / "victim"  # stands for any host directory (/root, /etc)
+    victim.mkdir()
+    (victim / "shadow").write_text("HOST-SECRET-LINE")
+    folder = layout["folder"]
+    (folder / "memory" / "index.md").unlink()
+    (folder / "memory" / "index.md").symlink_to(victim / "shadow")
+    (folder / ".agents").symlink_to(victim)
+    home = layout["data"] / "codex" / "team"
+    home.mkdir(parents=True)
+    (home / "auth.json").symlink_to(victim / "created-by-host")
+    before = sorted(p.name for p in victim.iterdir())
+
+    contrib = contribution(layout)
+    contrib.prepare(spec(layout, skills=["pdf"]))
+
+    assert sorted(p.name for p in victim.iterdir()) == before  # nothing created or linked there
+    composed = contrib.agents_md_path(spec(layout)).read_text()
+    assert "HOST-SECRET-LINE" not in composed
+    assert (folder / ".agents").is_dir() and not (folder / ".agents").is_symlink()
+    assert os.readlink(folder / ".agents" / "skills" / "pdf") == f"{SHARED_SKILLS_TARGET}/pdf"
+
+
+def test_an_adopted_folder_gets_templates_only_where_nothing_is(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    folder = tmp_path / "groups" / "kept"
+    (folder / "memory").mkdir(parents=True)
+    (folder / "memory" / "index.md").symlink_to(victim / "index.md")  # dangling: a copy would create it
+    (folder / "conversations").symlink_to(victim)
+    populate_folder(folder)
+    assert list(victim.iterdir()) == []
+    assert (folder / "memory" / "system" / "definition.md").is_file()

@@ -38,7 +38,7 @@ def test_append_is_idempotent_and_unconsumed_follows_acks(tmp_path: Path) -> Non
     runner = runner_side(tmp_path)
     runner.execute("INSERT INTO acks VALUES (7, 'done', NULL, 0)")
     assert queues.unconsumed() == [9]
-    assert queues.acks([7, 9]) == {7: ("done", None)}
+    assert {i: (a.status, a.reason) for i, a in queues.acks([7, 9]).items()} == {7: ("done", None)}
     queues.close()
 
 

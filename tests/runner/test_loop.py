@@ -22,7 +22,9 @@ async def test_round_trip_and_ack(harness: Harness) -> None:
     await harness.until(lambda: harness.replies())
     assert harness.replies() == [{"text": "echo: hello", "in_reply_to": [message_id]}]
     assert harness.host.unconsumed() == []
-    assert harness.host.acks([message_id]) == {message_id: ("done", None)}
+    assert {i: (a.status, a.reason) for i, a in harness.host.acks([message_id]).items()} == {
+        message_id: ("done", None)
+    }
     assert harness.host.continuation() is not None and harness.host.continuation().startswith("mock-")
 
 
@@ -49,7 +51,9 @@ async def test_malformed_rows_are_failed_and_never_block(harness: Harness) -> No
     odd_kind = harness.send("", raw=json.dumps({"text": "x"}), kind="telepathy")
     good = harness.send("still works")
     await harness.until(lambda: not harness.host.unconsumed())
-    acks = harness.host.acks([bad_json, no_text, odd_kind, good])
+    acks = {
+        i: (a.status, a.reason) for i, a in harness.host.acks([bad_json, no_text, odd_kind, good]).items()
+    }
     assert acks[good] == ("done", None)
     assert acks[bad_json][0] == "failed" and "JSON" in str(acks[bad_json][1])
     assert acks[no_text] == ("failed", "payload has no text")
@@ -61,7 +65,7 @@ async def test_failed_turn_tells_the_user_and_is_acked_failed(harness: Harness) 
     message_id = harness.send("[fail] please")
     await harness.until(lambda: harness.replies())
     assert "could not answer" in str(harness.replies()[0]["text"])
-    assert harness.host.acks([message_id])[message_id][0] == "failed"
+    assert harness.host.acks([message_id])[message_id].status == "failed"
     statuses = [r.payload for r in harness.host.outbound_after(0) if r.kind == "status"]
     assert statuses and statuses[0]["error"] == "mock failure requested"
 

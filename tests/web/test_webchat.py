@@ -10,15 +10,17 @@ import asyncio
 import os
 import threading
 import time
+from http.cookies import Morsel
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import FormData, WSCloseCode, WSMsgType
-from aiohttp.test_utils import TestClient
+from aiohttp import FormData, WSCloseCode, WSMsgType, web
+from aiohttp.test_utils import TestClient, make_mocked_request
 from sqlalchemy import select
 
-from nanohost.channels import webchat
+from nanohost.channels import forwarded, webchat
 from nanohost.channels.api import ROUTER
 from nanohost.channels.web_auth import COOKIE, SESSION_SECONDS, check_password
 from nanohost.channels.webchat import LOGIN_LIMITER, LoginLimiter
@@ -494,3 +496,120 @@ async def test_a_host_shutdown_answers_open_long_polls_at_once(
 )
 def test_failed_logins_count_per_ipv4_address_or_ipv6_64(address: str | None, key: str) -> None:
     assert webchat.client_key(address) == key
+
+
+async def test_an_id_out_of_range_is_404_not_500(client: TestClient) -> None:
+    assert await log_in(client) == 200
+    for url in (
+        "/web/groups/team/files/99999999999999999999999/0",
+        "/web/groups/team/files/1/99999999999999999999999",
+        "/web/groups/team/files/-1/0",
+        "/web/groups/team/files/x/0",
+        "/web/groups/team/messages?after=99999999999999999999999",
+        "/web/groups/team/messages?after=-1",
+    ):
+        response = await client.get(url)
+        assert response.status == 404, url
+        assert "error" in await response.json()
+
+
+# --- behind a reverse proxy ---------------------------------------------------------------
+
+PROXY = [ip_network("127.0.0.1/32")]
+"""The test client connects from 127.0.0.1: trusting it makes the client a trusted proxy."""
+
+
+async def _login_cookie(client: TestClient, headers: dict[str, str]) -> Morsel[str]:
+    response = await client.post("/web/login", json={"password": PASSWORD}, headers=headers)
+    assert response.status == 200
+    return response.cookies[COOKIE]
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"X-Forwarded-Proto": "https"}, {"Forwarded": "for=203.0.113.9;proto=https"}]
+)
+async def test_without_a_trusted_proxy_forwarded_https_is_ignored(
+    client: TestClient, headers: dict[str, str]
+) -> None:
+    cookie = await _login_cookie(client, headers)
+    assert not cookie["secure"]
+
+
+@pytest.mark.parametrize(
+    ("headers", "secure"),
+    [
+        ({"X-Forwarded-Proto": "https"}, True),
+        ({"X-Forwarded-Proto": "HTTPS"}, True),
+        ({"Forwarded": "for=203.0.113.9;proto=https"}, True),
+        ({"X-Forwarded-Proto": "http"}, False),
+        ({"X-Forwarded-Proto": "https, http"}, False),  # the nearest proxy's word counts
+        ({"Forwarded": "for=203.0.113.9;proto=http"}, False),
+        ({}, False),
+    ],
+)
+async def test_behind_a_trusted_proxy_the_cookie_is_secure_when_the_browser_used_https(
+    web_settings: Settings, start_client: StartClient, headers: dict[str, str], secure: bool
+) -> None:
+    client = await start_client(web_settings.model_copy(update={"trusted_proxies": PROXY}))
+    cookie = await _login_cookie(client, headers)
+    assert bool(cookie["secure"]) is secure
+    logout = await client.post("/web/logout", headers={**CSRF, **headers})
+    assert bool(logout.cookies[COOKIE]["secure"]) is secure
+
+
+async def test_behind_a_trusted_proxy_each_browser_is_locked_out_alone(
+    web_settings: Settings, start_client: StartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webchat, "LOGIN_DELAY", 0)
+    client = await start_client(web_settings.model_copy(update={"trusted_proxies": PROXY}))
+    guesser = {"X-Forwarded-For": "203.0.113.5"}
+    for _ in range(5):
+        response = await client.post("/web/login", json={"password": "guess"}, headers=guesser)
+        assert response.status == 401
+    assert (await client.post("/web/login", json={"password": PASSWORD}, headers=guesser)).status == 429
+    # what the guesser puts left of the proxy's own entry does not change who it is
+    spoofed = {"X-Forwarded-For": "198.51.100.1, 203.0.113.5"}
+    assert (await client.post("/web/login", json={"password": PASSWORD}, headers=spoofed)).status == 429
+    other = {"X-Forwarded-For": "203.0.113.6"}
+    assert (await client.post("/web/login", json={"password": PASSWORD}, headers=other)).status == 200
+
+
+async def test_without_a_trusted_proxy_x_forwarded_for_cannot_escape_the_lockout(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webchat, "LOGIN_DELAY", 0)
+    for i in range(5):
+        headers = {"X-Forwarded-For": f"203.0.113.{i}"}
+        assert (await client.post("/web/login", json={"password": "guess"}, headers=headers)).status == 401
+    fresh = {"X-Forwarded-For": "198.51.100.77"}
+    assert (await client.post("/web/login", json={"password": PASSWORD}, headers=fresh)).status == 429
+
+
+def _request(remote: str, headers: dict[str, str] | None = None, scheme: str = "http") -> web.Request:
+    return make_mocked_request("POST", "/web/login", headers=headers or {}).clone(
+        remote=remote, scheme=scheme
+    )
+
+
+@pytest.mark.parametrize(
+    ("remote", "headers", "client"),
+    [
+        ("203.0.113.9", {"X-Forwarded-For": "198.51.100.1"}, "203.0.113.9"),  # not a proxy: ignored
+        ("10.0.0.2", {}, "10.0.0.2"),  # a proxy that says nothing is the client
+        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.1"}, "198.51.100.1"),
+        ("10.0.0.2", {"X-Forwarded-For": "1.1.1.1, 198.51.100.1, 10.0.0.3"}, "198.51.100.1"),
+        ("10.0.0.2", {"X-Forwarded-For": "10.0.0.4, 10.0.0.3"}, "10.0.0.4"),  # only proxies: the farthest
+        ("10.0.0.2", {"X-Forwarded-For": "198.51.100.1, garbage"}, "10.0.0.2"),  # unreadable: go no further
+        ("10.0.0.2", {"X-Forwarded-For": "[2001:db8::5]:4711"}, "2001:db8::5"),
+        ("10.0.0.2", {"Forwarded": 'for=198.51.100.1, for="[2001:db8::7]:80"'}, "2001:db8::7"),
+        ("::ffff:10.0.0.2", {"X-Forwarded-For": "198.51.100.1:5555"}, "198.51.100.1"),
+    ],
+)
+def test_the_client_address_behind_proxies(remote: str, headers: dict[str, str], client: str) -> None:
+    proxies = [ip_network("10.0.0.0/8")]
+    assert forwarded.client_address(_request(remote, headers), proxies) == client
+
+
+def test_a_direct_https_connection_is_https_without_any_proxy() -> None:
+    assert forwarded.came_over_https(_request("203.0.113.9", scheme="https"), [])
+    assert not forwarded.came_over_https(_request("203.0.113.9", {"X-Forwarded-Proto": "https"}), [])

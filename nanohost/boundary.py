@@ -1,0 +1,173 @@
+"""What the host believes of a container's output: typed models, checked at the boundary.
+
+Every row the container wrote (``outbound.db``) is hostile input: the agent can write the file
+itself, not only through the runner. A row is read as bytes, decoded, parsed as JSON and checked
+against the model of its kind here, before any of it reaches the database or a chat; whatever
+fails becomes a ``BadRow`` (recorded once as an error event and skipped), so one poison row never
+blocks the rows after it.
+
+The limits on agent output live here, one place, and README's "Limits on agent output" lists
+them. They bound what one container can make the host hold or store, so a flood from one group
+never slows another.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+
+MAX_ROW_BYTES = 1024 * 1024
+"""A row's payload larger than this is refused unread (a reply's text is capped well below)."""
+MAX_IMPORT_BYTES = 8 * 1024 * 1024
+"""Payload bytes read in one import transaction; the rest waits for the next one."""
+MAX_IMPORT_ROWS = 200
+"""Rows read in one import transaction."""
+MAX_REPLY_CHARS = 100_000
+"""A reply's text above this is cut, with a note saying how much was left out."""
+MAX_MESSAGES_PER_TURN = 50
+"""Messages (replies and send_message calls) imported between two answered inbound messages."""
+MAX_FILES_PER_TURN = 20
+MAX_FILE_BYTES_PER_TURN = 200 * 1024 * 1024
+"""Files, and their total size, imported between two answered inbound messages."""
+MAX_ERROR_CHARS = 2_000
+MAX_PATH_CHARS = 4_096
+MAX_TASK_PROMPT_CHARS = 10_000
+MAX_SCHEDULE_CHARS = 128
+MAX_ACK_REASON_CHARS = 2_000
+MAX_CONTINUATION_CHARS = 128
+SQLITE_MAX_ID = 2**63 - 1
+
+RowId = Annotated[int, Field(strict=True, ge=1, le=SQLITE_MAX_ID)]
+Short = Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS)]
+_CONTINUATION = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+class MessageRow(_Row):
+    kind: Literal["message"]
+    text: str
+    in_reply_to: list[RowId] = Field(default_factory=list, max_length=10_000)
+
+
+class FileRow(_Row):
+    kind: Literal["file"]
+    path: Annotated[str, StringConstraints(min_length=1, max_length=MAX_PATH_CHARS)]
+    caption: Annotated[str, StringConstraints(max_length=MAX_REPLY_CHARS)] | None = None
+
+
+class ProgressRow(_Row):
+    kind: Literal["progress"]
+    text: Annotated[str, StringConstraints(max_length=MAX_ERROR_CHARS)] = ""
+
+
+class StatusRow(_Row):
+    kind: Literal["status"]
+    state: Annotated[str, StringConstraints(max_length=32)] | None = None
+    error: Short | None = None
+    error_kind: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+
+class ScheduleTask(_Row):
+    kind: Literal["task"]
+    op: Literal["schedule"]
+    prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TASK_PROMPT_CHARS)]
+    schedule: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SCHEDULE_CHARS)]
+
+
+class CancelTask(_Row):
+    kind: Literal["task"]
+    op: Literal["cancel"]
+    task_id: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,18}$")]
+
+    @property
+    def id(self) -> int:
+        return int(self.task_id)
+
+
+Row = MessageRow | FileRow | ProgressRow | StatusRow | ScheduleTask | CancelTask
+_TASK = TypeAdapter(Annotated[ScheduleTask | CancelTask, Field(discriminator="op")])
+_BY_KIND: dict[str, TypeAdapter[Any]] = {
+    "message": TypeAdapter(MessageRow),
+    "file": TypeAdapter(FileRow),
+    "progress": TypeAdapter(ProgressRow),
+    "status": TypeAdapter(StatusRow),
+    "task": _TASK,
+}
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """A row that is not what the runner writes: why, for the error event."""
+
+    reason: str
+
+
+def parse_row(kind: bytes | str | None, payload: bytes | None, size: int) -> Row | BadRow:
+    """One outbound row as its model, or why it is refused. ``payload`` is None when the row
+    was too large to read (``size`` bytes)."""
+    if payload is None:
+        return BadRow(f"payload is {size:,} bytes, over the {MAX_ROW_BYTES:,}-byte limit")
+    try:
+        kind_text = kind.decode() if isinstance(kind, bytes) else kind
+        data = json.loads(payload.decode())
+        json.dumps(data, ensure_ascii=False).encode()  # lone surrogates ("\ud800") cannot be stored
+    except UnicodeError:
+        return BadRow("not valid UTF-8")
+    except ValueError as exc:
+        return BadRow(f"payload is not JSON: {str(exc)[:200]}")
+    adapter = _BY_KIND.get(kind_text) if isinstance(kind_text, str) else None
+    if adapter is None:
+        return BadRow(f"unknown kind {str(kind_text)[:40]!r}")
+    if not isinstance(data, dict):
+        return BadRow("payload is not a JSON object")
+    try:
+        row: Row = adapter.validate_python({**data, "kind": kind_text})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        return BadRow(f"{kind_text} row: {where}: {first['msg']}")
+    return row
+
+
+class Ack(_Row):
+    inbound_id: RowId
+    status: Literal["done", "failed"]
+    reason: Annotated[str, StringConstraints(max_length=MAX_ACK_REASON_CHARS)] | None = None
+
+
+def parse_ack(inbound_id: Any, status: Any, reason: Any) -> Ack | None:
+    """An ack row as its model; None for a row that is not one (ignored, as if absent)."""
+    if isinstance(reason, bytes):
+        reason = reason.decode(errors="replace")
+    if isinstance(status, bytes):
+        status = status.decode(errors="replace")
+    if isinstance(reason, str):
+        reason = reason[:MAX_ACK_REASON_CHARS]
+    try:
+        return Ack(inbound_id=inbound_id, status=status, reason=reason)
+    except ValidationError:
+        return None
+
+
+def parse_continuation(value: Any) -> str | None:
+    """The provider thread id the runner stored, if it looks like one."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) and _CONTINUATION.match(value) else None
+
+
+def cap_text(text: str, limit: int = MAX_REPLY_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n\n[… reply cut: {len(text) - limit:,} more characters over the {limit:,} limit]"

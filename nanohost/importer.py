@@ -1,0 +1,300 @@
+"""Importing what a session's container wrote: checked rows into the host database, off the loop.
+
+``OutboundImport.batch`` runs in a worker thread: it reads a bounded batch of rows (``boundary``
+limits), copies the files they send into the host's outbox, then stores the rows and advances the
+session's cursor in one transaction, so each row is imported exactly once across crashes. A row
+that fails its model, or goes over a per-turn limit, is recorded once (the session's
+``last_error`` and the log) and skipped; the rows after it still arrive. A "turn" here is what
+the host sees between two answered inbound messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from nanohost.agent_files import MAX_FILE_BYTES, keep_copy
+from nanohost.boundary import (
+    MAX_FILE_BYTES_PER_TURN,
+    MAX_FILES_PER_TURN,
+    MAX_MESSAGES_PER_TURN,
+    BadRow,
+    CancelTask,
+    FileRow,
+    MessageRow,
+    ProgressRow,
+    ScheduleTask,
+    StatusRow,
+    cap_text,
+)
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentSession, Message, ScheduledTask, utcnow
+from nanohost.transport import OutboundRow, SessionQueues
+
+log = logging.getLogger(__name__)
+
+WORKSPACE = PurePosixPath("/workspace/agent")
+KeptFiles = dict[int, tuple[Path, str] | str]
+"""Outbound row id → (the host's copy, the file's name), or why the file was refused."""
+ReplyTarget = tuple[str, str, str | None]
+"""(channel, chat id, thread id) a reply goes to."""
+
+
+@dataclass
+class TurnBudget:
+    """What one turn's output has used of the per-turn limits."""
+
+    messages: int = 0
+    files: int = 0
+    file_bytes: int = 0
+    over: set[str] = field(default_factory=set)
+    """Limits already reported this turn (each is said once)."""
+
+
+class OutboundImport:
+    """The import side of one session (its runtime's delegate)."""
+
+    def __init__(
+        self,
+        db: sessionmaker[Session],
+        queues: SessionQueues,
+        *,
+        session_id: int,
+        group_id: int,
+        folder: Path,
+        outbox: Path,
+        on_tasks_changed: Any,
+    ) -> None:
+        self.db = db
+        self.queues = queues
+        self.session_id = session_id
+        self.group_id = group_id
+        self.folder = folder
+        self.outbox = outbox
+        self._on_tasks_changed = on_tasks_changed
+        self._cursor: int | None = None
+        self.budget = TurnBudget()
+
+    # --- one batch (worker thread) -------------------------------------------------------------
+
+    def batch(self) -> tuple[list[dict[str, Any]], bool]:
+        """Import one bounded batch; (events to publish, whether any row was read)."""
+        if self._cursor is None:
+            with transaction(self.db) as db:
+                self._cursor = self._session(db).outbound_cursor
+        rows = self.queues.outbound_after(self._cursor)
+        copies = self._copy_files(rows)
+        events = self._store(rows, copies)
+        return events, bool(rows)
+
+    def _copy_files(self, rows: list[OutboundRow]) -> KeptFiles:
+        """Copy the files of new rows before the import transaction: a 50 MiB copy must not
+        hold the database's write lock. Files over the turn's budget are refused here."""
+        copies: KeptFiles = {}
+        files, size = self.budget.files, self.budget.file_bytes
+        for row in rows:
+            if not isinstance(row.row, FileRow):
+                continue
+            if files >= MAX_FILES_PER_TURN:
+                copies[row.id] = f"more than {MAX_FILES_PER_TURN} files in one turn"
+                continue
+            kept = self.keep_file(row.id, row.row.path, MAX_FILE_BYTES_PER_TURN - size)
+            if not isinstance(kept, str):
+                files += 1
+                size += kept[0].stat().st_size
+            copies[row.id] = kept
+        return copies
+
+    def keep_file(self, row_id: int, container_path: str, limit: int | None = None) -> tuple[Path, str] | str:
+        """The host's kept copy of a file the agent sent and its name, or why it was refused."""
+        try:
+            source = self.host_path(container_path)
+            cap = MAX_FILE_BYTES if limit is None else min(MAX_FILE_BYTES, max(0, limit))
+            return keep_copy(source, [self.folder], self.outbox, str(row_id), cap), source.name
+        except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            log.error("session %s: refused file from the agent: %s", self.session_id, exc)
+            return str(exc)
+
+    def host_path(self, container_path: str) -> Path:
+        """Map a container path of a file to send onto the host, refusing anything outside the
+        workspace. Only a first check: ``keep_copy`` checks what it actually opened."""
+        path = PurePosixPath(container_path)
+        if path != WORKSPACE and WORKSPACE not in path.parents:
+            raise ValueError(f"{container_path} is outside /workspace/agent")
+        root = self.folder.resolve()
+        candidate = (root / path.relative_to(WORKSPACE)).resolve()
+        if candidate == root or root not in candidate.parents:
+            raise ValueError(f"{container_path} resolves outside the workspace")
+        if not candidate.is_file():
+            raise ValueError(f"{container_path} is not a file")
+        return candidate
+
+    def _session(self, db: Session) -> AgentSession:
+        session = db.get(AgentSession, self.session_id)
+        if session is None:
+            raise LookupError(f"session {self.session_id} no longer exists")
+        return session
+
+    def _store(self, rows: list[OutboundRow], copies: KeptFiles) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        tasks_changed = False
+        with transaction(self.db) as db:
+            session = self._session(db)
+            for row in rows:
+                try:
+                    with db.begin_nested():
+                        found, changed = self._store_row(db, session, row, copies)
+                except Exception as exc:  # a row the models let through but the database refused
+                    log.exception("session %s: outbound row %s could not be stored", self.session_id, row.id)
+                    self._refuse(session, row.id, f"could not be stored: {exc}")
+                    found, changed = [], False
+                events.extend(found)
+                tasks_changed |= changed
+                session.outbound_cursor = row.id
+            answered = self._apply_acks(db)
+            if answered:
+                self.budget = TurnBudget()
+            if rows or answered:
+                session.last_active_at = utcnow()
+                continuation = self.queues.continuation()
+                if continuation and continuation != session.continuation:
+                    session.continuation = continuation
+            if tasks_changed:
+                db.flush()
+                self._on_tasks_changed(db)
+            cursor = session.outbound_cursor
+        self._cursor = cursor  # committed
+        progress = [e for e in events if e["type"] == "progress"]
+        return [e for e in events if e["type"] != "progress"] + progress[-1:]  # the latest progress only
+
+    def _refuse(self, session: AgentSession, row_id: int, reason: str) -> None:
+        session.last_error = f"outbound row {row_id} refused: {reason}"
+
+    def _over(self, session: AgentSession, db: Session, limit: str, notice: str) -> list[dict[str, Any]]:
+        """A per-turn limit is reached: record it and tell the chat, once per turn."""
+        if limit in self.budget.over:
+            return []
+        self.budget.over.add(limit)
+        session.last_error = f"agent output over a limit: {notice}"
+        log.warning("session %s: %s", self.session_id, notice)
+        message_id = self.add_outbound(db, self.reply_target(db, []), "nanohost", notice, [])
+        return [{"type": "message", "id": message_id}]
+
+    def _store_row(
+        self, db: Session, session: AgentSession, row: OutboundRow, copies: KeptFiles
+    ) -> tuple[list[dict[str, Any]], bool]:
+        item = row.row
+        if isinstance(item, BadRow):
+            self._refuse(session, row.id, item.reason)
+            return [
+                {"type": "status", "state": "error", "error": f"a bad row was skipped: {item.reason}"}
+            ], False
+        if isinstance(item, ProgressRow):
+            return [{"type": "progress", "text": item.text}], False
+        if isinstance(item, StatusRow):
+            if item.error:
+                session.last_error = f"{item.error_kind or 'error'}: {item.error}"
+            return [{"type": "status", "state": item.state, "error": item.error}], False
+        if isinstance(item, ScheduleTask):
+            channel, chat_id, _ = self.reply_target(db, [])
+            db.add(
+                ScheduledTask(
+                    group_id=self.group_id,
+                    session_id=self.session_id,
+                    prompt=item.prompt,
+                    schedule=item.schedule,
+                    channel=channel,
+                    chat_id=chat_id,
+                )
+            )
+            return [], True
+        if isinstance(item, CancelTask):
+            task = db.get(ScheduledTask, item.id)
+            if task is not None and task.group_id == self.group_id:
+                task.status = "cancelled"
+            return [], True
+        self.budget.messages += 1
+        if self.budget.messages > MAX_MESSAGES_PER_TURN:
+            return self._over(
+                session,
+                db,
+                "messages",
+                f"The agent sent more than {MAX_MESSAGES_PER_TURN} messages in one turn; "
+                "the rest of this turn's messages were dropped.",
+            ), False
+        ids = list(item.in_reply_to) if isinstance(item, MessageRow) else []
+        target = self.reply_target(db, ids)
+        attachments: list[dict[str, str]] = []
+        if isinstance(item, MessageRow):
+            text = cap_text(item.text)
+        else:
+            text = cap_text(item.caption or "")
+            kept = copies.get(row.id) or self.keep_file(row.id, item.path)
+            if isinstance(kept, str):
+                text = f"(the agent tried to send a file that is not allowed: {kept})"
+                self._refuse(session, row.id, kept)
+            else:
+                self.budget.files += 1
+                self.budget.file_bytes += os.stat(kept[0]).st_size
+                attachments.append({"path": str(kept[0]), "name": kept[1]})
+        message_id = self.add_outbound(db, target, "agent", text, attachments)
+        return [{"type": "message", "id": message_id}], False
+
+    def _apply_acks(self, db: Session) -> int:
+        waiting = db.scalars(
+            select(Message).where(
+                Message.session_id == self.session_id, Message.direction == "in", Message.status == "queued"
+            )
+        ).all()
+        acks = self.queues.acks([m.id for m in waiting])
+        for message in waiting:
+            ack = acks.get(message.id)
+            if ack is not None:
+                message.status = "answered" if ack.status == "done" else "failed"
+                message.error = ack.reason
+        return len(acks)
+
+    # --- shared with the runtime ---------------------------------------------------------------
+
+    def add_outbound(
+        self,
+        db: Session,
+        target: ReplyTarget,
+        sender: str,
+        text: str,
+        attachments: list[dict[str, str]],
+    ) -> int:
+        """Record a message for the chat. API and web replies are delivered by being stored;
+        chat platform replies stay ``pending`` until delivery has sent them."""
+        channel, chat_id, thread_id = target
+        message = Message(
+            group_id=self.group_id,
+            session_id=self.session_id,
+            direction="out",
+            channel=channel,
+            chat_id=chat_id,
+            thread_id=thread_id,
+            sender=sender,
+            text=text,
+            attachments=attachments,
+            status="delivered" if channel in ("api", "web") else "pending",
+        )
+        db.add(message)
+        db.flush()
+        return message.id
+
+    def reply_target(self, db: Session, ids: list[int]) -> ReplyTarget:
+        """Where a reply goes: the chat (and thread) of the newest message it answers."""
+        query = select(Message).where(Message.session_id == self.session_id, Message.direction == "in")
+        if ids:
+            query = query.where(Message.id.in_(ids))
+        source = db.scalars(query.order_by(Message.id.desc()).limit(1)).first()
+        if source is None:
+            return ("api", self.folder.name, None)
+        return (source.channel, source.chat_id, source.thread_id)

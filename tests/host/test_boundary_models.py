@@ -1,0 +1,193 @@
+"""Property tests of the boundary: whatever bytes a container puts in any queue row, the host
+neither crashes nor stops the session; good rows after bad ones still arrive."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from nanohost.boundary import (
+    MAX_REPLY_CHARS,
+    BadRow,
+    CancelTask,
+    MessageRow,
+    cap_text,
+    parse_ack,
+    parse_continuation,
+    parse_row,
+)
+from nanohost.db import make_engine, make_session_factory, migrate
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentSession, Message
+from nanohost.groups import create_group
+from nanohost.importer import OutboundImport
+from nanohost.settings import load_settings
+from nanohost.transport import QueueUnreadable, SessionQueues
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+kinds = st.sampled_from(["message", "file", "progress", "status", "task"]) | st.text(max_size=10)
+payload_objects = st.fixed_dictionaries(
+    {},
+    optional={
+        "text": json_values,
+        "in_reply_to": json_values,
+        "path": json_values,
+        "caption": json_values,
+        "op": st.sampled_from(["schedule", "cancel"]) | json_values,
+        "task_id": json_values,
+        "prompt": json_values,
+        "schedule": json_values,
+        "state": json_values,
+        "error": json_values,
+    },
+)
+column_values = (
+    st.none()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.binary(max_size=64)
+    | payload_objects.map(json.dumps)
+)
+
+
+@given(
+    kind=st.none() | st.binary(max_size=16) | kinds,
+    payload=st.none() | st.binary(),
+    size=st.integers(0, 2**40),
+)
+def test_parse_row_never_raises_on_any_bytes(kind: Any, payload: bytes | None, size: int) -> None:
+    parsed = parse_row(kind, payload, size)
+    assert isinstance(parsed, BadRow) or parsed.kind in ("message", "file", "progress", "status", "task")
+
+
+@given(kind=kinds, payload=payload_objects)
+def test_parse_row_never_raises_on_any_json_object(kind: str, payload: dict[str, Any]) -> None:
+    parse_row(kind, json.dumps(payload).encode(), 0)
+
+
+@given(inbound_id=column_values, status=column_values, reason=column_values)
+def test_acks_and_continuations_are_models_or_nothing(inbound_id: Any, status: Any, reason: Any) -> None:
+    ack = parse_ack(inbound_id, status, reason)
+    assert ack is None or (isinstance(ack.inbound_id, int) and ack.status in ("done", "failed"))
+    value = parse_continuation(reason)
+    assert value is None or (isinstance(value, str) and len(value) <= 128)
+
+
+def test_the_runners_own_rows_pass_and_wrong_types_do_not() -> None:
+    good = parse_row("message", json.dumps({"text": "hi", "in_reply_to": [3]}).encode(), 0)
+    assert good == MessageRow(kind="message", text="hi", in_reply_to=[3])
+    assert isinstance(parse_row("task", b'{"op": "cancel", "task_id": "12"}', 0), CancelTask)
+    for kind, payload in [
+        ("message", {"text": "x", "in_reply_to": 5}),
+        ("message", {"text": "x", "in_reply_to": [True]}),
+        ("message", {"text": 5}),
+        ("task", {"op": "cancel", "task_id": "abc"}),
+        ("task", {"op": "cancel", "task_id": 7}),
+        ("task", {"op": "launch"}),
+        ("file", {"path": ""}),
+        ("message", {"text": "\ud800"}),
+    ]:
+        assert isinstance(parse_row(kind, json.dumps(payload).encode(), 0), BadRow), (kind, payload)
+    assert isinstance(parse_row("message", b"\xff{}", 0), BadRow)
+    assert isinstance(parse_row("message", None, 5_000_000), BadRow)
+
+
+def test_long_replies_are_cut_with_a_note() -> None:
+    text = cap_text("x" * (MAX_REPLY_CHARS + 10))
+    assert text.startswith("x" * MAX_REPLY_CHARS) and "10 more characters" in text
+    assert cap_text("short") == "short"
+
+
+@pytest.fixture
+def session_import(host_env: Path) -> tuple[OutboundImport, Any, Path]:
+    settings = load_settings()
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    with transaction(factory) as db:
+        group = create_group(db, settings, "team")
+        session = AgentSession(group_id=group.id)
+        db.add(session)
+        db.flush()
+        db.add(
+            Message(group_id=group.id, session_id=session.id, direction="in", channel="api", chat_id="team")
+        )
+    session_dir = settings.sessions_dir / "1"
+    queues = SessionQueues(session_dir)
+    importer = OutboundImport(
+        factory,
+        queues,
+        session_id=1,
+        group_id=1,
+        folder=settings.groups_dir / "team",
+        outbox=settings.data_dir / "outbox" / "1",
+        on_tasks_changed=lambda db: None,
+    )
+    return importer, factory, session_dir
+
+
+def hostile_writer(session_dir: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(session_dir / "outbound.db", isolation_level=None)
+    db.executescript(
+        "CREATE TABLE IF NOT EXISTS outbound (id INTEGER PRIMARY KEY, kind, payload, created_at);"
+        "CREATE TABLE IF NOT EXISTS acks (inbound_id, status, reason, at);"
+        "CREATE TABLE IF NOT EXISTS state (key, value);"
+    )
+    return db
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(column_values | kinds, column_values), min_size=1, max_size=6))
+def test_any_rows_never_stop_the_import(
+    session_import: tuple[OutboundImport, Any, Path], rows: list[tuple[Any, Any]]
+) -> None:
+    importer, factory, session_dir = session_import
+    writer = hostile_writer(session_dir)
+    for kind, payload in rows:
+        writer.execute("INSERT INTO outbound (kind, payload, created_at) VALUES (?, ?, 0)", (kind, payload))
+    writer.execute("INSERT INTO acks VALUES (?, ?, ?, 0)", (rows[0][1], rows[0][0], rows[-1][1]))
+    writer.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "ok"}',)
+    )
+    last = writer.execute("SELECT max(id) FROM outbound").fetchone()[0]
+    writer.close()
+    while importer.batch()[1]:
+        pass
+    with transaction(factory) as db:
+        session = db.get(AgentSession, 1)
+        assert session is not None and session.outbound_cursor == last  # every row passed, none blocked
+        newest = db.scalars(
+            select(Message.text).where(Message.direction == "out").order_by(Message.id.desc())
+        ).first()
+    assert newest == "ok"
+
+
+def test_a_file_that_is_not_a_queue_is_unreadable_not_a_crash(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    importer, _, session_dir = session_import
+    (session_dir / "outbound.db").write_bytes(b"\x8f" * 8192)
+    with pytest.raises(QueueUnreadable):
+        importer.batch()
+
+
+def test_a_queue_of_the_wrong_shape_is_unreadable(session_import: tuple[OutboundImport, Any, Path]) -> None:
+    importer, _, session_dir = session_import
+    db = sqlite3.connect(session_dir / "outbound.db", isolation_level=None)
+    db.execute("CREATE TABLE outbound (id TEXT, kind)")
+    db.execute("INSERT INTO outbound VALUES ('x', 'message')")
+    db.close()
+    with pytest.raises(QueueUnreadable):
+        importer.batch()
