@@ -1,9 +1,9 @@
-# The two commands a user needs: `make run` and `make test`. Both install what they need.
+# The two commands a user needs: `make run` and `make test`. Each installs what it needs, no more.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: run test install deps lint bench clean
+.PHONY: run test install run-deps deps lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,17 +13,20 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-## Set up (Docker engine, agent image, data dir, database, the main group) and start the host.
-run: install deps
-	$(BIN)/nanohost setup
-	$(BIN)/nanohost image build --if-missing
-	$(BIN)/nanohost serve
+## Set up (Docker engine, base image, data dir, database, the main group), build the agent image
+## when this code has none, print the URL and password, and start the host.
+run: install run-deps
+	BIN=$(BIN) bash scripts/run.sh
 
-## Install the test tools (Docker engine, debootstrap, Node/npm, Codex CLI) and run every test.
+## Install the test tools (also Node/npm for the Codex CLI, Chromium) and run every test.
 test: install deps
 	$(BIN)/python -m pytest
 
-## System packages the host and tests drive: Docker engine (started), debootstrap + base image, npm.
+## What running needs: a Docker engine (started) and the base image.
+run-deps:
+	bash scripts/install-run-deps.sh
+
+## What the tests need on top: Node/npm (the pinned Codex CLI), Chromium and a font.
 deps:
 	bash scripts/install-test-deps.sh
 

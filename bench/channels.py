@@ -90,7 +90,7 @@ async def main() -> None:
     parser.add_argument("--burst", type=int, default=2000)
     args = parser.parse_args()
     probe = Settings()
-    tag = f"nanohost-bench-agent:{probe.codex_version}"
+    tag = Settings(image_name="nanohost-bench-agent").image_tag  # the tag settings_for() runs
     build_image(tag=tag, codex_version=probe.codex_version, ca_file=probe.image_ca_file)
     fake = await FakeTelegram().start()
     try:

@@ -150,7 +150,7 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=200)
     args = parser.parse_args()
     probe = Settings()
-    tag = f"nanohost-bench-agent:{probe.codex_version}"
+    tag = Settings(image_name="nanohost-bench-agent").image_tag  # the tag settings_for() runs
     started = time.perf_counter()
     build_image(tag=tag, codex_version=probe.codex_version, ca_file=probe.image_ca_file)
     print(f"image {tag} ready in {time.perf_counter() - started:.1f} s (layer cache)")

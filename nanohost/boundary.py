@@ -79,6 +79,8 @@ class ScheduleTask(_Row):
     op: Literal["schedule"]
     prompt: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TASK_PROMPT_CHARS)]
     schedule: Annotated[str, StringConstraints(min_length=1, max_length=MAX_SCHEDULE_CHARS)]
+    group: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = None
+    """Another group to run it in: only the main group may (the host checks)."""
 
 
 class CancelTask(_Row):

@@ -7,6 +7,7 @@ and changes the database in one short transaction, so it is safe to run while th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from sqlalchemy.orm import Session
 from nanohost import __version__
 from nanohost.channels.state import ChannelStore
 from nanohost.channels.web_auth import CHANNEL, WebAuth
+from nanohost.control import poke
 from nanohost.db import engine as db_engine
 from nanohost.db import migrate
 from nanohost.db.models import (
@@ -35,11 +37,18 @@ from nanohost.db.models import (
     AgentSession,
     ChatBinding,
     Message,
+    ScheduledTask,
     utcnow,
 )
 from nanohost.group_config import ConfigEdit, McpServerSpec, apply_edit, effective_config
 from nanohost.groups import NotFound, bind_chat, create_group, delete_group, get_group
+from nanohost.installation import installation_id
 from nanohost.limits import SETTINGS_NAMES, check_limits, engine_resources
+from nanohost.scheduler import plan
+from nanohost.schedules import parse as parse_schedule
+from nanohost.schedules import zone
+from nanohost.serve_lock import AlreadyServing
+from nanohost.sessions import current_sessions, start_afresh
 from nanohost.settings import Settings, SettingsError, load_settings
 from nanohost.validation import InvalidInput, check_channel, check_chat_id
 
@@ -57,12 +66,14 @@ sessions_app = typer.Typer(help="Agent sessions (one conversation thread each)."
 messages_app = typer.Typer(help="Messages in and out of groups.", no_args_is_help=True)
 image_app = typer.Typer(help="The agent container image.", no_args_is_help=True)
 web_app = typer.Typer(help="The built-in web chat.", no_args_is_help=True)
+skills_app = typer.Typer(help="Shared skills groups can select (--skill).", no_args_is_help=True)
 app.add_typer(groups_app, name="groups")
 app.add_typer(db_app, name="db")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(messages_app, name="messages")
 app.add_typer(image_app, name="image")
 app.add_typer(web_app, name="web")
+app.add_typer(skills_app, name="skills")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -194,12 +205,24 @@ def setup(as_json: JsonOption = False) -> None:
                     "and run `nanohost groups config main --provider codex` to switch"
                 )
         bind_chat(session, "web", "main", group, "shared")
+        installation = installation_id(session)
         notes.append(f"data dir {cfg.data_dir}, database at {migrate.head_revision()}")
+        notes.append(f"installation {installation} (its containers are named nanohost-{installation}-…)")
     with web_auth(cfg) as auth:
         password = auth.ensure_password()
     if as_json:
         shown = {"web_password": password} if password else {}
-        print(json.dumps({"data_dir": str(cfg.data_dir), "group": "main", "notes": notes, **shown}))
+        print(
+            json.dumps(
+                {
+                    "data_dir": str(cfg.data_dir),
+                    "installation": installation,
+                    "group": "main",
+                    "notes": notes,
+                    **shown,
+                }
+            )
+        )
     else:
         for note in notes:
             out.print(note, markup=False)
@@ -298,6 +321,70 @@ def _wake_queue(session: Session) -> dict[int, float]:
 
 @app.command()
 @handles_errors
+def logs(
+    group: str,
+    n: Annotated[int, typer.Option("-n", min=1, max=100000, help="How many lines of kept output.")] = 100,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow the running one.")] = False,
+) -> None:
+    """A group's container output: what was kept from earlier containers (each with how it
+    ended), then the running container's, live with --follow."""
+    from nanohost import container_logs
+
+    cfg = settings()
+    with database(cfg) as session:
+        live = current_sessions(session, get_group(session, group).id)
+        running = [(s.id, s.container_id) for s in live if s.status == "running" and s.container_id]
+        ids = [s.id for s in live]
+    for session_id in ids:
+        text = container_logs.kept(cfg.data_dir, session_id)
+        for line in text.splitlines()[-n:]:
+            out.print(line, markup=False)
+        ending = container_logs.last_ending(text)
+        out.print(f"[session {session_id}] last exit: {ending or 'none kept yet'}", markup=False)
+    for session_id, container_id in running:
+        out.print(f"[session {session_id}] running container {container_id[:12]}:", markup=False)
+        _print_container_output(container_id, n, follow)
+
+
+def _print_container_output(container_id: str, n: int, follow: bool) -> None:
+    import docker
+    from docker.errors import NotFound
+
+    client = docker.from_env()
+    try:
+        container = client.containers.get(container_id)
+        if follow:
+            for chunk in container.logs(stream=True, follow=True, tail=n):
+                sys.stdout.write(bytes(chunk).decode(errors="replace"))
+                sys.stdout.flush()
+        else:
+            out.print(bytes(container.logs(tail=n)).decode(errors="replace").rstrip(), markup=False)
+    except NotFound:
+        out.print("(it has just stopped)", markup=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.close()
+
+
+@app.command()
+@handles_errors
+def why(group: str, as_json: JsonOption = False) -> None:
+    """Why a group is silent: every reason found, in plain words, most likely first."""
+    from nanohost.why import explain
+
+    cfg = settings()
+    with database(cfg) as session:
+        reasons = explain(session, cfg, get_group(session, group))
+    if as_json:
+        print(json.dumps(reasons))
+        return
+    for reason in reasons or ["Nothing stands out, and it has not answered yet."]:
+        out.print(f"- {reason}", markup=False)
+
+
+@app.command()
+@handles_errors
 def status(as_json: JsonOption = False) -> None:
     """Groups with their session state, container, pending messages and last error, and the wake
     queue: sessions with unanswered messages and no running container (read from the database)."""
@@ -322,6 +409,7 @@ def status(as_json: JsonOption = False) -> None:
                     "crashes": latest.crash_count if latest else 0,
                     "undelivered": pending.get(group.id, 0),
                     "last_error": latest.last_error if latest else None,
+                    "error_at": _when(latest.last_error_at) if latest else None,
                     "quarantined": sum(1 for s in group.sessions if s.quarantined_at is not None),
                     "waiting_s": _oldest_wait(queue, group),
                 }
@@ -333,6 +421,11 @@ def status(as_json: JsonOption = False) -> None:
             + (f"; the oldest has waited {max(queue.values()):.0f} s" if queue else ""),
             markup=False,
         )
+
+
+def _when(moment: datetime | None) -> str | None:
+    """A stored UTC time as operators read it."""
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC" if moment else None
 
 
 def _oldest_wait(queue: dict[int, float], group: AgentGroup) -> int | None:
@@ -377,7 +470,10 @@ def serve() -> None:
         probe=engine_resources,
         names=SETTINGS_NAMES,
     )
-    host_app.run(cfg)
+    try:
+        host_app.run(cfg)
+    except AlreadyServing as exc:  # taken first: the other host's containers and sockets are untouched
+        fail(str(exc))
 
 
 # --- groups -----------------------------------------------------------------------------
@@ -438,13 +534,67 @@ def groups_delete(
     keep_files: Annotated[
         bool, typer.Option("--keep-files", help="Keep the group folder and Codex state.")
     ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Also when its container is running: stop it.")] = False,
 ) -> None:
-    """Delete a group with its bindings, sessions and messages (and its files unless --keep-files)."""
+    """Delete a group with its bindings, sessions, messages and session data (and its folder and
+    Codex state unless --keep-files). A running container is stopped cleanly first (needs --yes)."""
     cfg = settings()
     with database(cfg) as session:
+        group = get_group(session, name)
+        running = [s.container_id for s in group.sessions if s.status == "running" and s.container_id]
+        session_ids = [s.id for s in group.sessions]
+    if running and not yes:
+        fail(f"group {name} has a running container; pass --yes to stop it and delete the group")
+    for container_id in running:
+        stop_container(container_id)
+    with database(cfg) as session:
         group = delete_group(session, cfg, name, keep_files=keep_files)
+    remove_session_data(cfg, session_ids)
     kept = f"; files kept in {cfg.groups_dir / group.folder}" if keep_files else ""
     out.print(f"deleted group {name}{kept}", markup=False)
+    poke(cfg.data_dir, "sweep")  # the host drops the deleted sessions' runtimes now
+
+
+def stop_container(container_id: str) -> None:
+    """Stop a container cleanly (SIGTERM; the runner exits 0), from the CLI's own process."""
+    import asyncio
+
+    from nanohost.containers.backend import DockerBackend
+
+    backend = DockerBackend()
+    try:
+        asyncio.run(backend.stop(container_id))
+    except Exception as exc:  # the engine is down or the container is gone: nothing to stop
+        err.print(f"(could not stop container {container_id[:12]}: {exc})", markup=False)
+    finally:
+        backend.close()
+
+
+def remove_session_data(cfg: Settings, session_ids: list[int]) -> None:
+    """The host-owned session directories and outbox copies of deleted sessions."""
+    import shutil
+
+    for session_id in session_ids:
+        for path in (cfg.sessions_dir / str(session_id), cfg.data_dir / "outbox" / str(session_id)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@groups_app.command("restart")
+@handles_errors
+def groups_restart(name: str) -> None:
+    """Stop the group's container cleanly now; the next message (or a waiting one) wakes it with
+    the current config. A turn under way is interrupted and its message answered after the wake."""
+    cfg = settings()
+    with database(cfg) as session:
+        group = get_group(session, name)
+        for live in current_sessions(session, group.id):
+            live.restart_requested = True
+    told = poke(cfg.data_dir, "sweep")
+    out.print(
+        f"restarting {name}" if told else f"{name} restarts when the host starts (no running host answered)",
+        markup=False,
+    )
 
 
 @groups_app.command("config")
@@ -490,9 +640,18 @@ def groups_config(
     deny_egress: Annotated[
         list[str] | None, typer.Option("--deny-egress", help="Remove a host from the egress allow-list.")
     ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option("--timezone", help="IANA zone for the group's cron schedules, e.g. Europe/Berlin."),
+    ] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="Restart the group's container now to apply the edit.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a group's config; changes take effect at the group's next wake.
+    """Change a group's config. Sender and engage-mode edits apply from the next message; the
+    rest when the group's container is next idle (it is restarted cleanly then), or at once with
+    --now.
 
     With no options, prints the effective config (like `groups show`). An empty allow-list
     means everyone in a bound chat may talk to the agent.
@@ -523,7 +682,22 @@ def groups_config(
     with database(cfg) as session:
         group = get_group(session, name)
         changes = apply_edit(group, edit, probe=engine_resources)
+        if timezone is not None and timezone != group.config.timezone:
+            zone(timezone)  # refuses an unknown zone
+            group.config.timezone = timezone or None
+            for task in session.scalars(select(ScheduledTask).where(ScheduledTask.group_id == group.id)):
+                if task.status == "active":
+                    plan(task, group.config.timezone, utcnow())
+            shown_zone = timezone or "the host's own"
+            changes.append(f"timezone = {shown_zone}")
+        if edit.needs_wake() and changes:
+            group.config.version += 1  # a container with the older config is replaced when idle
+        if now:
+            for live in current_sessions(session, group.id):
+                live.restart_requested = True
         data = effective_config(cfg, group)
+    if changes or now:
+        poke(cfg.data_dir, "tasks" if timezone is not None and not edit.needs_wake() else "sweep")
     if as_json:
         emit_mapping({"changes": changes, "config": data}, True)
         return
@@ -532,9 +706,13 @@ def groups_config(
         return
     for change in changes:
         out.print(f"{name}: {change}", markup=False)
-    if edit.needs_wake():
+    if now:
+        out.print("applies now: the group's container restarts cleanly", markup=False)
+    elif edit.needs_wake():
         out.print(
-            "takes effect at the group's next wake (senders, engage mode: the next message)", markup=False
+            "applies when the group's container is next idle (it restarts then; --now: at once); "
+            "senders and engage mode: from the next message",
+            markup=False,
         )
     else:
         out.print("applies from the next message", markup=False)
@@ -574,22 +752,22 @@ def sessions_list(
 @sessions_app.command("reset")
 @handles_errors
 def sessions_reset(group: str) -> None:
-    """Start the group's conversation afresh: forget its threads and clear failures.
+    """Start the group's conversation afresh: a new thread, on a running group too.
 
-    The next message starts a new Codex thread; the group folder and memory are kept.
+    Each of the group's live sessions is replaced by a fresh one (waiting messages move with it)
+    and its container stops cleanly; the old thread stays in the archive (`conversations/`, the
+    Codex state). The group folder and memory are kept.
     """
-    with database(settings()) as session:
+    cfg = settings()
+    with database(cfg) as session:
         target = get_group(session, group)
-        count = 0
-        for agent_session in target.sessions:
-            if agent_session.status == "running":
-                fail(f"group {group} has a running container; wait for it to go idle, then reset")
-            agent_session.continuation = None
-            agent_session.crash_count = 0
-            agent_session.last_error = None
-            agent_session.status = "idle"
-            count += 1
-    out.print(f"reset {count} session(s) of group {group}", markup=False)
+        live = current_sessions(session, target.id)
+        for old in live:
+            start_afresh(session, old)
+    poke(cfg.data_dir, "sweep")
+    out.print(
+        f"reset {len(live)} session(s) of group {group}; the next message starts a new thread", markup=False
+    )
 
 
 @messages_app.command("tail")
@@ -660,38 +838,80 @@ def db_current(as_json: JsonOption = False) -> None:
 @handles_errors
 def image_build(
     tag: Annotated[
-        str | None, typer.Option(help="Image tag (default: NANOHOST_IMAGE_NAME:CODEX_VERSION).")
+        str | None,
+        typer.Option(help="Image tag (default: NANOHOST_IMAGE_NAME:CODEX_VERSION-<hash of container/>)."),
     ] = None,
     if_missing: Annotated[
-        bool, typer.Option("--if-missing", help="Do nothing when the image exists with the right Codex.")
+        bool,
+        typer.Option("--if-missing", help="Do nothing when the image exists, built from this code."),
     ] = False,
+    log: Annotated[bool, typer.Option("--log", help="Show the engine's whole build log.")] = False,
 ) -> None:
-    """Build the agent image (Codex CLI pinned) through the local Docker engine."""
-    from nanohost.containers.image import ImageBuildError, build_image, image_status
+    """Build the agent image (Codex CLI pinned) through the local Docker engine.
+
+    Its tag carries a hash of what goes into it (container/Dockerfile, the runner, the skills,
+    the bundled MCP servers, the Codex version), so a changed runner means a new image."""
+    import docker
+
+    from nanohost.containers.image import content_hash, image_status, older_tags
 
     cfg = settings()
     target = tag or cfg.image_tag
-    if if_missing:
-        import docker
-
+    wanted = content_hash(cfg.codex_version)
+    try:
+        client = docker.from_env()
         try:
-            client = docker.from_env()
-            present, version = image_status(client, target)
+            state = image_status(client, target)
+            older = older_tags(client, cfg.image_name, target)
+        finally:
             client.close()
-        except Exception as exc:
-            fail(f"cannot reach the Docker engine: {exc}; start it (scripts/start-dockerd.sh)")
-        if present and version == cfg.codex_version:
-            out.print(f"{target} is present (Codex {version})", markup=False)
+    except Exception as exc:
+        fail(f"cannot reach the Docker engine: {exc}; start it (scripts/start-dockerd.sh)")
+    current = state.present and state.content_hash == wanted and state.codex_version == cfg.codex_version
+    if if_missing and current:
+        out.print(f"{target} is present, built from this code (Codex {state.codex_version})", markup=False)
+        return
+    if state.present and not current:
+        out.print(f"{target} was built from other code; building it again", markup=False)
+    elif older and not state.present:
+        out.print(f"{older[0]} is older than this code", markup=False)
+    first = not older and not state.present
+    out.print(
+        f"building {target} (Codex {cfg.codex_version})"
+        + ("; the first build downloads Debian packages and Codex and takes a few minutes" if first else ""),
+        markup=False,
+    )
+    image_id = _build_with_progress(cfg, target, log)
+    out.print(f"built {target} ({image_id[:19]})", markup=False)
+
+
+def _build_with_progress(cfg: Settings, target: str, log: bool) -> str:
+    """Build, showing one line per Dockerfile step (a progress bar on a terminal), or the whole
+    engine log with ``log``. A failure names its step and the log's last lines."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from nanohost.containers.image import ImageBuildError, build_image, parse_step
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=out
+    )
+    task = bar.add_task("starting", total=None)
+
+    def progress(line: str) -> None:
+        if log:
+            if line.strip():
+                out.print(line.rstrip(), markup=False)
             return
-    out.print(f"building {target} (Codex {cfg.codex_version})", markup=False)
-    with out.status("building…") as spinner:
+        step = parse_step(line)
+        if step is None:
+            return
+        what = step.instruction if len(step.instruction) <= 70 else step.instruction[:69] + "…"
+        if out.is_terminal:
+            bar.update(task, description=what, completed=step.number - 1, total=step.total)
+        else:
+            out.print(f"[{step.number}/{step.total}] {what}", markup=False)
 
-        def progress(line: str) -> None:
-            line = line.rstrip()
-            if line:
-                out.print(line, markup=False)
-                spinner.update(line[:80])
-
+    with bar if out.is_terminal and not log else contextlib.nullcontext():
         try:
             image_id = build_image(
                 tag=target, codex_version=cfg.codex_version, ca_file=cfg.image_ca_file, progress=progress
@@ -700,7 +920,21 @@ def image_build(
             fail(f"image build failed: {exc}")
         except Exception as exc:  # docker unreachable and similar
             fail(f"image build failed: {exc}; is the Docker engine running? (`nanohost doctor`)")
-    out.print(f"built {target} ({image_id[:19]})", markup=False)
+        bar.update(task, description="done", completed=bar.tasks[0].total or 1)
+    return image_id
+
+
+# --- skills -----------------------------------------------------------------------------
+
+
+@skills_app.command("list")
+@handles_errors
+def skills_list(as_json: JsonOption = False) -> None:
+    """The shared skills that ship in the agent image; select one with `groups config NAME --skill SKILL`."""
+    from nanohost.skills import shared_skills
+
+    rows = [{"name": s.name, "description": s.description} for s in shared_skills()]
+    emit(rows, as_json, empty="no shared skills (container/skills/ is empty)")
 
 
 # --- web chat ---------------------------------------------------------------------------
@@ -719,6 +953,344 @@ def web_password(
     with web_auth(settings()) as auth:
         password = auth.set_password(value)
     out.print(f"web chat password: {password}  (every browser must log in again)", markup=False)
+
+
+# --- scheduled tasks ---------------------------------------------------------------------
+
+tasks_app = typer.Typer(
+    help="Scheduled prompts (cron, interval or once) that run in a group.", no_args_is_help=True
+)
+app.add_typer(tasks_app, name="tasks")
+
+
+def _task_row(task: ScheduledTask, group: str) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "group": group,
+        "schedule": task.schedule,
+        "status": task.status,
+        "next_run_utc": task.next_run_at.isoformat(timespec="seconds") if task.next_run_at else None,
+        "last_run_utc": task.last_run_at.isoformat(timespec="seconds") if task.last_run_at else None,
+        "prompt": task.prompt if len(task.prompt) <= 60 else task.prompt[:57] + "...",
+    }
+
+
+def _tell_host(cfg: Settings, word: str) -> None:
+    if not poke(cfg.data_dir, word):
+        err.print("(no running host answered; it applies this when it starts)", markup=False)
+
+
+@tasks_app.command("list")
+@handles_errors
+def tasks_list(
+    group: Annotated[str | None, typer.Argument(help="Only this group's tasks.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Scheduled tasks, soonest first (times in UTC)."""
+    with database(settings()) as session:
+        query = select(ScheduledTask, AgentGroup.name).join(
+            AgentGroup, ScheduledTask.group_id == AgentGroup.id
+        )
+        if group is not None:
+            query = query.where(ScheduledTask.group_id == get_group(session, group).id)
+        rows = [
+            _task_row(task, name)
+            for task, name in session.execute(
+                query.order_by(ScheduledTask.next_run_at.is_(None), ScheduledTask.next_run_at)
+            )
+            if task.status != "cancelled"
+        ]
+    emit(rows, as_json, title="scheduled tasks", empty="no scheduled tasks")
+
+
+@tasks_app.command("add")
+@handles_errors
+def tasks_add(
+    group: str,
+    prompt: Annotated[str, typer.Option("--prompt", help="What the agent is asked each time.")],
+    cron: Annotated[
+        str | None, typer.Option("--cron", help="Cron expression in the group's zone, e.g. '0 9 * * 1-5'.")
+    ] = None,
+    every: Annotated[str | None, typer.Option("--every", help="Interval, e.g. 30m, 2h, 1d.")] = None,
+    at: Annotated[
+        str | None, typer.Option("--at", help="Once, at an ISO time, e.g. 2026-12-24T09:00:00Z.")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Schedule a prompt for a group; its replies go to the group's web/API chat."""
+    given = [v for v in (cron, f"every {every}" if every else None, at) if v]
+    if len(given) != 1:
+        fail("give exactly one of --cron, --every or --at")
+    if not prompt.strip():
+        fail("--prompt is empty")
+    cfg = settings()
+    with database(cfg) as session:
+        target = get_group(session, group)
+        schedule = parse_schedule(given[0], zone(target.config.timezone))
+        task = ScheduledTask(group_id=target.id, prompt=prompt, schedule=schedule.text, created_at=utcnow())
+        session.add(task)
+        session.flush()
+        plan(task, target.config.timezone, task.created_at)
+        row = _task_row(task, target.name)
+    if as_json:
+        emit_mapping(row, True)
+    else:
+        out.print(f"task {row['id']} scheduled for {group}: next run {row['next_run_utc']} UTC", markup=False)
+    _tell_host(cfg, "tasks")
+
+
+def _set_task_status(task_id: int, status: str) -> ScheduledTask:
+    cfg = settings()
+    with database(cfg) as session:
+        task = session.get(ScheduledTask, task_id)
+        if task is None or task.status == "cancelled":
+            fail(f"no scheduled task {task_id}; see `nanohost tasks list`")
+        if status == "active" and task.status == "done":
+            fail(f"task {task_id} was a one-off and has run; add a new one")
+        task.status = status
+        if status == "active":
+            plan(task, task_group_zone(session, task), utcnow())
+    _tell_host(cfg, "tasks")
+    return task
+
+
+def task_group_zone(session: Session, task: ScheduledTask) -> str | None:
+    group = session.get(AgentGroup, task.group_id)
+    return group.config.timezone if group is not None else None
+
+
+@tasks_app.command("pause")
+@handles_errors
+def tasks_pause(task_id: int) -> None:
+    """Stop a task from firing until it is resumed."""
+    _set_task_status(task_id, "paused")
+    out.print(f"task {task_id} paused", markup=False)
+
+
+@tasks_app.command("resume")
+@handles_errors
+def tasks_resume(task_id: int) -> None:
+    """Let a paused task fire again, from its next slot after now (missed runs are not replayed)."""
+    task = _set_task_status(task_id, "active")
+    out.print(f"task {task_id} resumed; next run {task.next_run_at} UTC", markup=False)
+
+
+@tasks_app.command("delete")
+@handles_errors
+def tasks_delete(task_id: int) -> None:
+    """Cancel a task for good (it stays in the database as cancelled)."""
+    _set_task_status(task_id, "cancelled")
+    out.print(f"task {task_id} deleted", markup=False)
+
+
+# --- snapshots ---------------------------------------------------------------------------
+
+snapshots_app = typer.Typer(
+    help="Snapshots of a group's folder and agent state: take, list, restore, prune.", no_args_is_help=True
+)
+app.add_typer(snapshots_app, name="snapshots")
+
+
+@contextmanager
+def _snapshot_db(cfg: Settings) -> Iterator[Any]:
+    """A session factory on a database brought to the current schema (a snapshot command makes
+    several short transactions around its long file work, never one long one)."""
+    from nanohost import snapshots
+
+    engine = db_engine.make_engine(cfg.db_url)
+    try:
+        migrate.upgrade(engine)
+        yield db_engine.make_session_factory(engine)
+    except snapshots.SnapshotError as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+
+
+def _snapshot_row(snapshot: Any, group: str) -> dict[str, Any]:
+    from nanohost.snapshots import human_size
+
+    return {
+        "id": snapshot.id,
+        "group": group,
+        "taken_utc": snapshot.created_at.isoformat(timespec="seconds"),
+        "reason": snapshot.reason,
+        "files": snapshot.files,
+        "content": human_size(snapshot.content_bytes),
+        "archive": human_size(snapshot.size),
+        "thread": snapshot.continuation,
+        "restored_utc": snapshot.restored_at.isoformat(timespec="seconds") if snapshot.restored_at else None,
+        "note": snapshot.note,
+    }
+
+
+@snapshots_app.command("create")
+@handles_errors
+def snapshots_create(
+    group: str,
+    note: Annotated[str | None, typer.Option("--note", help="A word on what this snapshot is.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Snapshot a group's folder and agent state (Codex threads) into one archive."""
+    from nanohost import snapshots
+
+    cfg = settings()
+    with _snapshot_db(cfg) as factory:
+        recovered = snapshots.recover(cfg, factory)
+        taken = snapshots.create(cfg, factory, group, note=note)
+    for line in recovered:
+        err.print(f"(restore interrupted earlier: {line})", markup=False)
+    if as_json:
+        emit_mapping({**taken.__dict__, "path": str(taken.path)}, True)
+        return
+    out.print(
+        f"snapshot {taken.id} of group {group}: {taken.files} files, "
+        f"{snapshots.human_size(taken.content_bytes)} → archive {snapshots.human_size(taken.size)}"
+        + (f"; resumes thread {taken.continuation}" if taken.continuation else "; no thread yet"),
+        markup=False,
+    )
+
+
+@snapshots_app.command("list")
+@handles_errors
+def snapshots_list(
+    group: Annotated[str | None, typer.Argument(help="Only this group's snapshots.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Snapshots, newest first, with their size before (content) and after (archive) compression."""
+    from nanohost import snapshots
+
+    with _snapshot_db(settings()) as factory:
+        rows = [_snapshot_row(s, g.name) for s, g in snapshots.listing(factory, group)]
+    empty = "no snapshots; take one with `nanohost snapshots create GROUP`"
+    emit(rows, as_json, title="snapshots", empty=empty)
+
+
+@snapshots_app.command("restore")
+@handles_errors
+def snapshots_restore(group: str, snapshot_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Put a group's folder and agent state back as snapshot ID had them.
+
+    The group's container is stopped cleanly first and the current state is kept as a
+    `before-restore` snapshot; the swap is atomic (a host dying half-way is rolled back or
+    completed at its next start). The next message resumes the snapshot's thread in a fresh
+    session. Paths excluded from snapshots (caches, node_modules, .venv) are gone afterwards.
+    """
+    from docker.errors import DockerException
+
+    from nanohost import snapshots
+
+    def say(line: str) -> None:
+        out.print(line, markup=False)
+
+    cfg = settings()
+    with _snapshot_db(cfg) as factory:
+        with db_engine.transaction(factory) as session:
+            installation = installation_id(session)
+        containers = snapshots.DockerContainers(
+            installation, cfg.data_dir, lambda: poke(cfg.data_dir, "sweep")
+        )
+        try:
+            done = snapshots.restore(cfg, factory, group, snapshot_id, containers, progress=say)
+        except DockerException as exc:
+            fail(f"cannot reach the Docker engine to make sure no container of group {group} runs: {exc}")
+        finally:
+            containers.close()
+    poke(cfg.data_dir, "sweep")
+    out.print(
+        f"restored snapshot {snapshot_id} of group {group} ({done.files} files); the next message "
+        + (f"resumes thread {done.continuation}" if done.continuation else "starts a new thread")
+        + f"; the state before is snapshot {done.before.id}",
+        markup=False,
+    )
+    if done.skipped:
+        err.print(f"{len(done.skipped)} archive entries were not restored:", markup=False)
+        for line in done.skipped[:20]:
+            err.print(f"  {line}", markup=False)
+
+
+@snapshots_app.command("prune")
+@handles_errors
+def snapshots_prune(
+    group: str,
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", min=1, help="How many to keep (default: the group's snapshot keep)."),
+    ] = None,
+) -> None:
+    """Delete the group's oldest snapshots beyond the newest N (every reason)."""
+    from nanohost import snapshots
+
+    cfg = settings()
+    with _snapshot_db(cfg) as factory:
+        deleted = snapshots.prune(cfg, factory, group, keep)
+    shown = f": {', '.join(str(i) for i in deleted)}" if deleted else ""
+    out.print(f"deleted {len(deleted)} snapshot(s) of group {group}{shown}", markup=False)
+
+
+@snapshots_app.command("delete")
+@handles_errors
+def snapshots_delete(snapshot_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
+    """Delete one snapshot (its row and its archive)."""
+    from nanohost import snapshots
+
+    cfg = settings()
+    with _snapshot_db(cfg) as factory:
+        row = snapshots.delete(cfg, factory, snapshot_id)
+    out.print(f"deleted snapshot {snapshot_id} ({snapshots.human_size(row.size)})", markup=False)
+
+
+@snapshots_app.command("config")
+@handles_errors
+def snapshots_config(
+    group: str,
+    on: Annotated[
+        str | None,
+        typer.Option("--on", help="Automatic snapshots: idle (after each busy spell), daily or off."),
+    ] = None,
+    keep: Annotated[
+        int | None, typer.Option("--keep", help="Automatic snapshots kept (the oldest beyond go).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option("--exclude", help="Leave out a name (any depth, globs: *.log) or a path (data/big)."),
+    ] = None,
+    no_exclude: Annotated[
+        list[str] | None, typer.Option("--no-exclude", help="Stop leaving out a pattern.")
+    ] = None,
+    default_excludes: Annotated[
+        bool, typer.Option("--default-excludes", help="Go back to the default excludes.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """A group's snapshot settings: automatic snapshots, how many are kept, what is left out.
+    With no options, prints them."""
+    from nanohost import snapshots
+
+    cfg = settings()
+    with _snapshot_db(cfg) as factory, db_engine.transaction(factory) as session:
+        target = get_group(session, group)
+        config = target.config
+        if on is not None:
+            config.snapshot_on = snapshots.check_mode(on)
+        if keep is not None:
+            config.snapshot_keep = snapshots.check_keep(keep)
+        patterns = list(snapshots.DEFAULT_EXCLUDES) if default_excludes else snapshots.excludes_of(target)
+        for pattern in exclude or []:
+            if (checked := snapshots.check_pattern(pattern)) not in patterns:
+                patterns.append(checked)
+        for pattern in no_exclude or []:
+            checked = snapshots.check_pattern(pattern)
+            if checked not in patterns:
+                fail(f"{checked!r} is not excluded; excluded are: {', '.join(patterns) or 'nothing'}")
+            patterns.remove(checked)
+        if default_excludes:
+            config.snapshot_excludes = None
+        if exclude or no_exclude:
+            config.snapshot_excludes = patterns
+        data = {"snapshot_on": config.snapshot_on, "snapshot_keep": config.snapshot_keep}
+        data["excludes"] = patterns
+    emit_mapping(data, as_json)
 
 
 def main() -> None:

@@ -49,22 +49,38 @@ def _no_docker(exc: Exception) -> list[Check]:
 
 
 def _image(settings: Settings, client: Any) -> Check:
-    try:
-        from nanohost.containers.image import image_status
+    """The image the host would run (its tag carries the content hash of this code), and whether
+    an image built from older code is all there is, or still runs in a container."""
+    from nanohost.containers.image import image_status, older_tags
 
-        present, codex = image_status(client, settings.image_tag)
+    tag = settings.image_tag
+    try:
+        state = image_status(client, tag)
+        older = older_tags(client, settings.image_name, tag)
+        running = {
+            str(c.attrs.get("Config", {}).get("Image", ""))
+            for c in client.containers.list(filters={"label": "nanohost.group"})
+        }
     except Exception as exc:
-        return Check("agent image", False, f"could not inspect {settings.image_tag}: {exc}")
-    if not present:
-        return Check("agent image", False, f"{settings.image_tag} missing; run `nanohost image build`")
-    if codex != settings.codex_version:
+        return Check("agent image", False, f"could not inspect {tag}: {exc}")
+    if not state.present:
+        if older:
+            return Check(
+                "agent image",
+                False,
+                f"{older[0]} is older than this code (container/, Codex {settings.codex_version}), "
+                f"which wants {tag}; run `nanohost image build`, then restart `nanohost serve`",
+            )
+        return Check("agent image", False, f"{tag} missing; run `nanohost image build` (a few minutes)")
+    stale = sorted(image for image in running if image.startswith(f"{settings.image_name}:") and image != tag)
+    if stale:
         return Check(
             "agent image",
             False,
-            f"{settings.image_tag} has Codex {codex}, settings want "
-            f"{settings.codex_version}; run `nanohost image build`",
+            f"{tag} is built, but running containers still use {', '.join(stale)} (older code); "
+            "restart `nanohost serve` if it started before the build, and they switch at their next wake",
         )
-    return Check("agent image", True, f"{settings.image_tag} (Codex {codex})")
+    return Check("agent image", True, f"{tag} (Codex {state.codex_version}, built from this code)")
 
 
 def _data_dir(settings: Settings) -> Check:

@@ -285,7 +285,9 @@ class Gateway:
         self._client = ClientSession(
             timeout=ClientTimeout(total=None, sock_connect=30), auto_decompress=False
         )
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # a stream in flight must not hold a stopping host for aiohttp's default 60 s: the runner
+        # waits for the gateway to come back and Codex retries the request
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await web.UnixSite(self._runner, str(self.socket_path)).start()
         self.socket_path.chmod(0o666)  # the container user (uid 1000) must be able to connect

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nanohost.containers.image import IMAGE_COMMANDS, WORKSPACE_PREFIX, image_has_command
 from nanohost.db.models import ENGAGE_MODES, AgentGroup
 from nanohost.groups import check_provider
 from nanohost.limits import EngineResources, check_limits
 from nanohost.settings import Settings
+from nanohost.skills import check_skill
 from nanohost.validation import (
     InvalidInput,
     check_env_name,
@@ -52,6 +54,14 @@ class McpServerSpec:
         if not self.command.strip():
             raise InvalidInput("--mcp-add needs --command")
         check_single_line(self.command, "--command")
+        if not image_has_command(self.command):
+            raise InvalidInput(
+                f"--command {self.command!r} is not in the agent image (it has no network, npx, node or "
+                f"uv); use one it has: {', '.join(sorted(IMAGE_COMMANDS))}, /opt/venv/bin/python (with "
+                f"the mcp SDK), or a program in the group's folder ({WORKSPACE_PREFIX}…). To add one, "
+                "install it in container/Dockerfile and list it in IMAGE_COMMANDS "
+                "(nanohost/containers/image.py), then `nanohost image build`"
+            )
         for arg in self.args:
             check_single_line(arg, "--arg")
         if self.instructions is not None and len(self.instructions.encode()) > MAX_INSTRUCTIONS:
@@ -169,8 +179,11 @@ def apply_edit(
         raise InvalidInput("--trigger must be one word of at most 64 characters")
     if (engage or config.engage_mode) == "trigger" and not (trigger or config.trigger_word):
         raise InvalidInput("--engage trigger needs --trigger WORD")
-    for skill in [*edit.add_skills, *edit.remove_skills]:
+    for skill in edit.remove_skills:
         check_name(skill, "skill name")
+    for skill in edit.add_skills:
+        if skill not in config.skills:  # one selected before a skill was removed may stay
+            check_skill(skill)
     for skill in edit.remove_skills:
         if skill not in config.skills and skill not in edit.add_skills:
             raise InvalidInput(f"skill {skill!r} is not selected for group {group.name!r}")

@@ -95,7 +95,13 @@ def delete_group(session: Session, settings: Settings, name: str, *, keep_files:
     session.delete(group)
     session.flush()
     if not keep_files:
-        for path in (settings.groups_dir / group.folder, settings.codex_homes_dir / group.folder, *outboxes):
+        snapshots = settings.data_dir / "snapshots" / group.folder
+        for path in (
+            settings.groups_dir / group.folder,
+            settings.codex_homes_dir / group.folder,
+            snapshots,
+            *outboxes,
+        ):
             _remove_inside(path, parent=path.parent)
     return group
 

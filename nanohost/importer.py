@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,7 +35,8 @@ from nanohost.boundary import (
     cap_text,
 )
 from nanohost.db.engine import transaction
-from nanohost.db.models import AgentSession, Message, ScheduledTask, utcnow
+from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
+from nanohost.scheduler import MAIN_GROUP, plan
 from nanohost.transport import OutboundRow, SessionQueues
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class OutboundImport:
         folder: Path,
         outbox: Path,
         on_tasks_changed: Any,
+        on_answered: Callable[[float], None] | None = None,
     ) -> None:
         self.db = db
         self.queues = queues
@@ -78,8 +81,12 @@ class OutboundImport:
         self.folder = folder
         self.outbox = outbox
         self._on_tasks_changed = on_tasks_changed
+        self._on_answered = on_answered
+        """Called with each answered message's seconds from being recorded to being answered."""
         self._cursor: int | None = None
         self.budget = TurnBudget()
+        self.tasks_changed = False
+        """Set when an import added or cancelled a task (the runtime tells the scheduler)."""
 
     # --- one batch (worker thread) -------------------------------------------------------------
 
@@ -146,6 +153,7 @@ class OutboundImport:
         tasks_changed = False
         with transaction(self.db) as db:
             session = self._session(db)
+            answered = self._apply_acks(db)  # first: a recovery clears old errors, not this batch's
             for row in rows:
                 try:
                     with db.begin_nested():
@@ -157,7 +165,6 @@ class OutboundImport:
                 events.extend(found)
                 tasks_changed |= changed
                 session.outbound_cursor = row.id
-            answered = self._apply_acks(db)
             if answered:
                 self.budget = TurnBudget()
             if rows or answered:
@@ -168,8 +175,11 @@ class OutboundImport:
             if tasks_changed:
                 db.flush()
                 self._on_tasks_changed(db)
+                self.tasks_changed = True
             cursor = session.outbound_cursor
         self._cursor = cursor  # committed
+        self.queues.mark_imported(cursor)  # the runner may prune what the host has imported
+        self.queues.prune()  # and the host the inbound rows the runner has answered
         progress = [e for e in events if e["type"] == "progress"]
         return [e for e in events if e["type"] != "progress"] + progress[-1:]  # the latest progress only
 
@@ -202,18 +212,7 @@ class OutboundImport:
                 session.last_error = f"{item.error_kind or 'error'}: {item.error}"
             return [{"type": "status", "state": item.state, "error": item.error}], False
         if isinstance(item, ScheduleTask):
-            channel, chat_id, _ = self.reply_target(db, [])
-            db.add(
-                ScheduledTask(
-                    group_id=self.group_id,
-                    session_id=self.session_id,
-                    prompt=item.prompt,
-                    schedule=item.schedule,
-                    channel=channel,
-                    chat_id=chat_id,
-                )
-            )
-            return [], True
+            return self._schedule(db, session, row.id, item), True
         if isinstance(item, CancelTask):
             task = db.get(ScheduledTask, item.id)
             if task is not None and task.group_id == self.group_id:
@@ -246,6 +245,37 @@ class OutboundImport:
         message_id = self.add_outbound(db, target, "agent", text, attachments)
         return [{"type": "message", "id": message_id}], False
 
+    def _schedule(
+        self, db: Session, session: AgentSession, row_id: int, item: ScheduleTask
+    ) -> list[dict[str, Any]]:
+        """A task the agent scheduled. A group schedules for itself; the main group may name
+        another group (whose own chat gets the replies)."""
+        own = db.get(AgentGroup, self.group_id)
+        assert own is not None
+        channel: str | None
+        chat_id: str | None
+        target, (channel, chat_id, _) = own, self.reply_target(db, [])
+        if item.group is not None and item.group != own.name:
+            other = db.scalar(select(AgentGroup).where(AgentGroup.name == item.group))
+            if own.name != MAIN_GROUP or other is None:
+                why = "only the main group may schedule for another group" if other else "no such group"
+                self._refuse(session, row_id, f"task for group {item.group!r}: {why}")
+                return []
+            target, channel, chat_id = other, None, None
+        task = ScheduledTask(
+            group_id=target.id,
+            session_id=self.session_id if target is own else None,
+            prompt=item.prompt,
+            schedule=item.schedule,
+            channel=channel,
+            chat_id=chat_id,
+            created_at=utcnow(),
+        )
+        db.add(task)
+        db.flush()
+        plan(task, target.config.timezone, task.created_at)
+        return []
+
     def _apply_acks(self, db: Session) -> int:
         waiting = db.scalars(
             select(Message).where(
@@ -253,11 +283,18 @@ class OutboundImport:
             )
         ).all()
         acks = self.queues.acks([m.id for m in waiting])
+        answered = False
         for message in waiting:
             ack = acks.get(message.id)
             if ack is not None:
                 message.status = "answered" if ack.status == "done" else "failed"
                 message.error = ack.reason
+                answered |= ack.status == "done"
+                if self._on_answered is not None and message.created_at is not None:
+                    self._on_answered(max(0.0, (utcnow() - message.created_at).total_seconds()))
+        if answered:  # the group has recovered: an old error no longer describes it
+            session = self._session(db)
+            session.last_error, session.crash_count = None, 0
         return len(acks)
 
     # --- shared with the runtime ---------------------------------------------------------------

@@ -3,7 +3,13 @@ and runs the sweeper.
 
 The sweeper runs every ``sweep_interval`` seconds and at once when something happens (a runner's
 doorbell line drops). Each session is checked on its own: one broken session is logged and
-skipped, never aborting the pass for the others.
+skipped, never aborting the pass for the others. Runtimes with nothing to do (no container, no
+waiting message, idle past ``idle_timeout``) are closed and dropped; a message brings one back.
+
+The container engine may be away (Docker down, at start or later): the host keeps serving, messages
+are recorded and queued, and wakes wait (``EngineWatch``). Each pass pings the engine; when it
+answers again, what still runs is adopted and the waiting wakes go ahead. Only this installation's
+containers are ever adopted or stopped (``installation``).
 """
 
 from __future__ import annotations
@@ -11,11 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nanohost.containers.backend import LABEL_SESSION
+from nanohost.containers.backend import (
+    LABEL_INSTALLATION,
+    LABEL_SESSION,
+    ContainerState,
+    EngineWatch,
+    mounts_under,
+)
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message
 from nanohost.runtime import LABEL_LAYOUT, HostContext, SessionRuntime
@@ -23,18 +36,25 @@ from nanohost.session_dir import LAYOUT
 
 log = logging.getLogger(__name__)
 
+ENGINE_RETRY = 5.0
+"""Seconds between pings at most while the container engine is away."""
+
 
 class Orchestrator:
     """All live sessions of this host."""
 
     def __init__(self, ctx: HostContext) -> None:
         self.ctx = ctx
+        engine = ctx.backend if isinstance(ctx.backend, EngineWatch) else EngineWatch(ctx.backend)
+        ctx.backend = self.engine = engine  # every runtime's starts wait while the engine is away
         self.runtimes: dict[int, SessionRuntime] = {}
         self._create_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await self.adopt()
+        """Adopt what runs (when the engine answers), queue what waits, start the sweeper. An engine
+        that does not answer is no reason not to start: it is retried on every sweep."""
+        await self._reconnect(at_start=True)
         await self.resume_waiting()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
 
@@ -91,9 +111,54 @@ class Orchestrator:
                 self.runtimes[session_id] = runtime
             return runtime
 
+    async def _reconnect(self, *, at_start: bool = False) -> bool:
+        """Ping the engine; when it answers after being away (or at start), adopt what runs, then let
+        the waiting wakes go. False while it does not answer. An adoption that fails while the
+        engine answers fails the start; later it is logged, and the wakes go ahead regardless."""
+        if not await self.engine.ping():
+            self.engine.lost("no answer to a ping")
+            return False
+        if self.engine.reachable and not at_start:
+            return True
+        try:
+            await self.adopt()
+        except Exception as exc:
+            if not await self.engine.ping():
+                self.engine.lost(f"adoption failed: {exc}")
+                return False
+            if at_start:
+                raise
+            log.exception("adopting containers after the engine came back failed")
+        self.engine.back()
+        return True
+
+    def _whose(self, state: ContainerState) -> str:
+        """``own``; ``older``: an older host's on this data dir (no installation id yet), which
+        must stop, or it would serve a session beside its successor; ``other``: never touched."""
+        theirs = state.labels.get(LABEL_INSTALLATION, "")
+        data_dir = self.ctx.settings.data_dir
+        if theirs != self.ctx.installation:
+            return "older" if not theirs and mounts_under(state, data_dir) else "other"
+        if state.mounts and not mounts_under(state, data_dir):
+            log.warning(
+                "container %s carries this installation's id (%s) but mounts another data dir, "
+                "probably a copy of this one: left alone",
+                state.name,
+                theirs,
+            )
+            return "other"
+        return "own"
+
     async def adopt(self) -> None:
-        """Adopt running nanohost containers whose session still exists; remove the rest."""
+        """Adopt this installation's running containers whose session still exists; stop the rest.
+        Containers of other installations on the same engine are never touched."""
         for state in await self.ctx.backend.list_managed():
+            whose = self._whose(state)
+            if whose == "older" and state.running:
+                log.info("stopping container %s: started on this data dir by an older host", state.name)
+                await self.ctx.backend.stop(state.id)
+            if whose != "own":
+                continue
             try:
                 session_id = int(state.labels.get(LABEL_SESSION, ""))
             except ValueError:
@@ -106,7 +171,9 @@ class Orchestrator:
                 await self.ctx.backend.stop(state.id)
             elif state.running and exists:
                 runtime = await self.runtime(session_id)
-                await runtime.adopt(state.id)
+                # a wake under way (waiting for the engine) replaces the container by name itself
+                if runtime.container_id is None and not runtime.waking:
+                    await runtime.adopt(state.id)
             elif state.running:
                 log.info("stopping orphan container %s (session %s is gone)", state.name, session_id)
                 await self.ctx.backend.stop(state.id)
@@ -166,6 +233,8 @@ class Orchestrator:
         return fresh.id
 
     async def sweep(self) -> None:
+        if not await self._reconnect():
+            return  # the engine is away: nothing can be judged or started; the next pass pings again
         for runtime in list(self.runtimes.values()):
             try:
                 await runtime.check()
@@ -173,18 +242,66 @@ class Orchestrator:
                 log.exception(
                     "sweeper: session %s check failed; continuing with the others", runtime.session_id
                 )
-        replaced = [r for r in self.runtimes.values() if r.replaced_by is not None]
+        replaced = [r for r in self.runtimes.values() if r.retired]
         for runtime in replaced:
             del self.runtimes[runtime.session_id]
             await runtime.close()
         if replaced:
             await self.resume_waiting()
+        await self.evict_idle()
+
+    async def evict_idle(self) -> None:
+        """Close and drop runtimes with nothing to do: no container and no wake, nothing waiting
+        (in the queue or the database), idle past ``idle_timeout``. A new message makes a new one."""
+        timeout = self.ctx.settings.idle_timeout
+        for runtime in list(self.runtimes.values()):
+            if not self._may_evict(runtime, time.monotonic(), timeout):
+                continue
+            async with self._create_lock:  # no one fetches it meanwhile; a fetch after gets a new one
+                if (
+                    self.runtimes.get(runtime.session_id) is not runtime
+                    or not self._may_evict(runtime, time.monotonic(), timeout)
+                    or await self._has_waiting(runtime)
+                ):
+                    continue
+                del self.runtimes[runtime.session_id]
+                await runtime.close()
+            log.debug("session %s: runtime dropped (idle, no container)", runtime.session_id)
+
+    def _may_evict(self, runtime: SessionRuntime, now: float, timeout: float) -> bool:
+        return (
+            runtime.container_id is None
+            and not runtime.waking
+            and not self.ctx.slots.holds(runtime)
+            and now - runtime.last_activity > timeout
+        )
+
+    async def _has_waiting(self, runtime: SessionRuntime) -> bool:
+        if await asyncio.to_thread(runtime.queues.unconsumed):
+            return True
+        with transaction(self.ctx.db) as db:
+            waiting = db.scalar(
+                select(Message.id)
+                .where(
+                    Message.session_id == runtime.session_id,
+                    Message.direction == "in",
+                    Message.status.in_(("pending", "queued")),
+                )
+                .limit(1)
+            )
+        return waiting is not None
 
     async def _sweep_forever(self) -> None:
         while True:
+            interval = self.ctx.settings.sweep_interval
+            if not self.engine.reachable:
+                interval = min(interval, ENGINE_RETRY)
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancel that ends us
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.ctx.settings.sweep_interval):
+                async with asyncio.timeout(interval):
                     await self.ctx.sweep_now.wait()
             self.ctx.sweep_now.clear()
-            await self.sweep()
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweeper pass failed; the next one tries again")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,8 +27,10 @@ from sqlalchemy.orm import joinedload
 from nanohost.bus import MessageBus
 from nanohost.channels.base import FileTooLarge, InboundMessage
 from nanohost.channels.inbox import save_incoming
+from nanohost.commands import ChatCommands, command_of
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
+from nanohost.disk import is_disk_full
 from nanohost.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,7 @@ class Router:
         self.orchestrator = orchestrator
         self.max_attachment_bytes = max_attachment_bytes
         self._unbound_logged: set[tuple[str, str]] = set()
+        self.commands = ChatCommands(orchestrator)
 
     @property
     def bus(self) -> MessageBus:
@@ -122,6 +126,8 @@ class Router:
             group = db.scalar(select(AgentGroup).where(AgentGroup.name == group_name))
             if group is None:
                 raise LookupError(f"no group named {group_name!r}")
+        if (command := command_of(message.text)) is not None and not message.attachments:
+            return (await self.commands.run(group, message, chat_key, command))[0]
         return await self._record(group, message, chat_key)
 
     async def _record(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> int:
@@ -133,13 +139,34 @@ class Router:
             await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
         except OperationalError as exc:  # recorded: the session's next wake queues it
             raise NotQueued(f"message {message_id} was recorded but not queued ({exc})") from exc
+        except (sqlite3.Error, OSError) as exc:
+            if is_disk_full(exc):  # stored whole or not at all: the sender is told to send it again
+                self._take_back(group, message_id, "the host's disk was full")
+            raise
         return message_id
+
+    def _take_back(self, group: AgentGroup, message_id: int, why: str) -> None:
+        """A recorded message that could not be queued is marked refused (not deleted: its id is
+        never reused), so it is not answered later beside the copy its sender sends again."""
+        try:
+            with transaction(self.orchestrator.ctx.db) as db:
+                row = db.get(Message, message_id)
+                if row is not None and row.status == "pending":
+                    row.status, row.error = "refused", why
+        except OperationalError as exc:
+            log.error(
+                "message %s: neither queued nor taken back (%s); its session's next wake queues it",
+                message_id,
+                exc,
+            )
+            return
+        self.bus.publish(group.id, {"type": "message", "id": message_id})
 
     def _insert(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> tuple[int, int]:
         try:
             with transaction(self.orchestrator.ctx.db) as db:
                 session_id = self.orchestrator.session_for(group, chat_key, db)
-                row = _inbound_row(group.id, session_id, message, status="pending")
+                row = inbound_row(group.id, session_id, message, status="pending")
                 db.add(row)
                 db.flush()
                 return row.id, session_id
@@ -176,7 +203,7 @@ class Router:
             try:
                 return step(*args)
             except OperationalError as exc:
-                if attempt + 1 == DB_ATTEMPTS:
+                if attempt + 1 == DB_ATTEMPTS or is_disk_full(exc):  # waiting frees no disk space
                     raise
                 log.warning("router: database busy (%s); trying again", exc)
                 await asyncio.sleep(DB_RETRY_BASE * 2**attempt)
@@ -193,13 +220,16 @@ class Router:
                 "%s: sender %s is not on group %s's allow-list; ignored", where, message.sender, group.name
             )
             return
+        if await self._retrying(self._seen, message):
+            log.info("%s: already received; ignored", where)
+            return
+        if (command := command_of(message.text)) is not None:  # explicit, so in any engage mode
+            await self.commands.run(group, message, key, command)
+            return
         if not self._engaged(group, message):
             log.debug(
                 "%s: not addressed to the bot (engage mode %s); ignored", where, group.config.engage_mode
             )
-            return
-        if await self._retrying(self._seen, message):
-            log.info("%s: already received; ignored", where)
             return
         if len(message.text) > MAX_TEXT:
             self._refuse(
@@ -335,7 +365,7 @@ class Router:
         with transaction(self.orchestrator.ctx.db) as db:
             session_id = self.orchestrator.session_for(group, key, db)
             if whole:
-                db.add(_inbound_row(group.id, session_id, message, status="refused", error=why))
+                db.add(inbound_row(group.id, session_id, message, status="refused", error=why))
             row = Message(
                 group_id=group.id,
                 session_id=session_id,
@@ -354,7 +384,7 @@ class Router:
         self.bus.publish(group.id, {"type": "message", "id": message_id})
 
 
-def _inbound_row(
+def inbound_row(
     group_id: int, session_id: int, message: InboundMessage, *, status: str, error: str | None = None
 ) -> Message:
     """The host's record of an inbound message (text bounded for refused ones)."""

@@ -19,9 +19,11 @@ from pathlib import Path, PurePosixPath
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from nanohost import container_logs
 from nanohost.bus import MessageBus
 from nanohost.containers.backend import (
     LABEL_GROUP,
+    LABEL_INSTALLATION,
     LABEL_SESSION,
     ContainerBackend,
     ContainerSpec,
@@ -31,12 +33,16 @@ from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
 from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway
 from nanohost.importer import KeptFiles, OutboundImport, ReplyTarget
+from nanohost.installation import container_name
 from nanohost.limits import check_limits
+from nanohost.metrics import HostMetrics
 from nanohost.providers import GroupSpec, Mount, ProviderContribution
 from nanohost.safe_fs import hand_tree_to_agent
 from nanohost.session_dir import LAYOUT, SessionDir
+from nanohost.sessions import start_afresh
 from nanohost.settings import Settings
 from nanohost.slots import Slots
+from nanohost.snapshots import start_guard
 from nanohost.transport import Doorbell, QueueUnreadable, SessionQueues
 from nanohost.validation import InvalidInput
 
@@ -67,6 +73,11 @@ class HostContext:
     bus: MessageBus = field(default_factory=MessageBus)
     slots: Slots = field(default_factory=lambda: Slots(8))
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: HostMetrics = field(default_factory=HostMetrics)
+    """Set when an import added or changed a scheduled task: the scheduler looks again."""
+    installation: str = ""
+    """This installation's id (``installation``): in every container's label and name."""
 
 
 class SessionRuntime:
@@ -89,7 +100,10 @@ class SessionRuntime:
             folder=ctx.settings.groups_dir / folder,
             outbox=ctx.settings.data_dir / "outbox" / str(session_id),
             on_tasks_changed=lambda db: self._write_tasks(db, group_id),
+            on_answered=ctx.metrics.turn_seconds.observe,
         )
+        self.gone = False
+        """Set when the session's row was deleted (``groups delete``): the orchestrator drops it."""
         self.replaced_by: int | None = None
         """Set when the session was quarantined: the fresh session that took over."""
         self.doorbell = Doorbell(self.dir / "doorbell.sock", self._rung, self._hung_up)
@@ -108,6 +122,11 @@ class SessionRuntime:
         self._pump_again = False
         self._wake_task: asyncio.Task[None] | None = None
         self._quarantine_task: asyncio.Task[None] | None = None
+
+    @property
+    def retired(self) -> bool:
+        """Quarantined (replaced by a fresh session) or deleted: the orchestrator drops it."""
+        return self.gone or self.replaced_by is not None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -179,6 +198,7 @@ class SessionRuntime:
             self._held_back = False  # a fresh start: _start queues every waiting message
             try:
                 await self._start()
+                self.ctx.metrics.wakes.inc()
             except InvalidInput as exc:  # the group's config is wrong: retrying cannot help
                 self._release_slot()
                 log.error("session %s: cannot start: %s", self.session_id, exc)
@@ -226,6 +246,7 @@ class SessionRuntime:
         assert self.container_id is not None
         log.info("session %s: stopping container %s: %s", self.session_id, self.container_id[:12], reason)
         await self.ctx.backend.stop(self.container_id)
+        await self._keep_logs(f"stopped ({reason})")
         await self.pump()
         self._forget_container()
         with transaction(self.ctx.db) as db:
@@ -293,6 +314,11 @@ class SessionRuntime:
         return session, session.group
 
     async def _start(self) -> None:
+        # never while a snapshot restore swaps the group's folder; a dead restore is finished first
+        async with start_guard(self.ctx.settings, self.ctx.db, self.folder):
+            await self._start_container()
+
+    async def _start_container(self) -> None:
         settings = self.ctx.settings
         with transaction(self.ctx.db) as db:
             session, group = self._load(db)
@@ -331,6 +357,7 @@ class SessionRuntime:
         runner = {
             **contribution.runner,
             "turn_timeout": settings.turn_timeout,
+            "host_away_timeout": settings.idle_timeout,
             "gateway_socket": f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}",
             "egress_socket": f"{CONTAINER_SOCKET_DIR}/{EGRESS_SOCKET_NAME}" if egress else None,
             "egress_allow": egress,
@@ -349,10 +376,15 @@ class SessionRuntime:
             *(Mount(m.source, m.target, m.read_only) for m in extra),
         ]
         container = ContainerSpec(
-            name=f"nanohost-{spec.folder}-s{self.session_id}",
+            name=container_name(self.ctx.installation, spec.folder, self.session_id),
             image=settings.image_tag,
             mounts=mounts,
-            labels={LABEL_GROUP: spec.folder, LABEL_SESSION: str(self.session_id), LABEL_LAYOUT: LAYOUT},
+            labels={
+                LABEL_GROUP: spec.folder,
+                LABEL_SESSION: str(self.session_id),
+                LABEL_LAYOUT: LAYOUT,
+                **({LABEL_INSTALLATION: self.ctx.installation} if self.ctx.installation else {}),
+            },
             memory=limits[0],
             cpus=limits[1],
             pids=limits[2],
@@ -362,8 +394,9 @@ class SessionRuntime:
         self.container_id = await self.ctx.backend.run(container)
         self.started_at = self.last_activity = time.monotonic()
         with transaction(self.ctx.db) as db:
-            session, _ = self._load(db)
+            session, group = self._load(db)
             session.status = "running"
+            session.config_version, session.restart_requested = group.config.version, False
             session.container_id = self.container_id
             session.started_at = session.last_active_at = utcnow()
         log.info(
@@ -401,6 +434,21 @@ class SessionRuntime:
             self.doorbell.ring()
         return len(waiting)
 
+    async def interrupt(self) -> bool:
+        """Ask the runner to interrupt the turn under way (``/stop``); False when none runs."""
+        if self.container_id is None or not await self._unconsumed():
+            return False
+        self.doorbell.interrupt()
+        return True
+
+    def _operator_asks(self) -> tuple[bool, bool]:
+        """(a clean restart was asked for, the container runs an older config than the group's)."""
+        with transaction(self.ctx.db) as db:
+            session, group = self._load(db)
+            restart, session.restart_requested = session.restart_requested, False
+            stale = session.config_version != group.config.version  # unknown (an older host's): older
+            return restart, stale
+
     async def _unconsumed(self) -> list[int]:
         """Queued messages the runner has not acknowledged; read in a worker thread, since a
         hostile container can hold its queue's lock for the whole busy timeout."""
@@ -418,7 +466,7 @@ class SessionRuntime:
     async def _container_gone(self, reason: str) -> None:
         """The container is no longer running: import its last words, keep its exit reason."""
         assert self.container_id is not None
-        logs = await self.ctx.backend.logs(self.container_id, tail=20)
+        logs = await self._keep_logs(f"exited ({reason})")
         await self.pump()
         waiting = bool(await self._unconsumed())
         detail = f"container exited ({reason})" + (
@@ -431,6 +479,19 @@ class SessionRuntime:
             self.requeue_waiting()
         self._record_error(detail, crashed=waiting)
 
+    async def _keep_logs(self, ending: str) -> str:
+        """Keep the container's output under the data dir (``container_logs``); returns it."""
+        assert self.container_id is not None
+        container_id = self.container_id
+        output = await self.ctx.backend.logs(container_id, tail=5000)
+        try:
+            await asyncio.to_thread(
+                container_logs.keep, self.ctx.settings.data_dir, self.session_id, container_id, output, ending
+            )
+        except OSError as exc:
+            log.warning("session %s: could not keep the container's output: %s", self.session_id, exc)
+        return output
+
     def _record_error(self, error: str, *, crashed: bool) -> None:
         with transaction(self.ctx.db) as db:
             session = db.get(AgentSession, self.session_id)
@@ -438,6 +499,7 @@ class SessionRuntime:
                 return
             session.last_error = error
             if crashed:
+                self.ctx.metrics.crashes.inc()
                 session.crash_count += 1
                 delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (session.crash_count - 1))
                 self.next_attempt = time.monotonic() + delay
@@ -471,11 +533,17 @@ class SessionRuntime:
                     # not here: a caller may hold the wake lock, which quarantine takes
                     self._quarantine_soon(str(exc))
                     return
+                except LookupError:  # the session was deleted (`groups delete`)
+                    self.gone = True
+                    return
                 except Exception:
                     log.exception("session %s: importing outbound rows failed", self.session_id)
                     return
                 for event in imported:
                     self.ctx.bus.publish(self.group_id, event)
+                if self.output.tasks_changed:
+                    self.output.tasks_changed = False
+                    self.ctx.tasks_changed.set()
                 if imported:
                     self.last_activity = time.monotonic()
                 if not read and not self._pump_again:
@@ -541,19 +609,8 @@ class SessionRuntime:
             session.last_error = f"quarantined: {reason}; its files are kept in {kept}"
             session.quarantined_at = utcnow()
             session.container_id = session.gateway_placeholder = None
-            fresh = AgentSession(
-                group_id=self.group_id, chat_key=session.chat_key, provider_override=session.provider_override
-            )
-            db.add(fresh)
-            db.flush()
-            for message in db.scalars(
-                select(Message).where(
-                    Message.session_id == self.session_id,
-                    Message.direction == "in",
-                    Message.status.in_(("pending", "queued")),
-                )
-            ):
-                message.session_id, message.status = fresh.id, "pending"
+            fresh = start_afresh(db, session)
+            session.restart_requested = False  # its container is stopped already
             notice = self.output.add_outbound(
                 db,
                 target,
@@ -571,12 +628,16 @@ class SessionRuntime:
     async def check(self) -> None:
         """The sweeper's look at this session: respawn, unstick, idle-stop, or give up and say so;
         an unreadable queue quarantines the session."""
-        if self.replaced_by is not None:
+        if self.retired:
             return
         try:
             await self._check()
         except QueueUnreadable as exc:
             self._quarantine_soon(str(exc))
+        except LookupError:  # its session (or group) was deleted: nothing left to look after
+            log.info("session %s no longer exists; its runtime retires", self.session_id)
+            self.gone = True
+            return
         if self._quarantine_task is not None:
             await asyncio.shield(self._quarantine_task)
 
@@ -593,6 +654,14 @@ class SessionRuntime:
                         await self._container_gone(state.exit_reason if state else "container disappeared")
             else:
                 waiting = bool(await self._unconsumed())
+                restart, stale = await asyncio.to_thread(self._operator_asks)
+                if restart or (stale and not waiting):
+                    # a restart is clean even mid-turn: the runner leaves the message queued and the
+                    # next container answers it; a config change waits for an idle moment
+                    await self.stop(
+                        "restart asked for by the operator" if restart else "the group's config changed"
+                    )
+                    return
                 age = self.queues.heartbeat_age()
                 if waiting and now - self.started_at > START_GRACE and (age is None or age > STUCK_AFTER):
                     log.warning(

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         default="https://api.openai.com/v1", description="Responses API base URL the gateway forwards to."
     )
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one JSON object per line with session and group ids."
+    )
+    disk_low_bytes: int = Field(
+        default=100 * 1024**2,
+        ge=0,
+        description="Free bytes in the data dir below which /healthz says the disk is low (503).",
+    )
     max_attachment_bytes: int = Field(
         default=20 * 1024**2, ge=1024, description="Largest file a chat user may send the agent (bytes)."
     )
@@ -208,8 +216,11 @@ class Settings(BaseSettings):
 
     @property
     def image_tag(self) -> str:
-        """The agent image this host runs: ``<image_name>:<codex_version>``."""
-        return f"{self.image_name}:{self.codex_version}"
+        """The agent image this host runs: ``<image_name>:<codex_version>-<content hash>``, the hash
+        of everything that goes into the image (``nanohost.containers.image.content_hash``)."""
+        from nanohost.containers.image import image_tag  # the image module imports this one
+
+        return image_tag(self.image_name, self.codex_version)
 
     @property
     def sessions_dir(self) -> Path:

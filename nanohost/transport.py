@@ -5,6 +5,11 @@ so it can roll back a hot journal a killed container left behind). Inbound row i
 message ids, so appending is idempotent: a message re-appended after a host crash is not doubled.
 The doorbell is a unix socket in the session dir: the host listens, the runner connects, and each
 side writes a line the moment it commits, so neither side waits on a poll.
+
+Both files stay small however long the conversation: after each import the host records how far
+it has imported (``mark_imported``, into ``inbound.db``'s ``host_state``, where the runner reads
+it and prunes the outbound rows up to there) and prunes the inbound rows the runner has
+acknowledged (``prune``); each side keeps the newest ``KEEP_ROWS`` rows for debugging.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_runner.queues import connect  # one definition of how both sides open the queues
+from agent_runner.queues import (  # one definition of how both sides open the queues
+    IMPORTED_KEY,
+    KEEP_ROWS,
+    connect,
+    create_tables,
+    give_back_free_pages,
+)
 
 from nanohost.boundary import (
     MAX_IMPORT_BYTES,
@@ -44,7 +55,15 @@ CREATE TABLE IF NOT EXISTS inbound (
   payload TEXT NOT NULL,
   created_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS host_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+PRUNE_GRACE = 30.0
+"""An acknowledged inbound row is pruned only once its ack is this old: every import in between
+has applied it to the host database, so the host never queues that message again."""
+PRUNE_EVERY = 5.0
+"""Seconds between two prunes of ``inbound.db`` (a prune is one short write transaction)."""
+PRUNE_BATCH = 5000
+"""Rows one prune deletes at most (a queue from before pruning shrinks over a few prunes)."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +118,11 @@ class SessionQueues:
         self.dir = session_dir
         session_dir.mkdir(parents=True, exist_ok=True)
         self._inbound = connect(session_dir / "inbound.db", threads=True)
-        self._inbound.executescript(INBOUND_SCHEMA)
+        create_tables(self._inbound, INBOUND_SCHEMA)
         self._in_lock = threading.Lock()
+        self._imported: int | None = None
+        self._pruned_at = 0.0
+        self.prune_every = PRUNE_EVERY
         self._outbound: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -225,6 +247,78 @@ class SessionQueues:
             ).fetchone()
             return parse_continuation(row[0]) if row else None
 
+    def mark_imported(self, cursor: int) -> None:
+        """Record that outbound rows up to ``cursor`` are imported and committed on the host: the
+        runner may prune them. Call it after the import's transaction has committed."""
+        if cursor == self._imported:
+            return
+        try:
+            with self._in_lock:
+                self._inbound.execute(
+                    "INSERT OR REPLACE INTO host_state (key, value) VALUES (?, ?)",
+                    (IMPORTED_KEY, str(cursor)),
+                )
+        except sqlite3.OperationalError as exc:  # advisory: the runner prunes a little later
+            log.info("session %s: could not record the import cursor: %s", self.dir.name, exc)
+            return
+        self._imported = cursor
+
+    def prune(self, *, keep: int = KEEP_ROWS, grace: float = PRUNE_GRACE, force: bool = False) -> int:
+        """Delete the inbound rows the runner acknowledged at least ``grace`` seconds ago, keeping
+        the newest ``keep`` rows; the number deleted. Call it after an import has committed.
+        At most once per ``prune_every`` seconds unless ``force``; rows never acknowledged stay,
+        and a busy queue only postpones the prune to the next call."""
+        now = time.monotonic()
+        if not force and now - self._pruned_at < self.prune_every:
+            return 0
+        self._pruned_at = now
+        try:
+            with self._in_lock:  # the oldest rows beyond the kept tail, a bounded batch of them
+                candidates = [
+                    int(r[0])
+                    for r in self._inbound.execute(
+                        "SELECT id FROM inbound WHERE id <= "
+                        "(SELECT id FROM inbound ORDER BY id DESC LIMIT 1 OFFSET ?) ORDER BY id LIMIT ?",
+                        (keep, PRUNE_BATCH),
+                    )
+                ]
+            if not candidates:
+                return 0
+            done = self._acked_before(candidates, time.time() - grace)
+            if not done:
+                return 0
+            with self._in_lock, self._inbound:
+                self._inbound.execute("BEGIN IMMEDIATE")
+                deleted = 0
+                for start in range(0, len(done), 500):
+                    chunk = done[start : start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    deleted += self._inbound.execute(
+                        f"DELETE FROM inbound WHERE id IN ({marks})", chunk
+                    ).rowcount
+            with self._in_lock:
+                give_back_free_pages(self._inbound)
+            return deleted
+        except (sqlite3.OperationalError, QueueUnreadable) as exc:
+            log.info("session %s: pruning inbound.db postponed: %s", self.dir.name, exc)
+            return 0
+
+    def _acked_before(self, ids: list[int], before: float) -> list[int]:
+        """Those of ``ids`` the runner acknowledged before the time ``before``."""
+        with self._lock, _reading(self.dir):
+            connection = self._out()
+            if connection is None or not self._has_table(connection, "acks"):
+                return []
+            found: list[int] = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                query = f"SELECT inbound_id FROM acks WHERE inbound_id IN ({marks}) AND at < ?"
+                found.extend(
+                    r[0] for r in connection.execute(query, [*chunk, before]) if isinstance(r[0], int)
+                )
+            return sorted(found)
+
     def heartbeat_age(self) -> float | None:
         """Seconds since the runner last touched its heartbeat, or None if it never has."""
         try:
@@ -266,9 +360,17 @@ class Doorbell:
         self.path.unlink(missing_ok=True)
 
     def ring(self) -> None:
+        self._say(b"inbound\n")
+
+    def interrupt(self) -> None:
+        """Tell the runner to interrupt its turn (``/stop``): the turn ends, its messages are
+        answered as stopped, the thread is kept."""
+        self._say(b"interrupt\n")
+
+    def _say(self, line: bytes) -> None:
         for writer in list(self._writers):
             try:
-                writer.write(b"inbound\n")
+                writer.write(line)
             except (ConnectionError, RuntimeError):
                 self._writers.discard(writer)
 

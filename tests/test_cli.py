@@ -200,15 +200,13 @@ def test_config_changes_and_effective_config(ready: Run) -> None:
         "--env",
         "MODE=fast",
         "--mcp-add",
-        "fs",
+        "db",
         "--command",
-        "npx",
+        "nanohost-mcp-sqlite",
         "--arg",
-        "-y",
-        "--arg",
-        "server-fs",
+        "records.db",
         "--instructions",
-        "Use fs.",
+        "Use db.",
         "--memory",
         "2G",
         "--cpus",
@@ -224,21 +222,21 @@ def test_config_changes_and_effective_config(ready: Run) -> None:
         "--trigger",
         "@bot",
         "--skill",
-        "pdf",
+        "write-report",
     )
-    assert "next wake" in result.stdout
+    assert "next idle" in result.stdout
     config = ready("groups", "show", "main", "--json").json()
     assert config["model"] == "gpt-5.5"
     assert config["reasoning_effort"] == "high"
     assert config["provider"] == "codex"
     assert config["env"] == {"TZ": "Europe/Paris", "MODE": "fast"}
     assert config["mcp_servers"] == {
-        "fs": {"command": "npx", "args": ["-y", "server-fs"], "env": {}, "instructions": "Use fs."}
+        "db": {"command": "nanohost-mcp-sqlite", "args": ["records.db"], "env": {}, "instructions": "Use db."}
     }
     assert (config["memory"], config["cpus"], config["pids"]) == ("2g", 1.5, 128)
     assert config["allowed_senders"] == ["alice", "bob"]
     assert (config["engage"], config["trigger"]) == ("trigger", "@bot")
-    assert config["skills"] == ["pdf"]
+    assert config["skills"] == ["write-report"]
 
     ready(
         "groups",
@@ -247,11 +245,11 @@ def test_config_changes_and_effective_config(ready: Run) -> None:
         "--unset-env",
         "MODE",
         "--mcp-remove",
-        "fs",
+        "db",
         "--deny-sender",
         "alice",
         "--no-skill",
-        "pdf",
+        "write-report",
         "--engage",
         "mention",
     )
@@ -308,6 +306,10 @@ def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyP
         (("--engage", "trigger"), "needs --trigger"),
         (("--trigger", "two words"), "one word"),
         (("--skill", "../x"), "path separator"),
+        (("--skill", "pdf"), "unknown skill 'pdf'; the shared skills are: schedule-reminders, summarize"),
+        (("--mcp-add", "fs", "--command", "npx", "--arg", "-y"), "--command 'npx' is not in the agent image"),
+        (("--mcp-add", "fs", "--command", "/usr/bin/node"), "not in the agent image"),
+        (("--mcp-add", "fs", "--command", "/workspace/agent/../../bin/x"), "not in the agent image"),
         (("--no-skill", "never"), "is not selected"),
         (("--model", "line1\nline2"), "single line"),
         (("--allow-egress", "http://x.com"), "egress pattern"),
@@ -321,6 +323,47 @@ def test_config_refusals_change_nothing(ready: Run, host_env: Path, args: tuple[
 
 def test_config_without_options_shows_the_config(ready: Run) -> None:
     assert "nanohost-agent:0.138.0" in ready("groups", "config", "main").stdout
+
+
+def test_the_readme_config_example_works_as_written(ready: Run) -> None:
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("nanohost groups config NAME")
+    lines = []
+    for line in readme[start:].splitlines():
+        lines.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    args = shlex.split(" ".join(lines))[1:]
+    ready(*[("main" if a == "NAME" else a) for a in args])
+    config = ready("groups", "show", "main", "--json").json()
+    assert config["mcp_servers"]["db"]["command"] == "nanohost-mcp-sqlite"
+    assert config["skills"] == ["write-report"]
+
+
+def test_skills_list_shows_the_shipped_skills(cli: Run) -> None:
+    skills = cli("skills", "list", "--json").json()
+    names = [s["name"] for s in skills]
+    assert names == ["schedule-reminders", "summarize-files", "write-report"]
+    assert all(len(s["description"]) > 40 for s in skills)  # each says what it is for
+    table = cli("skills", "list").stdout
+    assert all(name in table for name in names)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "nanohost-mcp-sqlite",
+        "/usr/local/bin/nanohost-mcp-sqlite",
+        "/opt/venv/bin/python",
+        "python3",
+        "/workspace/agent/tools/server.py",
+    ],
+)
+def test_mcp_commands_the_image_has_are_accepted(ready: Run, command: str) -> None:
+    ready("groups", "config", "main", "--mcp-add", "tool", "--command", command)
+    assert ready("groups", "show", "main", "--json").json()["mcp_servers"]["tool"]["command"] == command
 
 
 def test_bind_and_unbind(ready: Run, host_env: Path) -> None:
@@ -385,9 +428,9 @@ def test_sessions_messages_and_status(ready: Run, host_env: Path) -> None:
     assert "message 4" in ready("messages", "tail", "main").stdout
     ready("sessions", "reset", "main")
     sessions = ready("sessions", "list", "--json").json()
-    assert [(s["status"], s["thread"], s["crashes"], s["last_error"]) for s in sessions] == [
-        ("idle", None, 0, None)
-    ]
+    # the old session (and its thread) is kept; a fresh one with no thread takes over
+    assert [(s["thread"], s["crashes"]) for s in sessions] == [("thread-1", 0), (None, 0)]
+    assert sessions[1]["status"] == "idle" and sessions[1]["last_error"] is None
     refused(ready, host_env, "messages", "tail", "ghost", says="no group named 'ghost'")
     refused(ready, host_env, "sessions", "reset", "ghost", says="no group named 'ghost'")
     assert ready("messages", "tail", "main", "-n", "0", ok=False).code == 2
@@ -463,8 +506,8 @@ def test_doctor_says_what_to_fix(cli: Run, monkeypatch: pytest.MonkeyPatch) -> N
 def test_routing_edits_say_they_apply_from_the_next_message(ready: Run) -> None:
     result = ready("groups", "config", "main", "--allow-sender", "telegram:@alice", "--engage", "mention")
     assert "applies from the next message" in result.stdout
-    assert "next wake" not in result.stdout
-    assert "next wake" in ready("groups", "config", "main", "--memory", "512m").stdout
+    assert "next idle" not in result.stdout
+    assert "next idle" in ready("groups", "config", "main", "--memory", "512m").stdout
 
 
 def test_limits_up_to_the_engines_pass_and_only_limits_ask_the_engine(

@@ -27,3 +27,14 @@ def test_settings_default_matches_the_pin() -> None:
     from nanohost.settings import Settings
 
     assert Settings.model_fields["codex_version"].default == "0.138.0"
+
+
+def test_everything_hashed_is_copied_and_the_hash_busts_no_cached_layer() -> None:
+    from nanohost.containers.image import CONTEXT_DIRS
+
+    for folder in CONTEXT_DIRS:
+        assert re.search(rf"^COPY {folder}/ /opt/nanohost/{folder}/$", DOCKERFILE, re.MULTILINE), folder
+    lines = DOCKERFILE.splitlines()
+    arg = lines.index("ARG CONTENT_HASH=unknown")
+    assert lines[arg + 1] == "LABEL org.nanohost.content-hash=${CONTENT_HASH}"
+    assert not [line for line in lines[arg:] if line.startswith(("RUN", "COPY"))]  # nothing after it

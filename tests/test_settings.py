@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -14,7 +15,7 @@ def test_defaults_live_in_the_data_dir(host_env: Path) -> None:
     settings = load_settings()
     assert settings.data_dir == host_env / "data"
     assert settings.db_url == f"sqlite:///{host_env / 'data' / 'nanohost.db'}"
-    assert settings.image_tag == "nanohost-agent:0.138.0"
+    assert re.fullmatch(r"nanohost-agent:0\.138\.0-[0-9a-f]{12}", settings.image_tag)  # + content hash
     assert settings.web_host == "127.0.0.1"
     assert settings.idle_timeout == 1800
     assert settings.sweep_interval == 60

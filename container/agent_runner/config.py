@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+HOST_AWAY_TIMEOUT = 1800.0
+"""Default of runner.json ``host_away_timeout`` (the host passes its idle timeout)."""
+
 
 class ConfigError(ValueError):
     """runner.json is missing or wrong; the message names the field."""
@@ -44,6 +47,8 @@ class RunnerConfig:
     egress_socket: str | None = None
     placeholder: str = ""
     codex_bin: str = "codex"
+    host_away_timeout: float = HOST_AWAY_TIMEOUT
+    """Seconds the host may stay away (its doorbell line down) before the runner stops itself."""
 
     @classmethod
     def load(cls, path: Path) -> RunnerConfig:
@@ -79,8 +84,14 @@ class RunnerConfig:
         timeout = data.get("turn_timeout", 600)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise ConfigError("runner.json: turn_timeout must be a positive number")
+        away = data.get("host_away_timeout")
+        if away is None:
+            away = HOST_AWAY_TIMEOUT
+        if isinstance(away, bool) or not isinstance(away, int | float) or away <= 0:
+            raise ConfigError("runner.json: host_away_timeout must be a positive number of seconds")
         return cls(
             provider=provider,
+            host_away_timeout=float(away),
             model=optional_str("model"),
             reasoning_effort=optional_str("reasoning_effort"),
             mcp_servers=servers,

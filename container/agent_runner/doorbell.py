@@ -2,7 +2,8 @@
 
 ``inbound`` lines from the host set ``rung``; ``ring()`` tells the host "new outbound rows". If
 the host restarts, the runner reconnects with backoff; meanwhile a slow poll in the loop keeps
-nothing waiting for long.
+nothing waiting for long. ``away_for()`` says how long the host has not been connected (the
+runner stops itself when its host stays away longer than it would have let it idle).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,12 @@ class RunnerDoorbell:
         self.rung = asyncio.Event()
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
+        self._away_since: float | None = time.monotonic()
+        """When the connection to the host was lost (or the runner started); None while connected."""
+
+    def away_for(self) -> float:
+        """Seconds the host has not been connected; 0 while it is."""
+        return 0.0 if self._away_since is None else time.monotonic() - self._away_since
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._keep_connected())
@@ -49,6 +57,7 @@ class RunnerDoorbell:
                 continue
             delay = 0.05
             self._writer = writer
+            self._away_since = None
             self.rung.set()  # re-check the queue: something may have arrived while disconnected
             try:
                 while line := await reader.readline():
@@ -58,4 +67,5 @@ class RunnerDoorbell:
                 pass
             finally:
                 self._writer = None
+                self._away_since = time.monotonic()
                 writer.close()

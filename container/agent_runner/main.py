@@ -6,6 +6,16 @@ next). A turn's reply, its files and the acks of the rows it answered are commit
 transaction and the host's doorbell is rung at once. Rows a burst did not answer (the provider
 crashed) stay unacknowledged and are retried; after ``FAIL_LIMIT`` tries they are acked 'failed'
 and the user is told, so nothing is lost silently and nothing blocks the queue forever.
+
+A turn that failed on the way to the model (the host was restarting, a connection was cut, the
+model service answered 5xx or 429: ``ResultEvent.retryable``) is not an answer: its rows stay
+queued and the whole queue waits out a backoff (``TRANSPORT_BACKOFF``), then tries again. Only
+when every retry has failed, or the model itself refused, is the chat told, in plain words
+(``agent_runner.codex.errors.plain_words``).
+
+Stopping (SIGTERM, or the host away longer than ``host_away_timeout``): the turn under way is
+interrupted, its rows stay queued for the next container, and the runner exits 0 within a few
+seconds. A host restart does not stop the container: the next host process adopts it.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import time
 from typing import Any
 
 from agent_runner.archive import archive_exchange
+from agent_runner.codex.errors import plain_words, scrub
 from agent_runner.config import ConfigError, Paths, RunnerConfig
 from agent_runner.doorbell import RunnerDoorbell
 from agent_runner.memory import link_skills, scaffold
@@ -41,10 +52,14 @@ from agent_runner.queues import InboundRow, RunnerQueues
 log = logging.getLogger("agent_runner")
 
 FAIL_LIMIT = 3
+TRANSPORT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+"""Seconds waited before each retry of a turn that failed on transport: 7 attempts over about a
+minute of waiting (plus each attempt's own retries inside codex), then the chat is told."""
 FALLBACK_POLL = 1.0
 HEARTBEAT_EVERY = 5.0
 PROGRESS_EVERY = 0.5
-ABORT_DRAIN = 5.0
+ABORT_BUDGET = 2.0
+"""Seconds a stop gives the turn under way to be interrupted and recorded; the rest stays queued."""
 
 
 def parse_row(row: InboundRow) -> tuple[Input | None, str | None]:
@@ -78,13 +93,29 @@ class Runner:
     """Drives one provider over one session's queues."""
 
     def __init__(
-        self, paths: Paths, provider: Provider, queues: RunnerQueues, doorbell: RunnerDoorbell
+        self,
+        paths: Paths,
+        provider: Provider,
+        queues: RunnerQueues,
+        doorbell: RunnerDoorbell,
+        *,
+        backoff: tuple[float, ...] = TRANSPORT_BACKOFF,
+        host_away_timeout: float | None = None,
     ) -> None:
         self.paths = paths
         self.provider = provider
         self.queues = queues
         self.doorbell = doorbell
+        self.backoff = backoff
+        self.host_away_timeout = host_away_timeout
+        self.host_gone = False
+        """Set when the runner stopped because its host stayed away too long."""
         self.attempts: dict[int, int] = {}
+        """Bursts that ended with a row unanswered (the provider crashed), per row."""
+        self.transport_tries: dict[int, int] = {}
+        """Turns that failed on transport, per row."""
+        self.retry_at = 0.0
+        """No burst starts before this (monotonic) time: a transport backoff is under way."""
         self._last_progress = 0.0
 
     def touch(self) -> None:
@@ -94,9 +125,13 @@ class Runner:
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeat(stopping))
         try:
             while not stopping.is_set():
+                rung = self.doorbell.rung.is_set()
                 self.doorbell.rung.clear()  # clear before reading, so a ring in between is not lost
-                inputs = self._inputs(self.queues.unconsumed())
-                if inputs:
+                inputs = self._inputs(self.queues.unconsumed(look_back=rung))
+                if inputs and (delay := self.retry_at - time.monotonic()) > 0:
+                    with contextlib.suppress(TimeoutError):  # the backoff: only a stop cuts it short
+                        await asyncio.wait_for(stopping.wait(), delay)
+                elif inputs:
                     await self._burst(merge(inputs), stopping)
                 else:
                     await self._wait(stopping)
@@ -106,10 +141,24 @@ class Runner:
                 await heartbeat
 
     async def _heartbeat(self, stopping: asyncio.Event) -> None:
+        every = HEARTBEAT_EVERY
+        if self.host_away_timeout is not None:
+            every = min(every, max(self.host_away_timeout / 4, 0.05))
         while not stopping.is_set():
             self.touch()
+            away = self.doorbell.away_for()
+            if self.host_away_timeout is not None and away > self.host_away_timeout:
+                log.warning(
+                    "the host has been away for %.0f s (longer than %g s): stopping; "
+                    "unanswered messages stay queued for the next container",
+                    away,
+                    self.host_away_timeout,
+                )
+                self.host_gone = True
+                stopping.set()
+                return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stopping.wait(), HEARTBEAT_EVERY)
+                await asyncio.wait_for(stopping.wait(), every)
 
     async def _wait(self, stopping: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(self.doorbell.rung.wait()), asyncio.ensure_future(stopping.wait())]
@@ -148,8 +197,9 @@ class Runner:
                     return
                 if rung.done():
                     self.doorbell.rung.clear()
-                    for item in self._inputs(self.queues.unconsumed(exclude=burst.seen)):
-                        burst.push(item)
+                    if not burst.deferred:  # a deferred burst takes nothing new: it is winding down
+                        for item in self._inputs(self.queues.unconsumed(exclude=burst.seen, look_back=True)):
+                            burst.push(item)
                     rung = asyncio.ensure_future(self.doorbell.rung.wait())
                 if next_event.done():
                     try:
@@ -161,6 +211,9 @@ class Runner:
                         burst.error(ErrorEvent(f"provider failed: {exc}", kind="crash"))
                         break
                     burst.handle(event)
+                    if burst.deferred and not burst.aborted:
+                        burst.aborted = True  # what else the query carries waits for the retry too
+                        await query.abort()
                     next_event = asyncio.ensure_future(anext(events))
         finally:
             for future in (next_event, rung, stop):
@@ -170,15 +223,18 @@ class Runner:
     async def _abort(
         self, query: Query, events: Any, next_event: asyncio.Future[Event], burst: _Burst
     ) -> None:
-        """SIGTERM mid-turn: interrupt, record what comes back within a few seconds, leave the rest queued."""
-        await query.abort()
-        deadline = time.monotonic() + ABORT_DRAIN
+        """Stopping mid-turn: interrupt, record what comes back within ``ABORT_BUDGET`` seconds
+        (a turn that completes in time is answered), leave the rest queued for the next container."""
+        burst.deferred = True  # unanswered rows are not failures: they wait for the next container
+        deadline = time.monotonic() + ABORT_BUDGET
         with contextlib.suppress(Exception):
+            await asyncio.wait_for(query.abort(), ABORT_BUDGET)
             while (left := deadline - time.monotonic()) > 0:
                 event = await asyncio.wait_for(next_event, left)
                 burst.handle(event)
                 next_event = asyncio.ensure_future(anext(events))
         next_event.cancel()
+        burst.finish()
 
     def progress(self, text: str) -> None:
         now = time.monotonic()
@@ -200,6 +256,10 @@ class _Burst:
         self.files: list[tuple[str, dict[str, Any]]] = []
         self.thread: str | None = None
         self.last_error: ErrorEvent | None = None
+        self.deferred = False
+        """A turn failed on transport (or the runner is stopping): the rows still pending wait
+        for a later burst and are not counted as failed tries."""
+        self.aborted = False
 
     def push(self, item: Input) -> None:
         self.seen.update(item.ids)
@@ -209,7 +269,9 @@ class _Burst:
 
     def error(self, event: ErrorEvent) -> None:
         self.last_error = event
-        self.runner.queues.add("status", {"state": "error", "error": event.message, "error_kind": event.kind})
+        self.runner.queues.add(
+            "status", {"state": "error", "error": scrub(event.message), "error_kind": event.kind}
+        )
         self.runner.doorbell.ring()
 
     def handle(self, event: Event) -> None:
@@ -236,11 +298,13 @@ class _Burst:
         ids = [i for i in event.ids if i in self.pending]
         if event.status == "interrupted":
             return  # not answered: the rows stay queued for the next wake
+        if event.status == "failed" and event.retryable and not event.text.strip():
+            self.retry(ids, event)
+            return
         rows, self.files = self.files, []
         text = event.text
         if event.status == "failed" and not text.strip():
-            kind = self.last_error.kind if self.last_error else "other"
-            text = f"Sorry, I could not answer ({kind}): {event.error or 'the turn failed'}"
+            text = plain_words(event.kind, event.error)
         if text.strip():
             rows.append(("message", {"text": text, "in_reply_to": ids}))
         status = "done" if event.status == "completed" else "failed"
@@ -249,6 +313,7 @@ class _Burst:
         self.pending.difference_update(ids)
         for i in ids:
             runner.attempts.pop(i, None)
+            runner.transport_tries.pop(i, None)
         if event.status == "completed":
             archive_exchange(
                 runner.paths.workspace / "conversations",
@@ -261,11 +326,49 @@ class _Burst:
         if not self.pending:
             self.query.end()
 
+    def retry(self, ids: list[int], event: ResultEvent) -> None:
+        """The turn failed on the way to the model: its rows stay queued and the queue waits out
+        a backoff; a row whose every retry failed is answered with what went wrong."""
+        runner = self.runner
+        tries = {i: runner.transport_tries.get(i, 0) + 1 for i in ids}
+        runner.transport_tries.update(tries)
+        given_up = [i for i in ids if tries[i] > len(runner.backoff)]
+        if given_up:
+            log.error(
+                "rows %s: the model could not be reached after %d tries: %s",
+                given_up,
+                tries[given_up[0]],
+                event.error,
+            )
+            runner.queues.commit_turn(
+                [("message", {"text": plain_words(event.kind, event.error), "in_reply_to": given_up})],
+                [(i, "failed", event.error) for i in given_up],
+            )
+            for i in given_up:
+                runner.transport_tries.pop(i, None)
+        again = [i for i in ids if i not in given_up]
+        if again:
+            delay = runner.backoff[max(tries[i] for i in again) - 1]
+            runner.retry_at = max(runner.retry_at, time.monotonic() + delay)
+            log.warning(
+                "rows %s: turn failed on transport (%s); trying again in %g s", again, event.error, delay
+            )
+            runner.queues.add(
+                "progress", {"text": f"The AI model service did not answer; trying again in {delay:g} s."}
+            )
+        runner.doorbell.ring()
+        self.pending.difference_update(ids)
+        self.deferred = True
+
     def finish(self) -> None:
-        """The query ended: count a try against every row it left unanswered."""
+        """The query ended: count a try against every row it left unanswered (unless they wait
+        for a retry or the next container)."""
         if self.files:  # files with no result to travel with still reach the chat
             self.runner.queues.commit_turn(self.files, [])
             self.files = []
+        if self.deferred:
+            self.runner.doorbell.ring()
+            return
         given_up = []
         for i in sorted(self.pending):
             tries = self.runner.attempts.get(i, 0) + 1
@@ -274,16 +377,12 @@ class _Burst:
                 given_up.append(i)
         if given_up:
             reason = self.last_error.message if self.last_error else "the agent stopped without answering"
+            text = (
+                f"Sorry, the agent failed {FAIL_LIMIT} times on this message ({scrub(reason)}), "
+                "so I gave up on it."
+            )
             self.runner.queues.commit_turn(
-                [
-                    (
-                        "message",
-                        {
-                            "text": f"Sorry, I failed {FAIL_LIMIT} times on this message: {reason}",
-                            "in_reply_to": given_up,
-                        },
-                    )
-                ],
+                [("message", {"text": text, "in_reply_to": given_up})],
                 [(i, "failed", reason) for i in given_up],
             )
             for i in given_up:
@@ -353,7 +452,8 @@ async def amain(paths: Paths) -> int:
             os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
         provider = build_provider(config, paths, base_url)
         await provider.start()
-        await Runner(paths, provider, queues, doorbell).run(stopping)
+        runner = Runner(paths, provider, queues, doorbell, host_away_timeout=config.host_away_timeout)
+        await runner.run(stopping)
         return 0
     except (ConfigError, OSError, RuntimeError) as exc:
         log.error("runner cannot start: %s", exc)

@@ -4,7 +4,9 @@ It follows the provider contract exactly (init, push/end/abort, one ResultEvent 
 the ids it answered). A prompt containing ``[slow]`` holds its turn open until a follow-up is
 pushed (steered into the same turn) or the query is aborted, so tests can exercise those paths
 without timing tricks. ``[fail]`` makes the turn fail with a classified error. ``[sendback]``
-sends every attached file back to the chat, so tests can carry a file both ways.
+sends every attached file back to the chat, so tests can carry a file both ways. ``[flaky]``
+fails on transport (as if the model could not be reached) the first ``FLAKY_FAILURES`` times
+a text is tried, then answers; ``[unreachable]`` always fails on transport.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from agent_runner.provider import (
 )
 
 _ATTACHED = re.compile(r"\(attached file: (?P<path>[^)\n]+)\)")
+FLAKY_FAILURES = 2
+TRANSPORT_ERROR = "stream disconnected before completion: mock connection reset"
 
 
 class MockQuery:
-    def __init__(self, first: Input, continuation: str | None) -> None:
+    def __init__(self, first: Input, continuation: str | None, tries: dict[int, int] | None = None) -> None:
+        self._tries = tries if tries is not None else {}
         self._continuation = continuation or f"mock-{uuid.uuid4()}"
         self._queue: list[Input] = [first]
         self._changed = asyncio.Event()
@@ -55,6 +60,17 @@ class MockQuery:
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events()
 
+    def _transport_fails(self, turn: list[Input]) -> bool:
+        text = " | ".join(item.text for item in turn)
+        if "[unreachable]" in text:
+            return True
+        flaky = [i for item in turn if "[flaky]" in item.text for i in item.ids]
+        if not flaky:
+            return False
+        key = min(flaky)  # the same message, however it is merged with others on a retry
+        self._tries[key] = self._tries.get(key, 0) + 1
+        return self._tries[key] <= FLAKY_FAILURES
+
     async def _events(self) -> AsyncIterator[Event]:
         yield InitEvent(self._continuation)
         while not self._aborted:
@@ -77,6 +93,10 @@ class MockQuery:
                 yield ErrorEvent("mock failure requested", kind="other")
                 yield ResultEvent("", "failed", ids, error="mock failure requested")
                 continue
+            if self._transport_fails(turn):
+                yield ErrorEvent(TRANSPORT_ERROR, kind="transport", retryable=True)
+                yield ResultEvent("", "failed", ids, error=TRANSPORT_ERROR, kind="transport", retryable=True)
+                continue
             for item in turn:
                 if "[sendback]" in item.text:
                     for found in _ATTACHED.finditer(item.text):
@@ -88,11 +108,14 @@ class MockQuery:
 class MockProvider:
     name = "mock"
 
+    def __init__(self) -> None:
+        self._tries: dict[int, int] = {}
+
     async def start(self) -> None:
         return None
 
     def query(self, first: Input, continuation: str | None) -> MockQuery:
-        return MockQuery(first, continuation)
+        return MockQuery(first, continuation, self._tries)
 
     async def close(self) -> None:
         return None

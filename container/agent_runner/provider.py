@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-ErrorKind = Literal["auth", "quota", "sandbox", "stale_session", "crash", "timeout", "config", "other"]
+ErrorKind = Literal[
+    "auth", "quota", "sandbox", "stale_session", "crash", "timeout", "config", "transport", "other"
+]
 TurnStatus = Literal["completed", "interrupted", "failed"]
 
 
@@ -69,12 +71,19 @@ class ErrorEvent:
 
 @dataclass(frozen=True)
 class ResultEvent:
-    """The end of one turn: the reply text and the inbound ids it answered."""
+    """The end of one turn: the reply text and the inbound ids it answered.
+
+    A failed turn says what kind of failure it was and whether retrying can help
+    (``retryable``: the model was not reached or its answer was cut off on the way). The
+    provider has already undone what it could of a retryable turn (codex rolls the turn back),
+    so the runner may send the same inputs again."""
 
     text: str
     status: TurnStatus = "completed"
     ids: tuple[int, ...] = field(default=())
     error: str | None = None
+    kind: ErrorKind = "other"
+    retryable: bool = False
 
 
 Event = InitEvent | ActivityEvent | ProgressEvent | FileEvent | ErrorEvent | ResultEvent

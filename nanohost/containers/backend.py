@@ -5,6 +5,13 @@ dropped, no privilege escalation, an init as PID 1 (so SIGTERM reaches the runne
 clean), memory/CPU/pids limits, and labels that let a restarted host find what it started.
 Containers are not auto-removed: their output and exit reason are kept until the next start.
 The docker SDK is synchronous, so calls run in a worker thread.
+
+One engine may serve several installations (two data dirs, or the test suite beside a serving
+host). Each installation's containers carry its id (label ``nanohost.installation`` and their
+name), and a backend made for an installation lists, replaces and clashes with its own only.
+
+``EngineWatch`` is the backend as the host uses it: while the engine is away, a start waits for it
+to come back instead of failing, so an engine outage is never counted as a session's crash.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from nanohost.providers import Mount
@@ -28,6 +36,7 @@ Docker leaves the hostname out of /etc/hosts, and Codex resolving its own hostna
 waits out a 5 s DNS timeout (measured: initialize 5.1 s → 0.14 s with the mapping)."""
 LABEL_GROUP = "nanohost.group"
 LABEL_SESSION = "nanohost.session"
+LABEL_INSTALLATION = "nanohost.installation"
 
 
 def container_user() -> tuple[int, int]:
@@ -61,6 +70,8 @@ class ContainerState:
     error: str | None = None
     oom_killed: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[str, ...] = ()
+    """The host paths it mounts (empty when the backend does not say)."""
 
     @property
     def exit_reason(self) -> str:
@@ -103,14 +114,29 @@ def _state(container: Any) -> ContainerState:
         error=status.get("Error") or None,
         oom_killed=bool(status.get("OOMKilled")),
         labels=dict(attrs.get("Config", {}).get("Labels") or {}),
+        mounts=tuple(str(m.get("Source", "")) for m in attrs.get("Mounts") or []),
     )
 
 
-class DockerBackend:
-    """ContainerBackend on the local Docker engine through the docker SDK."""
+def mounts_under(state: ContainerState, root: Path) -> bool:
+    """Whether the container mounts anything inside ``root`` (a data dir)."""
+    return any(Path(source).is_relative_to(root) for source in state.mounts if source)
 
-    def __init__(self, client: Any | None = None) -> None:
+
+class DockerBackend:
+    """ContainerBackend on the local Docker engine through the docker SDK.
+
+    Made for an ``installation``, it lists only the containers labelled with that id, plus those a
+    host from before installation ids started on the same ``data_dir`` (no installation label, a
+    mount inside it), so that the host can stop them. Without one it lists every nanohost container
+    (tools and tests looking at the whole engine)."""
+
+    def __init__(
+        self, client: Any | None = None, *, installation: str | None = None, data_dir: Path | None = None
+    ) -> None:
         self._client = client
+        self.installation = installation
+        self.data_dir = data_dir
 
     @property
     def client(self) -> Any:
@@ -140,12 +166,10 @@ class DockerBackend:
 
         try:
             old = self.client.containers.get(spec.name)
-            if old.status == "running":
-                log.info("container %s already running; adopting it", spec.name)
-                return str(old.id)
-            old.remove(force=True)
         except NotFound:
             pass
+        else:
+            self._replace(old, spec)
         memory = parse_memory(spec.memory)
         uid, gid = container_user()
         container = self.client.containers.run(
@@ -171,6 +195,29 @@ class DockerBackend:
             log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
         )
         return str(container.id)
+
+    def _replace(self, old: Any, spec: ContainerSpec) -> None:
+        """A container already has the name: remove it when it is this installation's (one still
+        running was started with a gateway grant the new start has just replaced, so it is stopped
+        cleanly first); refuse to touch one of another installation's."""
+        theirs = (old.labels or {}).get(LABEL_INSTALLATION)
+        ours = spec.labels.get(LABEL_INSTALLATION)
+        if theirs != ours:
+            raise InvalidInput(
+                f"a container named {spec.name} exists that this installation did not start "
+                f"(installation {theirs or 'none'}, this one is {ours or 'none'}); it is left alone: "
+                "remove it (`docker rm -f`) if it is not another host's"
+            )
+        if self.data_dir is not None and not mounts_under(_state(old), self.data_dir):
+            raise InvalidInput(
+                f"a container named {spec.name} carries this installation's id but mounts another data "
+                "dir (a copy of this one?); it is left alone: give the copy its own id (delete the row "
+                "of its database's `installation` table; the next start makes a new one)"
+            )
+        if old.status == "running":
+            log.info("container %s is still running from an earlier start; stopping it first", spec.name)
+            old.stop(timeout=10)
+        old.remove(force=True)
 
     async def stop(self, container_id: str, grace: float = 10) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -203,8 +250,19 @@ class DockerBackend:
 
     async def list_managed(self) -> list[ContainerState]:
         def listing() -> list[ContainerState]:
-            found = self.client.containers.list(all=True, filters={"label": LABEL_GROUP})
-            return [_state(c) for c in found]
+            if self.installation is None:
+                found = self.client.containers.list(all=True, filters={"label": LABEL_GROUP})
+                return [_state(c) for c in found]
+            own = self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_INSTALLATION}={self.installation}"}
+            )
+            states = [_state(c) for c in own]
+            if self.data_dir is not None:
+                for container in self.client.containers.list(all=True, filters={"label": LABEL_GROUP}):
+                    state = _state(container)
+                    if LABEL_INSTALLATION not in state.labels and mounts_under(state, self.data_dir):
+                        states.append(state)
+            return states
 
         return await asyncio.to_thread(listing)
 
@@ -225,3 +283,62 @@ class DockerBackend:
             return bool(await asyncio.to_thread(self.client.ping))
         except Exception:
             return False
+
+
+class EngineWatch:
+    """The container backend as the host uses it: knows whether the engine answers, and while it
+    does not, a start waits for it instead of failing.
+
+    The sweeper (``Orchestrator``) pings the engine: ``lost`` closes the gate, ``back`` opens it
+    again once what still runs has been adopted. A start that fails while the engine does not
+    answer the ping closes the gate and waits too. Everything else passes straight through.
+    """
+
+    def __init__(self, backend: ContainerBackend) -> None:
+        self.backend = backend
+        self._up = asyncio.Event()
+        self._up.set()
+
+    @property
+    def reachable(self) -> bool:
+        return self._up.is_set()
+
+    def lost(self, why: str) -> None:
+        if self._up.is_set():
+            log.warning("container engine not reachable (%s): wakes wait until it is back", why)
+            self._up.clear()
+
+    def back(self) -> None:
+        if not self._up.is_set():
+            log.info("container engine is back: waiting wakes go ahead")
+            self._up.set()
+
+    async def run(self, spec: ContainerSpec) -> str:
+        while True:
+            await self._up.wait()
+            try:
+                return await self.backend.run(spec)
+            except InvalidInput:
+                raise
+            except Exception as exc:
+                if await self.backend.ping():
+                    raise
+                self.lost(f"starting {spec.name} failed: {exc}")
+
+    async def stop(self, container_id: str, grace: float = 10) -> None:
+        await self.backend.stop(container_id, grace)
+
+    async def kill(self, container_id: str) -> None:
+        await self.backend.kill(container_id)
+
+    async def inspect(self, container_id: str) -> ContainerState | None:
+        return await self.backend.inspect(container_id)
+
+    async def list_managed(self) -> list[ContainerState]:
+        return await self.backend.list_managed()
+
+    async def logs(self, container_id: str, tail: int = 50) -> str:
+        return await self.backend.logs(container_id, tail)
+
+    async def ping(self) -> bool:
+        return await self.backend.ping()

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Float,
@@ -89,6 +90,17 @@ class ContainerConfig(Base):
     allowed_senders: Mapped[list[str]] = mapped_column(default=list)
     engage_mode: Mapped[str] = mapped_column(String(16), default="always")
     trigger_word: Mapped[str | None] = mapped_column(String(64))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    """IANA zone the group's cron schedules are read in; None: the host's."""
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """Bumped by every edit that needs a new container; a container started with an older one is
+    replaced at its next idle moment."""
+    snapshot_excludes: Mapped[list[str] | None] = mapped_column(JSON)
+    """Name or path patterns left out of the group's snapshots; None: ``snapshots.DEFAULT_EXCLUDES``."""
+    snapshot_on: Mapped[str] = mapped_column(String(8), default="off", server_default="off")
+    """Automatic snapshots: ``off``, ``idle`` (after each busy spell) or ``daily``."""
+    snapshot_keep: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
+    """How many automatic snapshots of the group are kept (the oldest beyond go)."""
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     group: Mapped[AgentGroup] = relationship(back_populates="config")
@@ -158,10 +170,21 @@ class AgentSession(Base):
     gateway_egress: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
     """The egress allow-list granted with the placeholder."""
     quarantined_at: Mapped[datetime | None] = mapped_column(DateTime)
+    config_version: Mapped[int | None] = mapped_column(Integer)
+    """The group config version its running container was started with."""
+    restart_requested: Mapped[bool] = mapped_column(default=False, server_default="0")
+    """An operator asked for a clean restart (``groups restart``, ``config --now``, ``sessions reset``)."""
+    last_error_at: Mapped[datetime | None] = mapped_column(DateTime)
     """When the session's queue files were found unreadable and set aside (status ``failed``)."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
     group: Mapped[AgentGroup] = relationship(back_populates="sessions")
+
+    @validates("last_error")
+    def _stamp_error(self, _key: str, value: str | None) -> str | None:
+        """Every error carries its time; clearing the error clears the time."""
+        self.last_error_at = utcnow() if value is not None else None
+        return value
 
     __table_args__ = (
         CheckConstraint(
@@ -239,3 +262,53 @@ class ChannelState(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class Installation(Base):
+    """This host's identity (one row, made with the database): its containers carry it in their
+    labels and names, so two hosts on one container engine never touch each other's."""
+
+    __tablename__ = "installation"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    installation_id: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    __table_args__ = (CheckConstraint("id = 1", name="ck_installation_one_row"),)
+
+
+SNAPSHOT_REASONS = ("manual", "before-restore", "idle", "daily")
+
+
+class Snapshot(Base):
+    """One archive of a group's folder and agent state (``nanohost.snapshots``): the file is
+    ``<data dir>/snapshots/<folder>/<archive>``; the row says what it holds and which threads it
+    resumes."""
+
+    __tablename__ = "snapshots"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("agent_groups.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    reason: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str | None] = mapped_column(Text)
+    continuation: Mapped[str | None] = mapped_column(String(128))
+    """The thread a restore resumes: that of the group's most recently active session."""
+    threads: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Every live session's thread by chat key (``""``: the shared session)."""
+    archive: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Bytes of the archive."""
+    content_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Bytes of the files archived (before compression)."""
+    files: Mapped[int] = mapped_column(Integer, default=0)
+    restored_at: Mapped[datetime | None] = mapped_column(DateTime)
+    restore_token: Mapped[str | None] = mapped_column(String(32))
+    """The token of its last restore's journal: set in the restore's commit, so recovery after a
+    crash knows whether that restore was committed."""
+
+    __table_args__ = (
+        CheckConstraint(
+            "reason IN ('manual', 'before-restore', 'idle', 'daily')", name="ck_snapshot_reason"
+        ),
+    )

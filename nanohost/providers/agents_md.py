@@ -28,7 +28,7 @@ CONTRACT_CAP_BYTES = 12 * 1024
 HEADER = (
     "<!-- Composed by nanohost at every wake; do not edit (edits are replaced). Change memory in\n"
     "memory/index.md, the group's settings with `nanohost groups config`, or the shared contract in\n"
-    "container/AGENTS.md. -->\n"
+    "nanohost/providers/contract.md. -->\n"
 )
 
 

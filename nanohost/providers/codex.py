@@ -16,15 +16,19 @@ from nanohost.providers import Contribution, GroupSpec, Mount
 from nanohost.providers.agents_md import Section, compose, core_sections, write_atomically
 from nanohost.safe_fs import agent_owner, create_beneath, open_root, open_subdir
 from nanohost.settings import PROJECT_ROOT
+from nanohost.skills import SKILLS_DIR
 
 log = logging.getLogger(__name__)
 
 CONTAINER_HOME = "/home/agent"
 WORKSPACE = "/workspace/agent"
 SHARED_SKILLS_TARGET = "/opt/nanohost/skills"
-CONTRACT_FILE = PROJECT_ROOT / "container" / "AGENTS.md"
+CONTRACT_FILE = Path(__file__).resolve().parent / "contract.md"
+"""The runtime contract every group's AGENTS.md starts with: the agent's tools, folders and limits.
+Package data (pyproject ``[tool.setuptools.package-data]``), so an installed host has it too; not
+named AGENTS.md, so coding agents working on this repository never take it as their own."""
 MODULES_DIR = PROJECT_ROOT / "container" / "modules"
-SHARED_SKILLS_DIR = PROJECT_ROOT / "container" / "skills"
+SHARED_SKILLS_DIR = SKILLS_DIR
 
 
 def module_sections(modules_dir: Path = MODULES_DIR) -> list[Section]:

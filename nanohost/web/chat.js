@@ -5,6 +5,7 @@
 // the websocket /web/groups/{g}/stream?after=<last id>. When the socket drops (host restart,
 // network), it reconnects with backoff, resuming after the last id seen; messages are keyed by
 // id, so a replay never shows one twice. A 401 anywhere means the session ended: reload to log in.
+// An error shown while the host was away clears itself once the socket is back.
 
 const PAGE = 200;
 const $ = (id) => document.getElementById(id);
@@ -16,6 +17,7 @@ const state = {
   progress: "",
   socket: null,
   backoff: 500,
+  reconnecting: false,
   maxBytes: 0,
 };
 
@@ -61,7 +63,7 @@ async function loadGroups() {
   if (!groups.length) {
     $("title").textContent = "No groups";
     showError("No group has a web binding yet: run `nanohost bind web GROUP GROUP` on the host.");
-    $("send").disabled = true;
+    $("send").disabled = $("new-conversation").disabled = true;
     return;
   }
   const wanted = decodeURIComponent(location.hash.slice(1));
@@ -101,6 +103,8 @@ function connect(generation) {
   socket.addEventListener("open", () => {
     state.backoff = 500;
     $("connection").textContent = "";
+    if (state.reconnecting) showError(""); // whatever failed while the host was away is past
+    state.reconnecting = false;
   });
   socket.addEventListener("message", (event) => {
     if (generation !== state.generation) return;
@@ -114,6 +118,7 @@ function connect(generation) {
   });
   socket.addEventListener("close", () => {
     if (generation !== state.generation) return;
+    state.reconnecting = true;
     $("connection").textContent = "reconnecting…";
     const delay = state.backoff;
     state.backoff = Math.min(state.backoff * 2, 10000);
@@ -143,12 +148,15 @@ function addMessage(message) {
   const meta = document.createElement("div");
   meta.className = "meta";
   const when = new Date(message.created_at);
-  const sender = message.direction === "in" && message.sender === "web" ? "you" : message.sender;
-  meta.textContent = `${sender || (message.direction === "out" ? "agent" : "someone")} · ${
+  // Replies carry the group's name (the agent answers as its group); messages in, their sender.
+  const sender =
+    message.direction === "out" ? state.group : message.sender === "web" ? "you" : message.sender || "someone";
+  meta.textContent = `${sender} · ${
     isNaN(when) ? "" : when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" })}`;
   const body = document.createElement("div");
   body.className = "body";
   body.innerHTML = renderMarkdown(message.text); // escapes everything first (markdown.js)
+  body.querySelectorAll("pre").forEach(addCopyButton);
   item.append(meta, body);
   if (message.files.length) {
     const files = document.createElement("ul");
@@ -173,6 +181,42 @@ function addMessage(message) {
   list.scrollTop = list.scrollHeight;
 }
 
+// A "Copy" button on a code block: copies the code's text (not the button's).
+function addCopyButton(pre) {
+  const code = pre.querySelector("code");
+  if (!code) return;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "copy";
+  button.textContent = "Copy";
+  button.title = "Copy the code";
+  button.addEventListener("click", async () => {
+    try {
+      await copyText(code.textContent);
+      button.textContent = "Copied";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+    setTimeout(() => (button.textContent = "Copy"), 1500);
+  });
+  pre.classList.add("copyable");
+  pre.prepend(button);
+}
+
+// The clipboard API where the page is a secure context (https, localhost); else a selection copy.
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) return navigator.clipboard.writeText(text);
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.readOnly = true;
+  area.className = "offscreen";
+  document.body.append(area);
+  area.select();
+  const copied = document.execCommand("copy");
+  area.remove();
+  if (!copied) throw new Error("copy refused");
+}
+
 // "thinking…" while the newest message is the user's and still waiting, or while progress arrives.
 function updateThinking() {
   const newest = state.messages.get(state.lastId);
@@ -194,27 +238,48 @@ async function send(event) {
     showError(`${file.name} is larger than the ${(state.maxBytes / 1024 ** 2).toFixed(0)} MiB limit`);
     return;
   }
+  if (await post(text, file)) {
+    $("text").value = "";
+    clearAttachment();
+  }
+  $("text").focus();
+}
+
+// Post one message (and file); true when the host recorded it.
+async function post(text, file) {
   const form = new FormData();
   form.append("text", text);
   if (file) form.append("file", file);
-  $("send").disabled = true;
+  $("send").disabled = $("new-conversation").disabled = true;
   showError("");
   try {
     const { id } = await call(groupUrl("messages"), { method: "POST", body: form });
-    $("text").value = "";
-    $("file").value = "";
-    $("file-name").textContent = "";
     // The socket delivers the row itself; until then, show the wait at once.
     if (!state.messages.has(id)) {
       const { messages } = await call(groupUrl(`messages?after=${state.lastId}`));
       messages.forEach(addMessage);
     }
+    return true;
   } catch (exc) {
-    showError(exc.message);
+    // fetch rejects with a TypeError when the host cannot be reached at all
+    showError(
+      exc instanceof TypeError ? "The host cannot be reached: not sent. Send it again once it is back." : exc.message,
+    );
+    return false;
   } finally {
-    $("send").disabled = false;
-    $("text").focus();
+    $("send").disabled = $("new-conversation").disabled = false;
   }
+}
+
+function showAttachment() {
+  const file = $("file").files[0];
+  $("file-name").textContent = file ? file.name : "";
+  $("attachment").hidden = !file;
+}
+
+function clearAttachment() {
+  $("file").value = "";
+  showAttachment();
 }
 
 $("composer").addEventListener("submit", send);
@@ -224,10 +289,13 @@ $("text").addEventListener("keydown", (event) => {
     $("composer").requestSubmit();
   }
 });
-$("file").addEventListener("change", () => {
-  const file = $("file").files[0];
-  $("file-name").textContent = file ? file.name : "";
+$("file").addEventListener("change", showAttachment);
+$("file-clear").addEventListener("click", () => {
+  clearAttachment();
+  $("text").focus();
 });
+// The host starts a fresh conversation (a new thread; memory and files stay) on "/new".
+$("new-conversation").addEventListener("click", () => post("/new", null));
 $("logout").addEventListener("click", async () => {
   await fetch("/web/logout", { method: "POST", headers: { "X-Nanohost": "1" } });
   location.replace("/");

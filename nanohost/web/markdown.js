@@ -7,7 +7,9 @@
 // cut out first (into numbered slots, marked by NUL characters, which are removed from the input
 // and never part of a URL) so that emphasis never rewrites a URL or code.
 // Supports: ``` fenced code, `inline code`, **bold**/__bold__, *italic*/_italic_,
-// [text](https://…) and bare http(s) links, - / * / 1. lists, # headings, paragraphs.
+// [text](https://…) and bare http(s) links, - / * / 1. lists, # headings, paragraphs,
+// > blockquotes (nested up to MAX_QUOTE_DEPTH, rendered by this same function), and tables
+// (a header row, a |---|---| delimiter row, body rows; cells split on | unless escaped as \|).
 
 const ESCAPES = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
 
@@ -50,7 +52,51 @@ function inline(text) {
   return html.replace(/\u0000/g, "");
 }
 
-function renderMarkdown(text) {
+const MAX_QUOTE_DEPTH = 8; // deeper ">" stays text: the renderer recurses once per level
+const QUOTE = /^ {0,3}> ?(.*)$/;
+const TABLE_DELIMITER = /^ *\|? *:?-+:? *(?:\| *:?-+:? *)*\|? *$/;
+
+// A table row's cells: outer pipes dropped, split on "|" except an escaped "\|" or one inside a
+// `code span` (when the row's backticks pair up).
+function tableCells(line) {
+  let row = line.trim();
+  if (row.startsWith("|")) row = row.slice(1);
+  if (row.endsWith("|") && !row.endsWith("\\|")) row = row.slice(0, -1);
+  const pairedTicks = (row.match(/`/g) || []).length % 2 === 0;
+  const cells = [""];
+  let inCode = false;
+  for (let i = 0; i < row.length; i++) {
+    if (row[i] === "\\" && row[i + 1] === "|") {
+      cells[cells.length - 1] += "|";
+      i++;
+      continue;
+    }
+    if (row[i] === "`" && pairedTicks) inCode = !inCode;
+    if (row[i] === "|" && !inCode) cells.push("");
+    else cells[cells.length - 1] += row[i];
+  }
+  return cells.map((cell) => cell.trim());
+}
+
+// Whether a table starts at lines[i]: a row with a pipe, then a delimiter row of as many cells.
+function tableStarts(lines, i) {
+  return (
+    lines[i].includes("|") &&
+    i + 1 < lines.length &&
+    TABLE_DELIMITER.test(lines[i + 1]) &&
+    tableCells(lines[i]).length === tableCells(lines[i + 1]).length
+  );
+}
+
+function renderTable(header, rows) {
+  const width = header.length;
+  const cells = (row, tag) =>
+    Array.from({ length: width }, (_, k) => `<${tag}>${inline(row[k] ?? "")}</${tag}>`).join("");
+  const body = rows.map((row) => `<tr>${cells(row, "td")}</tr>`).join("");
+  return `<table><thead><tr>${cells(header, "th")}</tr></thead>${body ? `<tbody>${body}</tbody>` : ""}</table>`;
+}
+
+function renderMarkdown(text, depth = 0) {
   const lines = String(text).replace(/\r\n?/g, "\n").split("\n");
   const out = [];
   let para = [];
@@ -72,6 +118,27 @@ function renderMarkdown(text) {
       const code = [];
       for (i++; i < lines.length && !/^\s*```\s*$/.test(lines[i]); i++) code.push(lines[i]);
       out.push(`<pre><code>${escapeHtml(code.join("\n"))}</code></pre>`);
+      continue;
+    }
+    if (depth < MAX_QUOTE_DEPTH && QUOTE.test(line)) {
+      flushPara();
+      flushList();
+      const quoted = [];
+      for (; i < lines.length && QUOTE.test(lines[i]); i++) quoted.push(lines[i].match(QUOTE)[1]);
+      i--;
+      out.push(`<blockquote>${renderMarkdown(quoted.join("\n"), depth + 1)}</blockquote>`);
+      continue;
+    }
+    if (tableStarts(lines, i)) {
+      flushPara();
+      flushList();
+      const header = tableCells(line);
+      const rows = [];
+      for (i += 2; i < lines.length && lines[i].includes("|") && lines[i].trim(); i++) {
+        rows.push(tableCells(lines[i]));
+      }
+      i--;
+      out.push(renderTable(header, rows));
       continue;
     }
     const heading = line.match(/^(#{1,6})\s+(.*)$/);

@@ -1,3 +1,3 @@
 from tests.fakes.model_server import model_server  # noqa: F401  (fixture)
-from tests.runner.conftest import harness  # noqa: F401  (fixture: the runner loop over the real transport)
+from tests.runner.conftest import harness, runner_options  # noqa: F401  (fixtures: the runner loop over the real transport)
 from tests.support.codex_bin import codex_bin  # noqa: F401  (fixture)

@@ -30,7 +30,8 @@ def test_config_parses_and_carries_every_setting() -> None:
     provider = config["model_providers"]["nanohost"]
     assert provider["base_url"] == "http://127.0.0.1:4321/v1" and provider["wire_api"] == "responses"
     assert provider["env_key"] == "NANOHOST_SESSION_PLACEHOLDER"
-    assert provider["request_max_retries"] == 1 and provider["stream_max_retries"] == 1
+    assert provider["request_max_retries"] == 2 and provider["stream_max_retries"] == 3  # CODEX.md §6
+    assert provider["stream_idle_timeout_ms"] == 120_000
     assert config["features"]["plugins"] is False
     assert config["mcp_servers"]["fs"]["args"] == ["-y", NASTY]
     assert config["mcp_servers"]["fs"]["env"] == {"MODE": NASTY}
@@ -63,35 +64,50 @@ def test_efforts(value: str) -> None:
     assert normalize_effort(value) == value.lower()
 
 
-def test_environment_is_allow_listed_and_never_secret() -> None:
+def test_environment_passes_the_containers_through_less_the_runners_own() -> None:
     source = {
         "PATH": "/usr/bin",
         "LANG": "C.UTF-8",
-        "LC_ALL": "C",
-        "TZ": "UTC",
+        "TZ": "Europe/Paris",
         "https_proxy": "http://p",
-        "SSL_CERT_FILE": "/etc/ssl/x.pem",
-        "OPENAI_API_KEY": "sk-1",
-        "GITHUB_TOKEN": "t",
-        "AWS_SECRET_ACCESS_KEY": "s",
-        "MY_KEY": "k",
-        "DB_PASSWORD": "p",
-        "RANDOM_VAR": "r",
-        "NANOHOST_API_TOKEN": "x",
+        "GREETING": "bonjour",  # set with `groups config --env`: it must reach the agent
+        "REPORT_DIR": "/workspace/agent/reports",
+        "NANOHOST_SESSION_DIR": "/workspace/session",  # the runner's own
+        "NANOHOST_LOG_LEVEL": "DEBUG",
+        "CODEX_HOME": "/elsewhere",  # set explicitly below
+        "codex_sandbox": "off",
+        "OPENAI_BASE_URL": "http://elsewhere",  # the model only through the gateway
+        "LD_PRELOAD": "/tmp/x.so",
+        "DYLD_INSERT_LIBRARIES": "/tmp/x.dylib",
     }
     env = codex_env(source, codex_home="/h/.codex", home="/h", placeholder="nh-ph-1")
     assert env == {
         "PATH": "/usr/bin",
         "LANG": "C.UTF-8",
-        "LC_ALL": "C",
-        "TZ": "UTC",
+        "TZ": "Europe/Paris",
         "https_proxy": "http://p",
-        "SSL_CERT_FILE": "/etc/ssl/x.pem",
+        "GREETING": "bonjour",
+        "REPORT_DIR": "/workspace/agent/reports",
         "HOME": "/h",
         "CODEX_HOME": "/h/.codex",
         "NANOHOST_SESSION_PLACEHOLDER": "nh-ph-1",
     }
-    assert not [k for k in env if k.endswith(("_KEY", "_TOKEN"))]
+
+
+def test_every_env_name_the_host_accepts_reaches_codex() -> None:
+    """The host's rule (check_env_name) is the one filter: what it lets into a container, the
+    runner passes on; what the runner drops, the host never lets in."""
+    from agent_runner.codex.env import passes
+
+    from nanohost.validation import InvalidInput, check_env_name
+
+    for name in ["TZ", "GREETING", "GIT_AUTHOR_NAME", "MONKEY", "REPORT_DIR", "lang", "x"]:
+        check_env_name(name)
+        assert passes(name), name
+    for name in ["NANOHOST_X", "CODEX_SANDBOX", "OPENAI_BASE_URL", "LD_PRELOAD", "DYLD_X", "codex_x"]:
+        assert not passes(name), name
+        with pytest.raises(InvalidInput):
+            check_env_name(name)
 
 
 @pytest.mark.parametrize(

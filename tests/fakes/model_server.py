@@ -32,6 +32,8 @@ class Reply:
     error_body: str = '{"error":{"message":"scripted error"}}'
     hold: asyncio.Event | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False
+    """Close the connection abruptly after the first event (a stream cut mid-response)."""
 
     @classmethod
     def command(cls, cmd: str) -> Reply:
@@ -77,6 +79,8 @@ class ModelServer:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self.queue: deque[Reply] = deque()
+        self.streaming = 0
+        """Streams open right now (past their first event, e.g. held)."""
         self._arrived = asyncio.Condition()
         self._ids = itertools.count(1)
         app = web.Application()
@@ -101,6 +105,11 @@ class ModelServer:
             await self._arrived.wait_for(lambda: len(self.requests) >= count)
         return self.requests
 
+    async def wait_streaming(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Wait until ``count`` streams are open (a held reply has sent its first event)."""
+        async with asyncio.timeout(timeout), self._arrived:
+            await self._arrived.wait_for(lambda: self.streaming >= count)
+
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.requests.append(Recorded(dict(request.headers), body))
@@ -123,8 +132,18 @@ class ModelServer:
         await response.prepare(request)
         response_id = f"resp_{next(self._ids)}"
         await self._event(response, {"type": "response.created", "response": {"id": response_id}})
-        if reply.hold is not None:
-            await reply.hold.wait()
+        self.streaming += 1
+        async with self._arrived:
+            self._arrived.notify_all()
+        try:
+            if reply.hold is not None:
+                await reply.hold.wait()
+        finally:
+            self.streaming -= 1
+        if reply.drop:
+            assert request.transport is not None
+            request.transport.abort()  # no response.completed: the stream is cut
+            return response
         if reply.tool_call is not None:
             item = {"type": "function_call", "call_id": f"call_{next(self._ids)}", **reply.tool_call}
         else:

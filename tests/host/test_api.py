@@ -58,7 +58,9 @@ async def test_healthz_reports_database_and_containers(client: TestClient) -> No
     assert response.status == 200
     body = await response.json()
     queue = body.pop("wake_queue")
-    assert body == {"ok": True, "database": "ok", "containers": "ok"}
+    free = body.pop("disk_free_bytes")
+    assert body == {"ok": True, "database": "ok", "containers": "ok", "disk": "ok"}
+    assert isinstance(free, int) and free > 0
     assert (queue["capacity"], queue["in_use"], queue["waiting"], queue["oldest_wait_s"]) == (8, 0, 0, 0.0)
 
 

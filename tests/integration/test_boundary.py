@@ -22,12 +22,14 @@ from sqlalchemy import select
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentSession, Message
 from tests.integration.conftest import AUTH, add_group, make_settings
+from tests.support.host import containers_of
 
 pytestmark = pytest.mark.docker
 
 
-def container_of(docker_client: Any, folder: str) -> Any:
-    (container,) = docker_client.containers.list(filters={"label": f"nanohost.group={folder}"})
+def container_of(docker_client: Any, settings: Any, folder: str) -> Any:
+    """The running container of ``folder`` in this test's own installation."""
+    (container,) = containers_of(docker_client, settings, folder)
     return container
 
 
@@ -54,7 +56,7 @@ async def woken(
     host = await start_host(settings)
     first = await host.send(group, "hello")
     assert await host.replies_after(group, first)
-    return settings, host, container_of(docker_client, group)
+    return settings, host, container_of(docker_client, settings, group)
 
 
 RING = (
@@ -117,7 +119,7 @@ async def test_planted_links_never_steer_a_host_write_read_or_chown(
     await runtime.stop("test: next wake")
     second = await host.send("team", "again")
     assert [r["text"] for r in await host.replies_after("team", second)] == ["echo: again"]
-    container = container_of(docker_client, "team")
+    container = container_of(docker_client, settings, "team")
     code, output = python_in(
         container,
         outbound_insert([("task", json.dumps({"op": "schedule", "prompt": "p", "schedule": "every 5m"}))]),

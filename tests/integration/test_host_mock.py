@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from nanohost.settings import Settings
 from tests.integration.conftest import add_group, make_settings
+from tests.support.host import containers_of, installation_id
 
 pytestmark = pytest.mark.docker
 
@@ -23,7 +25,7 @@ async def test_round_trip_in_a_locked_down_container(
     replies = await host.replies_after("team", message_id)
     assert [r["text"] for r in replies] == ["echo: hello there"]
 
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=team"})
+    (container,) = containers_of(docker_client, settings, "team")
     config, hostconfig = container.attrs["Config"], container.attrs["HostConfig"]
     assert config["User"] == "1000:1000"
     assert hostconfig["NetworkMode"] == "none"
@@ -33,8 +35,9 @@ async def test_round_trip_in_a_locked_down_container(
     assert hostconfig["Memory"] == 256 * 1024**2
     assert hostconfig["PidsLimit"] == 128
     assert hostconfig["NanoCpus"] == 500_000_000
-    assert container.name == f"nanohost-team-s{1}"
+    assert container.name == f"nanohost-{installation_id(settings)}-team-s1"
     assert config["Labels"]["nanohost.session"] == "1"
+    assert config["Labels"]["nanohost.installation"] == installation_id(settings)
     # the exchange was archived in the group's folder, owned by the container user
     archived = list((settings.groups_dir / "team" / "conversations").glob("*.md"))
     assert len(archived) == 1 and "hello there" in archived[0].read_text()
@@ -50,7 +53,7 @@ async def test_two_messages_at_once_start_one_container(
     replies = await host.replies_after("pair", min(first, second))
     while sum(r["text"].count("one") + r["text"].count("two") for r in replies) < 2:
         replies += await host.replies_after("pair", replies[-1]["id"])
-    assert len(docker_client.containers.list(all=True, filters={"label": "nanohost.group=pair"})) == 1
+    assert len(containers_of(docker_client, settings, "pair", all=True)) == 1
 
 
 async def test_agent_tasks_reach_the_scheduler_table_and_tasks_json(tmp_path: Path, start_host: Any) -> None:
@@ -83,7 +86,8 @@ async def test_missing_image_is_said_once_not_retried(
     host = await start_host(settings)
     message_id = await host.send("imageless", "hello?")
     (notice,) = await host.replies_after("imageless", message_id)
-    assert "nanohost-no-such-image:0.138.0 is missing; run `nanohost image build`" in notice["text"]
+    assert f"{settings.image_tag} is missing; run `nanohost image build`" in notice["text"]
+    assert settings.image_tag.startswith("nanohost-no-such-image:0.138.0-")  # + the content hash
 
 
 def test_image_build_if_missing_skips_a_present_image(
@@ -93,8 +97,8 @@ def test_image_build_if_missing_skips_a_present_image(
 
     from nanohost.cli import app
 
-    name, version = agent_image.split(":")
+    name, version = agent_image.split(":")[0], Settings().codex_version
     monkeypatch.setenv("NANOHOST_IMAGE_NAME", name)
     result = CliRunner().invoke(app, ["image", "build", "--if-missing"])
     assert result.exit_code == 0, result.output
-    assert f"{agent_image} is present (Codex {version})" in result.stdout
+    assert f"{agent_image} is present, built from this code (Codex {version})" in result.stdout

@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_runner.config import Paths
@@ -70,7 +71,15 @@ def provider() -> Provider:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, provider: Provider) -> AsyncIterator[Harness]:
+def runner_options() -> dict[str, Any]:
+    """Keyword arguments for the Runner (a test module overrides this fixture to change them)."""
+    return {}
+
+
+@pytest.fixture
+async def harness(
+    tmp_path: Path, provider: Provider, runner_options: dict[str, Any]
+) -> AsyncIterator[Harness]:
     paths = make_paths(tmp_path)
     host = SessionQueues(paths.session)
     rung = asyncio.Event()
@@ -82,7 +91,8 @@ async def harness(tmp_path: Path, provider: Provider) -> AsyncIterator[Harness]:
     await asyncio.wait_for(bell.connected.wait(), 5)
     stopping = asyncio.Event()
     await provider.start()
-    task = asyncio.get_running_loop().create_task(Runner(paths, provider, queues, runner_bell).run(stopping))
+    runner = Runner(paths, provider, queues, runner_bell, **runner_options)
+    task = asyncio.get_running_loop().create_task(runner.run(stopping))
     yield Harness(paths, host, bell, rung, queues)
     stopping.set()
     await asyncio.wait_for(task, 10)

@@ -21,10 +21,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
 
 from nanohost.app import ORCHESTRATOR, build_app
+from nanohost.containers.backend import LABEL_INSTALLATION
 from nanohost.db import make_engine, make_session_factory, migrate
 from nanohost.db.engine import transaction
 from nanohost.db.models import Message
 from nanohost.groups import create_group
+from nanohost.installation import installation_id as read_installation_id
 from nanohost.settings import PROJECT_ROOT, Settings, load_settings
 
 TEST_IMAGE_NAME = "nanohost-test-agent"
@@ -73,8 +75,8 @@ def agent_image(docker_client: Any) -> str:
         )
         if result.returncode != 0:
             pytest.fail(f"could not build the base image: {result.stdout}{result.stderr}")
-    settings = Settings()
-    tag = f"{TEST_IMAGE_NAME}:{settings.codex_version}"
+    settings = Settings(image_name=TEST_IMAGE_NAME)
+    tag = settings.image_tag  # the tag the test hosts run (make_settings)
     build_image(
         tag=tag, codex_version=settings.codex_version, ca_file=settings.image_ca_file, client=docker_client
     )
@@ -162,6 +164,17 @@ def add_group(settings: Settings, name: str, provider: str = "mock", **config: A
     engine.dispose()
 
 
+def installation_id(settings: Settings) -> str:
+    """The installation id of the host on ``settings``' data dir (its database made if missing)."""
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    try:
+        with transaction(make_session_factory(engine)) as db:
+            return read_installation_id(db)
+    finally:
+        engine.dispose()
+
+
 def bind(settings: Settings, channel: str, chat_id: str, group: str, session_mode: str = "shared") -> None:
     """Bind a platform chat to a group, as `nanohost bind` does."""
     from nanohost.groups import bind_chat, get_group
@@ -173,25 +186,45 @@ def bind(settings: Settings, channel: str, chat_id: str, group: str, session_mod
     engine.dispose()
 
 
+def containers_of(
+    docker_client: Any, settings: Settings, group: str | None = None, *, all: bool = False
+) -> Any:
+    """The containers of the installation on ``settings``' data dir (of one group, when given): a
+    test looks at its own, never at another installation's on the same engine."""
+    labels = [f"{LABEL_INSTALLATION}={installation_id(settings)}"]
+    if group is not None:
+        labels.append(f"nanohost.group={group}")
+    return docker_client.containers.list(all=all, filters={"label": labels})
+
+
+def remove_containers(docker_client: Any, installation: str) -> None:
+    """Remove the containers of one installation, and only those: the engine may be shared with
+    a serving host or with other test runs."""
+    label = f"{LABEL_INSTALLATION}={installation}"
+    for container in docker_client.containers.list(all=True, filters={"label": label}):
+        container.remove(force=True)
+
+
 @pytest.fixture
 async def start_host(docker_client: Any, agent_image: str) -> AsyncIterator[Any]:
-    """Start (and at the end stop) host apps; containers they started are removed afterwards."""
-    clients: list[TestClient[web.Request, web.Application]] = []
-    started: list[Settings] = []
+    """Start (and at the end stop) host apps; the containers of their installations (each test's
+    data dir has its own id) are removed afterwards, never another installation's.
 
-    async def start(settings: Settings) -> Host:
-        app = build_app(settings)
+    ``start(settings, backend_factory=...)`` runs the host on another backend (a fault-injecting
+    wrapper of the real one, say)."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+    installations: set[str] = set()
+
+    async def start(settings: Settings, backend_factory: Any = None) -> Host:
+        installations.add(installation_id(settings))
+        app = build_app(settings, backend_factory=backend_factory)
         client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         clients.append(client)
-        started.append(settings)
         return Host(client, settings, app)
 
     yield start
     for client in clients:
         await client.close()
-    for settings in started:
-        for container in docker_client.containers.list(all=True, filters={"label": "nanohost.group"}):
-            mounts = [m.get("Source", "") for m in container.attrs.get("Mounts", [])]
-            if any(str(settings.data_dir) in m or str(settings.groups_dir) in m for m in mounts):
-                container.remove(force=True)
+    for installation in installations:
+        remove_containers(docker_client, installation)

@@ -18,6 +18,15 @@ from typing import Any
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
 PLACEHOLDER_ENV = "NANOHOST_SESSION_PLACEHOLDER"
 """Env var Codex reads the gateway placeholder from (no _KEY/_TOKEN suffix: nothing secret-looking)."""
+# Retries inside codex (CODEX.md §6; the loops nest). Measured on 0.138 against a scripted server:
+# a model answering 500 costs 12 requests over ~4 s, a refused connection ~4 s, a stream cut
+# mid-response 4 attempts over ~2 s; then the turn fails and the runner's own bounded retries
+# (agent_runner.main.TRANSPORT_BACKOFF) take over. A host outage is absorbed below both: the
+# runner's loopback forwarder holds each connection until the gateway is back (forward.py).
+REQUEST_MAX_RETRIES = 2
+STREAM_MAX_RETRIES = 3
+STREAM_IDLE_TIMEOUT_MS = 120_000
+"""A stream silent this long is a stalled model (each attempt; the turn timeout bounds the total)."""
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -67,7 +76,9 @@ def render(
     model: str | None = None,
     reasoning_effort: str | None = None,
     mcp_servers: Mapping[str, Mapping[str, Any]] | None = None,
-    stream_idle_timeout_ms: int = 120_000,
+    stream_idle_timeout_ms: int = STREAM_IDLE_TIMEOUT_MS,
+    request_max_retries: int = REQUEST_MAX_RETRIES,
+    stream_max_retries: int = STREAM_MAX_RETRIES,
 ) -> str:
     """The whole config.toml as text (top-level keys before any table, as TOML requires)."""
     lines = []
@@ -110,8 +121,8 @@ def render(
         f"base_url = {toml_string(base_url, 'base_url')}",
         'wire_api = "responses"',
         f'env_key = "{PLACEHOLDER_ENV}"',
-        "request_max_retries = 1",
-        "stream_max_retries = 1",
+        f"request_max_retries = {int(request_max_retries)}",
+        f"stream_max_retries = {int(stream_max_retries)}",
         f"stream_idle_timeout_ms = {int(stream_idle_timeout_ms)}",
     ]
     for name, server in (mcp_servers or {}).items():

@@ -23,7 +23,14 @@ from typing import Any
 
 from agent_runner.codex.config import render, write_config
 from agent_runner.codex.env import codex_env
-from agent_runner.codex.errors import AppServerExited, CodexStartError, RpcError, classify, is_stale_thread
+from agent_runner.codex.errors import (
+    AppServerExited,
+    CodexStartError,
+    RpcError,
+    classify,
+    failure,
+    is_stale_thread,
+)
 from agent_runner.codex.rpc import AppServer
 from agent_runner.provider import (
     ActivityEvent,
@@ -39,7 +46,13 @@ from agent_runner.provider import (
 log = logging.getLogger(__name__)
 
 INTERRUPT_TIMEOUT = 5.0
+ABORT_TIMEOUT = 1.5
+"""``turn/interrupt`` when the container is stopping: the runner must be gone within a few seconds."""
+ROLLBACK_TIMEOUT = 2.0
+CLOSE_GRACE = 1.0
+"""Seconds the app-server gets to exit after its stdin closes (it takes ~20 ms), then SIGKILL."""
 REQUEST_TIMEOUT = 30.0
+_TOOL_ITEMS = ("commandExecution", "mcpToolCall", "fileChange", "webSearch")
 _CRASH = "__crash__"
 
 
@@ -125,7 +138,7 @@ class CodexProvider:
 
     async def close(self) -> None:
         if self._server is not None:
-            await self._server.close()
+            await self._server.close(grace=CLOSE_GRACE)
             self._server = None
 
     def kill_for_tests(self) -> None:
@@ -167,7 +180,7 @@ class CodexQuery:
     async def abort(self) -> None:
         self._aborted = True
         self._changed.set()
-        await self._interrupt()
+        await self._interrupt(ABORT_TIMEOUT)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._events()
@@ -193,15 +206,28 @@ class CodexQuery:
         else:
             self.turn_inputs.append(item)
 
-    async def _interrupt(self) -> None:
+    async def _interrupt(self, timeout: float = INTERRUPT_TIMEOUT) -> None:
         server, turn = self.p._server, self.active_turn
         if server is None or turn is None or self.thread_id is None or self._interrupt_sent:
             return
         self._interrupt_sent = True
         with contextlib.suppress(RpcError, AppServerExited, TimeoutError):
             await server.request(
-                "turn/interrupt", {"threadId": self.thread_id, "turnId": turn}, timeout=INTERRUPT_TIMEOUT
+                "turn/interrupt", {"threadId": self.thread_id, "turnId": turn}, timeout=timeout
             )
+
+    async def _rollback(self, server: AppServer, tools_ran: bool) -> None:
+        """Undo the turn that just ended unanswered, so sending its inputs again does not show
+        the model the same message twice. A turn that ran tools is kept: the model must see what
+        they already did (and the retry then repeats the message once)."""
+        if tools_ran or self.thread_id is None:
+            return
+        try:
+            await server.request(
+                "thread/rollback", {"threadId": self.thread_id, "numTurns": 1}, timeout=ROLLBACK_TIMEOUT
+            )
+        except (RpcError, AppServerExited, TimeoutError) as exc:
+            log.warning("could not roll back the unanswered turn (%s); it stays in the thread", exc)
 
     async def _open_thread(self, server: AppServer) -> tuple[str, bool]:
         params = {"cwd": str(self.p.cwd), "approvalPolicy": "never", "sandbox": "danger-full-access"}
@@ -272,12 +298,16 @@ class CodexQuery:
             return
         except (RpcError, TimeoutError) as exc:
             message = str(exc) or "turn/start timed out"
-            yield ErrorEvent(message, kind=classify(message))
-            yield ResultEvent("", "failed", self._ids(), error=message)
+            kind = classify(message)
+            yield ErrorEvent(message, kind=kind)
+            yield ResultEvent("", "failed", self._ids(), error=message, kind=kind)
             return
         self.active_turn = str(result["turn"]["id"])
         replies: list[str] = []
         status, error = "failed", None
+        info: Any = None  # codexErrorInfo of the final error
+        details: str | None = None
+        tools_ran = False
         deadline = time.monotonic() + self.p.turn_timeout
         try:
             while True:
@@ -303,18 +333,20 @@ class CodexQuery:
                         replies.append(str(item["text"]))
                 elif method == "item/started":
                     item = params.get("item") or {}
-                    if item.get("type") in ("commandExecution", "mcpToolCall", "fileChange", "webSearch"):
+                    if item.get("type") in _TOOL_ITEMS:
+                        tools_ran = True
                         yield ActivityEvent(
                             str(item.get("type")), str(item.get("command") or item.get("tool") or "")
                         )
                 elif method == "item/agentMessage/delta":
                     yield ProgressEvent("".join(replies) + str(params.get("delta", "")))
                 elif method == "error":
-                    detail = (params.get("error") or {}).get("message", "")
+                    found = params.get("error") or {}
                     if params.get("willRetry"):
-                        yield ProgressEvent(str(detail))
+                        yield ProgressEvent(str(found.get("message", "")))
                     else:
-                        error = str(detail)
+                        error = str(found.get("message", ""))
+                        info, details = found.get("codexErrorInfo"), found.get("additionalDetails")
                 elif method == "turn/completed":
                     turn = params.get("turn") or {}
                     if turn.get("id") != self.active_turn:
@@ -323,6 +355,8 @@ class CodexQuery:
                     turn_error = turn.get("error")
                     if isinstance(turn_error, dict):
                         error = str(turn_error.get("message") or error or "")
+                        info = turn_error.get("codexErrorInfo", info)
+                        details = turn_error.get("additionalDetails") or details
                     break
         finally:
             self.active_turn = None
@@ -335,16 +369,22 @@ class CodexQuery:
             shutil.copyfile(path, copy)
             yield FileEvent(copy, caption=None)
         if status == "interrupted":
-            if self._aborted:
+            if self._aborted:  # the container is stopping: the inputs are sent again after the restart
+                await self._rollback(server, tools_ran)
                 yield ResultEvent("", "interrupted", self._ids())
             else:
                 yield ErrorEvent(error or "the turn was interrupted", kind="timeout")
-                yield ResultEvent("", "failed", self._ids(), error=error or "interrupted")
+                yield ResultEvent("", "failed", self._ids(), error=error or "interrupted", kind="timeout")
             return
         if status == "failed" or error and not replies:
             message = error or "the turn failed"
-            yield ErrorEvent(message, kind=classify(message))
-            yield ResultEvent("", "failed", self._ids(), error=message)
+            found = failure(message, info, details if isinstance(details, str) else None)
+            if found.retryable:
+                await self._rollback(server, tools_ran)
+            yield ErrorEvent(message, kind=found.kind, retryable=found.retryable)
+            yield ResultEvent(
+                "", "failed", self._ids(), error=message, kind=found.kind, retryable=found.retryable
+            )
             return
         yield ResultEvent("\n\n".join(replies), "completed", self._ids())
 
