@@ -229,7 +229,10 @@ async def main() -> int:
                     files = queue_files(settings)
                     biggest = max(files.values(), default=0) / 1024
                     rss = rss_mib(host.pid)
-                    print(f"  {i + 1} sent, host RSS {rss:.1f} MiB, largest queue file {biggest:.0f} KiB")
+                    print(
+                        f"  {i + 1} sent, host RSS {rss:.1f} MiB, largest queue file {biggest:.0f} KiB",
+                        flush=True,
+                    )
             end = await snapshot("end", chat, host, settings, args, start.messages + bulk)
             took = time.perf_counter() - began
         finally:

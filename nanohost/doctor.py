@@ -134,6 +134,35 @@ def _api_token(settings: Settings) -> Check:
     return Check("api token", True, "set")
 
 
+def _running_host(settings: Settings) -> Check:
+    """What the running host says of itself (its /healthz): its own view, not this shell's
+    environment. No host answering is fine; it is said so."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    host = "127.0.0.1" if settings.web_host in ("0.0.0.0", "::", "") else settings.web_host
+    url = f"http://{host}:{settings.web_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 (our own address)
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503: it answers, and says what is wrong
+        try:
+            body = json.loads(exc.read())
+        except ValueError:
+            return Check("running host", False, f"{url} answered {exc.code}")
+    except (OSError, ValueError) as exc:
+        return Check("running host", True, f"none answering at {url} ({exc}); fine unless it should run")
+    problems = [f"{key}: {value}" for key, value in body.items() if isinstance(value, str) and value != "ok"]
+    if body.get("quarantined"):
+        problems.append(f"{len(body['quarantined'])} quarantined session(s); see `nanohost status`")
+    queue = body.get("wake_queue") or {}
+    shown = f"; wake queue {queue.get('waiting', 0)} waiting" if queue else ""
+    if body.get("ok") and not problems:
+        return Check("running host", True, f"{url}: database, containers and disk ok{shown}")
+    return Check("running host", False, f"{url}: " + "; ".join(problems or ["not ok"]) + shown)
+
+
 def run_checks(settings: Settings) -> list[Check]:
     """All checks, cheapest first; none of them changes anything but a probe file."""
     return [
@@ -142,4 +171,5 @@ def run_checks(settings: Settings) -> list[Check]:
         *_docker(settings),
         _credentials(settings),
         _api_token(settings),
+        _running_host(settings),
     ]

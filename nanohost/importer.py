@@ -153,7 +153,10 @@ class OutboundImport:
         tasks_changed = False
         with transaction(self.db) as db:
             session = self._session(db)
-            answered = self._apply_acks(db)  # first: a recovery clears old errors, not this batch's
+            acked = self._apply_acks(db)  # first: a recovery clears old errors, not this batch's
+            answered = len(acked)
+            # each message's new status reaches live clients (a stopped one stops "thinking…")
+            events.extend({"type": "message", "id": message_id} for message_id in acked)
             for row in rows:
                 try:
                     with db.begin_nested():
@@ -276,7 +279,8 @@ class OutboundImport:
         plan(task, target.config.timezone, task.created_at)
         return []
 
-    def _apply_acks(self, db: Session) -> int:
+    def _apply_acks(self, db: Session) -> list[int]:
+        """Mark the queued messages the runner acknowledged; returns their ids."""
         waiting = db.scalars(
             select(Message).where(
                 Message.session_id == self.session_id, Message.direction == "in", Message.status == "queued"
@@ -295,7 +299,7 @@ class OutboundImport:
         if answered:  # the group has recovered: an old error no longer describes it
             session = self._session(db)
             session.last_error, session.crash_count = None, 0
-        return len(acks)
+        return [m.id for m in waiting if m.id in acks]
 
     # --- shared with the runtime ---------------------------------------------------------------
 

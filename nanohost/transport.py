@@ -57,13 +57,17 @@ CREATE TABLE IF NOT EXISTS inbound (
 );
 CREATE TABLE IF NOT EXISTS host_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-PRUNE_GRACE = 30.0
+PRUNE_GRACE = 10.0
 """An acknowledged inbound row is pruned only once its ack is this old: every import in between
 has applied it to the host database, so the host never queues that message again."""
 PRUNE_EVERY = 5.0
 """Seconds between two prunes of ``inbound.db`` (a prune is one short write transaction)."""
 PRUNE_BATCH = 5000
 """Rows one prune deletes at most (a queue from before pruning shrinks over a few prunes)."""
+BLOB_RECYCLE = 2000
+"""Python's sqlite3 (3.11) keeps a weak reference to every blob handle a connection ever opened,
+until the connection closes (~90 bytes each, measured): the outbound connection is reopened
+after this many, or the host's memory would grow with every reply."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,8 @@ class SessionQueues:
         self.prune_every = PRUNE_EVERY
         self._outbound: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._blobs = 0
+        """Blob handles opened on the outbound connection since it was opened."""
 
     def close(self) -> None:
         with self._in_lock:
@@ -196,6 +202,10 @@ class SessionQueues:
                 spent += len(payload or b"")
                 if spent >= budget:
                     break
+            self._blobs += 2 * len(result)
+            if self._blobs >= BLOB_RECYCLE:  # see BLOB_RECYCLE
+                connection.close()
+                self._outbound, self._blobs = None, 0
             return result
 
     @staticmethod

@@ -27,7 +27,17 @@ def dry_run(target: str) -> str:
     make = shutil.which("make")
     if make is None:
         pytest.skip("NO MAKE: apt-get install make")
-    done = subprocess.run([make, "-n", target], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    }  # under `make test`
+    done = subprocess.run(
+        [make, "--no-print-directory", "-n", target],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     return done.stdout
 
 

@@ -21,6 +21,8 @@ class RunnerDoorbell:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.rung = asyncio.Event()
+        self.interrupt = asyncio.Event()
+        """The host asked to interrupt the turn under way (a user's ``/stop``)."""
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._away_since: float | None = time.monotonic()
@@ -63,6 +65,8 @@ class RunnerDoorbell:
                 while line := await reader.readline():
                     if line.strip() == b"inbound":
                         self.rung.set()
+                    elif line.strip() == b"interrupt":
+                        self.interrupt.set()
             except (ConnectionError, asyncio.IncompleteReadError):
                 pass
             finally:

@@ -52,6 +52,7 @@ from agent_runner.queues import InboundRow, RunnerQueues
 log = logging.getLogger("agent_runner")
 
 FAIL_LIMIT = 3
+STOPPED = "stopped by the user (/stop)"
 TRANSPORT_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 """Seconds waited before each retry of a turn that failed on transport: 7 attempts over about a
 minute of waiting (plus each attempt's own retries inside codex), then the chat is told."""
@@ -188,13 +189,20 @@ class Runner:
         next_event: asyncio.Future[Event] = asyncio.ensure_future(anext(events))
         rung: asyncio.Future[bool] = asyncio.ensure_future(self.doorbell.rung.wait())
         stop: asyncio.Future[bool] = asyncio.ensure_future(stopping.wait())
+        self.doorbell.interrupt.clear()  # a /stop sent before this burst is about nothing in it
+        halt: asyncio.Future[bool] = asyncio.ensure_future(self.doorbell.interrupt.wait())
         try:
             while True:
-                waits: set[asyncio.Future[Any]] = {next_event, rung, stop}
+                waits: set[asyncio.Future[Any]] = {next_event, rung, stop, halt}
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 if stop.done():
                     await self._abort(query, events, next_event, burst)
                     return
+                if halt.done():
+                    burst.stopped = True  # a user's /stop: the turn ends, its messages are not retried
+                    log.info("interrupting the turn: stopped by the user")
+                    halt = asyncio.get_running_loop().create_future()  # once is enough
+                    await query.abort()
                 if rung.done():
                     self.doorbell.rung.clear()
                     if not burst.deferred:  # a deferred burst takes nothing new: it is winding down
@@ -216,7 +224,7 @@ class Runner:
                         await query.abort()
                     next_event = asyncio.ensure_future(anext(events))
         finally:
-            for future in (next_event, rung, stop):
+            for future in (next_event, rung, stop, halt):
                 future.cancel()
         burst.finish()
 
@@ -256,6 +264,8 @@ class _Burst:
         self.files: list[tuple[str, dict[str, Any]]] = []
         self.thread: str | None = None
         self.last_error: ErrorEvent | None = None
+        self.stopped = False
+        """A user's /stop interrupted it: what it carried is answered as stopped, not retried."""
         self.deferred = False
         """A turn failed on transport (or the runner is stopping): the rows still pending wait
         for a later burst and are not counted as failed tries."""
@@ -296,6 +306,11 @@ class _Burst:
     def result(self, event: ResultEvent) -> None:
         runner = self.runner
         ids = [i for i in event.ids if i in self.pending]
+        if event.status == "interrupted" and self.stopped:
+            self.pending.difference_update(ids)
+            runner.queues.commit_turn([], [(i, "failed", STOPPED) for i in ids])
+            runner.doorbell.ring()
+            return
         if event.status == "interrupted":
             return  # not answered: the rows stay queued for the next wake
         if event.status == "failed" and event.retryable and not event.text.strip():
@@ -368,6 +383,8 @@ class _Burst:
             self.files = []
         if self.deferred:
             self.runner.doorbell.ring()
+            return
+        if self.stopped:  # rows the stopped query never reached go to the next burst, untried
             return
         given_up = []
         for i in sorted(self.pending):

@@ -141,17 +141,9 @@ def assert_answered_once_each(settings: Settings, group: str, outs: list[str], t
         assert sum(f"echo: {text}" in f for f in files) == 1
 
 
-GATEWAY_STOPS_PROMPTLY = pytest.mark.xfail(
-    strict=True,
-    reason="the gateway's shutdown waits up to 60 s for the model stream in flight; needs "
-    "nanohost/gateway.py: web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0) "
-    "(proposed in the report of issue 11; drop this mark when it lands)",
-)
-
-
 @pytest.mark.parametrize(
     "how",
-    [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=GATEWAY_STOPS_PROMPTLY)],
+    [signal.SIGKILL, signal.SIGTERM],
     ids=["kill -9", "SIGTERM"],
 )
 async def test_the_host_dies_mid_stream_and_the_answer_arrives_once_after_its_restart(

@@ -193,3 +193,36 @@ async def test_each_containers_output_and_ending_are_kept(
     assert result.exit_code == 0, result.stderr
     assert f"container {old.id[:12]} stopped (test: a clean stop)" in result.stdout
     assert "running container" in result.stdout
+
+
+async def test_stop_interrupts_the_turn_and_keeps_the_thread(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    add_group(settings, "team")
+    host = await start_host(settings)
+    first = await host.send("team", "hello")
+    assert await host.replies_after("team", first)
+    (container,) = containers(docker_client, settings, "team")
+    events = host.orchestrator.ctx.bus.subscribe(1)
+    slow = await host.send("team", "[slow] think for ever")
+    async with asyncio.timeout(30):  # the turn is under way once the agent reports progress
+        while (await events.get()).get("type") != "progress":
+            pass
+    stop = await host.send("team", "/stop")
+    (reply,) = await host.replies_after("team", stop)
+    assert reply["text"].startswith("Stopped.")
+    async with asyncio.timeout(30):
+        while True:
+            with transaction(host.orchestrator.ctx.db) as db:
+                message = db.get(Message, slow)
+                assert message is not None
+                if message.status != "queued":
+                    break
+            await events.get()  # a message's status change is published; look again then
+    assert message.status == "failed" and "stopped by the user" in (message.error or "")
+    after = await host.send("team", "still there?")
+    replies = await host.replies_after("team", after)
+    assert [r["text"] for r in replies] == ["echo: still there?"]  # the stopped one never answered
+    (same,) = containers(docker_client, settings, "team")
+    assert same.id == container.id  # the container (and its thread) kept going

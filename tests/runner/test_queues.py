@@ -7,8 +7,10 @@ runner the outbound rows the host imported and the acks of rows the host pruned.
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import time
+import tracemalloc
 from pathlib import Path
 
 from agent_runner.queues import RunnerQueues
@@ -167,3 +169,23 @@ def test_an_older_host_without_host_state_leaves_outbound_rows_alone(tmp_path: P
     assert runner.prune() == (0, 0)
     assert len(runner.outbound()) == 1
     runner.close()
+
+
+def test_reading_outbound_rows_does_not_grow_the_hosts_memory(tmp_path: Path) -> None:
+    host = SessionQueues(tmp_path)
+    runner = RunnerQueues(tmp_path)
+    runner.add("progress", {"text": "working"})
+    for _ in range(100):
+        assert len(host.outbound_after(0)) == 1
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(6000):  # 12,000 blob handles: the host reads every cell through one
+            host.outbound_after(0)
+        gc.collect()
+        grown = sum(d.size_diff for d in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, f"{grown} bytes kept"
+    runner.close()
+    host.close()
