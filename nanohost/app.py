@@ -374,4 +374,11 @@ def build_app(settings: Settings, *, backend_factory: Any = None) -> web.Applica
 def run(settings: Settings) -> None:
     """Serve until interrupted."""
     log_format.configure(settings.log_level, settings.log_format)
-    web.run_app(build_app(settings), host=settings.web_host, port=settings.web_port, print=log.info)
+    # a long poll that began as shutdown did must not hold the exit for its whole wait
+    web.run_app(
+        build_app(settings),
+        host=settings.web_host,
+        port=settings.web_port,
+        print=log.info,
+        shutdown_timeout=3.0,
+    )

@@ -194,7 +194,9 @@ class Runner:
         try:
             while True:
                 waits: set[asyncio.Future[Any]] = {next_event, rung, stop, halt}
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waits, timeout=FALLBACK_POLL, return_when=asyncio.FIRST_COMPLETED
+                )
                 if stop.done():
                     await self._abort(query, events, next_event, burst)
                     return
@@ -202,13 +204,16 @@ class Runner:
                     burst.stopped = True  # a user's /stop: the turn ends, its messages are not retried
                     log.info("interrupting the turn: stopped by the user")
                     halt = asyncio.get_running_loop().create_future()  # once is enough
-                    await query.abort()
-                if rung.done():
-                    self.doorbell.rung.clear()
+                    await query.abort(resend=False)  # the thread keeps the stopped turn
+                if rung.done() or not done:  # a ring, or the slow poll that makes a lost ring harmless
+                    look_back = rung.done()
+                    if look_back:
+                        self.doorbell.rung.clear()
+                        rung = asyncio.ensure_future(self.doorbell.rung.wait())
                     if not burst.deferred:  # a deferred burst takes nothing new: it is winding down
-                        for item in self._inputs(self.queues.unconsumed(exclude=burst.seen, look_back=True)):
+                        new = self.queues.unconsumed(exclude=burst.seen, look_back=look_back)
+                        for item in self._inputs(new):
                             burst.push(item)
-                    rung = asyncio.ensure_future(self.doorbell.rung.wait())
                 if next_event.done():
                     try:
                         event = next_event.result()

@@ -49,7 +49,7 @@ class MockQuery:
         self._ended = True
         self._changed.set()
 
-    async def abort(self) -> None:
+    async def abort(self, *, resend: bool = True) -> None:
         self._aborted = True
         self._changed.set()
 

@@ -98,8 +98,10 @@ class Query(Protocol):
     def end(self) -> None:
         """No more follow-ups will come; finish the queued turns, then stop iterating."""
 
-    async def abort(self) -> None:
-        """Interrupt the active turn (it ends with status "interrupted") and stop."""
+    async def abort(self, *, resend: bool = True) -> None:
+        """Interrupt the active turn (it ends with status "interrupted") and stop. ``resend``: its
+        inputs will be sent again (a restart, a retry), so the provider undoes the interrupted
+        turn where it can; False (a user's ``/stop``) keeps it in the thread."""
 
     def __aiter__(self) -> AsyncIterator[Event]: ...
 

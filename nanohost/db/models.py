@@ -219,6 +219,7 @@ class Message(Base):
     __table_args__ = (
         CheckConstraint("direction IN ('in', 'out')", name="ck_message_direction"),
         Index("ix_messages_group_id", "group_id", "id"),
+        Index("ix_messages_session_status", "session_id", "direction", "status"),
         Index("ix_messages_chat_status", "channel", "chat_id", "status"),
         Index(
             "uq_inbound_platform_id",

@@ -278,3 +278,20 @@ async def test_sigterm_mid_turn_exits_within_seconds_and_the_next_runner_answers
     assert await asyncio.wait_for(second.wait(), 30) == 0
     await bell.stop()
     host.close()
+
+
+async def test_a_users_stop_keeps_the_stopped_turn_in_the_thread(
+    harness: Harness, model_server: ModelServer
+) -> None:
+    hold = asyncio.Event()
+    model_server.script(Reply(text="never", hold=hold))
+    stopped = harness.send("a long job")
+    await model_server.wait_streaming(1, timeout=60)
+    harness.bell.interrupt()  # /stop: unlike a restart, the turn is not sent again, so it is kept
+    await harness.until(lambda: stopped not in harness.host.unconsumed(), limit=30)
+    hold.set()
+    assert harness.host.acks([stopped])[stopped].status == "failed"
+    follow_up = harness.send("what next")
+    await harness.until(lambda: not harness.host.unconsumed(), limit=60)
+    assert harness.replies()[-1] == {"text": "echo: what next", "in_reply_to": [follow_up]}
+    assert "a long job" in model_server.requests[-1].user_texts

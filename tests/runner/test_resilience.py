@@ -171,3 +171,11 @@ def test_host_away_timeout_in_runner_json(value: object, expected: object) -> No
             RunnerConfig.from_dict(data)
     else:
         assert RunnerConfig.from_dict(data).host_away_timeout == expected
+
+
+async def test_a_message_whose_ring_was_lost_still_joins_the_running_turn(harness: Harness) -> None:
+    first = harness.send("[slow] a long job")
+    await harness.until(lambda: any(r.kind == "progress" for r in harness.host.outbound_after(0)))
+    harness.host.append(2, "and this", "alice", [])  # queued, but the doorbell never rings for it
+    await harness.until(lambda: not harness.host.unconsumed())  # the slow poll finds it
+    assert harness.replies() == [{"text": "echo: [slow] a long job | and this", "in_reply_to": [first, 2]}]

@@ -162,6 +162,8 @@ class CodexQuery:
         self._changed = asyncio.Event()
         self._ended = False
         self._aborted = False
+        self._resend = True
+        """When aborted: the inputs will be sent again, so an interrupted turn is rolled back."""
         self._interrupt_sent = False
 
     # --- the port -------------------------------------------------------------------------
@@ -177,8 +179,9 @@ class CodexQuery:
         self._ended = True
         self._changed.set()
 
-    async def abort(self) -> None:
+    async def abort(self, *, resend: bool = True) -> None:
         self._aborted = True
+        self._resend = resend
         self._changed.set()
         await self._interrupt(ABORT_TIMEOUT)
 
@@ -369,8 +372,9 @@ class CodexQuery:
             shutil.copyfile(path, copy)
             yield FileEvent(copy, caption=None)
         if status == "interrupted":
-            if self._aborted:  # the container is stopping: the inputs are sent again after the restart
-                await self._rollback(server, tools_ran)
+            if self._aborted:  # stopping, or a user's /stop
+                if self._resend:  # the inputs are sent again after the restart: undo the turn
+                    await self._rollback(server, tools_ran)
                 yield ResultEvent("", "interrupted", self._ids())
             else:
                 yield ErrorEvent(error or "the turn was interrupted", kind="timeout")
