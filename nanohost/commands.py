@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from nanohost.channels.base import InboundMessage
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message
+from nanohost.importer import record_outbound
 from nanohost.sessions import start_afresh
 
 if TYPE_CHECKING:
@@ -80,20 +81,8 @@ class ChatCommands:
                 fresh = start_afresh(db, session)
                 reply = "Started a new conversation. The previous one is kept in the archive."
                 log.info("group %s: /new: session %s takes over from %s", group.name, fresh.id, session_id)
-            row = Message(
-                group_id=group.id,
-                session_id=session_id,
-                direction="out",
-                channel=message.channel,
-                chat_id=message.chat_id,
-                thread_id=message.thread_id,
-                sender="nanohost",
-                text=reply,
-                status="delivered" if message.channel in ("api", "web") else "pending",
-            )
-            db.add(row)
-            db.flush()
-            reply_id = row.id
+            target = (message.channel, message.chat_id, message.thread_id)
+            reply_id = record_outbound(db, group.id, session_id, target, "nanohost", reply)
         if command == "/new":
             ctx.sweep_now.set()  # the old session's container stops now
         ctx.bus.publish(group.id, {"type": "message", "id": recorded.id})

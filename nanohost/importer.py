@@ -311,24 +311,8 @@ class OutboundImport:
         text: str,
         attachments: list[dict[str, str]],
     ) -> int:
-        """Record a message for the chat. API and web replies are delivered by being stored;
-        chat platform replies stay ``pending`` until delivery has sent them."""
-        channel, chat_id, thread_id = target
-        message = Message(
-            group_id=self.group_id,
-            session_id=self.session_id,
-            direction="out",
-            channel=channel,
-            chat_id=chat_id,
-            thread_id=thread_id,
-            sender=sender,
-            text=text,
-            attachments=attachments,
-            status="delivered" if channel in ("api", "web") else "pending",
-        )
-        db.add(message)
-        db.flush()
-        return message.id
+        """Record a message for this session's chat (``record_outbound``)."""
+        return record_outbound(db, self.group_id, self.session_id, target, sender, text, attachments)
 
     def reply_target(self, db: Session, ids: list[int]) -> ReplyTarget:
         """Where a reply goes: the chat (and thread) of the newest message it answers."""
@@ -339,3 +323,32 @@ class OutboundImport:
         if source is None:
             return ("api", self.folder.name, None)
         return (source.channel, source.chat_id, source.thread_id)
+
+
+def record_outbound(
+    db: Session,
+    group_id: int,
+    session_id: int,
+    target: ReplyTarget,
+    sender: str,
+    text: str,
+    attachments: list[dict[str, str]] | None = None,
+) -> int:
+    """Record a message for a chat; returns its id. API and web replies are delivered by being
+    stored; chat platform replies stay ``pending`` until delivery has sent them."""
+    channel, chat_id, thread_id = target
+    message = Message(
+        group_id=group_id,
+        session_id=session_id,
+        direction="out",
+        channel=channel,
+        chat_id=chat_id,
+        thread_id=thread_id,
+        sender=sender,
+        text=text,
+        attachments=attachments or [],
+        status="delivered" if channel in ("api", "web") else "pending",
+    )
+    db.add(message)
+    db.flush()
+    return message.id

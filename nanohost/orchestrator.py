@@ -33,6 +33,7 @@ from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message
 from nanohost.runtime import LABEL_LAYOUT, HostContext, SessionRuntime
 from nanohost.session_dir import LAYOUT
+from nanohost.sessions import new_session_like
 
 log = logging.getLogger(__name__)
 
@@ -225,12 +226,7 @@ class Orchestrator:
         )
         if newest is not None:
             return int(newest)
-        fresh = AgentSession(
-            group_id=old.group_id, chat_key=old.chat_key, provider_override=old.provider_override
-        )
-        db.add(fresh)
-        db.flush()
-        return fresh.id
+        return new_session_like(db, old).id
 
     async def sweep(self) -> None:
         if not await self._reconnect():

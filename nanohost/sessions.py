@@ -16,13 +16,19 @@ from sqlalchemy.orm import Session
 from nanohost.db.models import AgentSession, Message
 
 
-def start_afresh(db: Session, old: AgentSession) -> AgentSession:
-    """A fresh session taking over from ``old`` (in the caller's transaction)."""
+def new_session_like(db: Session, old: AgentSession) -> AgentSession:
+    """A new, empty session for ``old``'s group and chat (in the caller's transaction)."""
     fresh = AgentSession(
         group_id=old.group_id, chat_key=old.chat_key, provider_override=old.provider_override
     )
     db.add(fresh)
     db.flush()
+    return fresh
+
+
+def start_afresh(db: Session, old: AgentSession) -> AgentSession:
+    """A fresh session taking over from ``old`` (in the caller's transaction)."""
+    fresh = new_session_like(db, old)
     for message in db.scalars(
         select(Message).where(
             Message.session_id == old.id,
