@@ -42,7 +42,7 @@ DB_ATTEMPTS = 3
 DB_RETRY_BASE = 0.5
 """Seconds before the first retry when the database stays locked; doubled each time."""
 
-__all__ = ["MAX_TEXT", "Duplicate", "InboundMessage", "Router"]
+__all__ = ["MAX_TEXT", "Duplicate", "InboundMessage", "NotQueued", "Router"]
 
 
 class Duplicate(Exception):
@@ -50,7 +50,13 @@ class Duplicate(Exception):
 
 
 class NotQueued(Exception):
-    """The message was recorded, but the database failed before it reached the session's queue."""
+    """The message was recorded, but the database failed before it reached the session's queue.
+
+    Nothing is lost: the session's next wake queues it. ``message_id`` is the recorded row."""
+
+    def __init__(self, message_id: int, why: str) -> None:
+        super().__init__(f"message {message_id} was recorded but not queued ({why})")
+        self.message_id = message_id
 
 
 def chat_key(channel: str, chat_id: str) -> str:
@@ -138,7 +144,7 @@ class Router:
             runtime = await self.orchestrator.runtime(session_id)
             await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
         except OperationalError as exc:  # recorded: the session's next wake queues it
-            raise NotQueued(f"message {message_id} was recorded but not queued ({exc})") from exc
+            raise NotQueued(message_id, str(exc)) from exc
         except (sqlite3.Error, OSError) as exc:
             if is_disk_full(exc):  # stored whole or not at all: the sender is told to send it again
                 self._take_back(group, message_id, "the host's disk was full")

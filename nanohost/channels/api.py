@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -34,13 +35,15 @@ from urllib.parse import quote
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from nanohost.agent_files import kept_copy, open_inside
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
-from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, Router
+from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, NotQueued, Router
 
 ROUTER = web.AppKey("router", Router)
+log = logging.getLogger(__name__)
 API_TOKEN = web.AppKey("api_token", str)
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("streams")
 """The open stream sockets, closed when the host shuts down (else shutdown waits out its timeout)."""
@@ -132,11 +135,27 @@ def text_error(text: object) -> web.Response | None:
 async def record(
     request: web.Request, inbound: InboundMessage, group: AgentGroup, chat_key: str | None = None
 ) -> web.Response:
-    """Hand ``inbound`` to the router: ``201 {"id"}``, or 409 for a repeated client id."""
+    """Hand ``inbound`` to the router: ``201 {"id"}``, or 409 for a repeated client id.
+
+    A database that stays locked answers 503 with ``Retry-After`` (nothing was recorded: send it
+    again); a message recorded but not yet queued answers 202 with its id (the session's next wake
+    queues it, so sending it again would answer it twice)."""
     try:
         message_id = await request.app[ROUTER].to_group(group.name, inbound, chat_key=chat_key)
     except Duplicate as exc:
         return _error(409, str(exc))
+    except NotQueued as exc:
+        return web.json_response(
+            {"id": exc.message_id, "queued": False, "detail": f"{exc}; it is answered at the next wake"},
+            status=202,
+        )
+    except OperationalError as exc:
+        log.warning("API message refused: database unavailable (%s)", exc)
+        return web.json_response(
+            {"error": "the database is busy; nothing was recorded, send the message again"},
+            status=503,
+            headers={"Retry-After": "2"},
+        )
     return web.json_response({"id": message_id}, status=201)
 
 

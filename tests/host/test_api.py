@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient, TestServer
+from sqlalchemy.exc import OperationalError
 
+import nanohost.router as router_module
 from nanohost.app import build_app
-from nanohost.channels.api import parse_id
+from nanohost.channels.api import ROUTER, parse_id
 from nanohost.db import make_engine, make_session_factory, migrate
 from nanohost.db.engine import transaction
 from nanohost.groups import create_group
@@ -158,3 +160,39 @@ async def test_api_is_closed_without_a_token(host_env: Path) -> None:
         response = await test_client.get("/api/groups/team/messages", headers=AUTH)
         assert response.status == 503
         assert "NANOHOST_API_TOKEN" in (await response.json())["error"]
+
+
+async def test_a_database_that_stays_locked_is_503_and_nothing_is_recorded(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = client.server.app[ROUTER]
+
+    def locked(*_: object) -> tuple[int, int]:
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(router, "_insert", locked)
+    monkeypatch.setattr(router_module, "DB_RETRY_BASE", 0.0)
+    response = await client.post("/api/groups/team/messages", json={"text": "hello"}, headers=AUTH)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "2"
+    assert "send the message again" in (await response.json())["error"]
+    listed = await client.get("/api/groups/team/messages", headers=AUTH)
+    assert [m for m in (await listed.json())["messages"] if m["direction"] == "in"] == []
+
+
+async def test_a_message_recorded_but_not_queued_is_202_with_its_id(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    router = client.server.app[ROUTER]
+
+    async def unavailable(_session_id: int) -> object:
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(router.orchestrator, "runtime", unavailable)
+    response = await client.post("/api/groups/team/messages", json={"text": "hello"}, headers=AUTH)
+    assert response.status == 202
+    body = await response.json()
+    assert body["queued"] is False and "next wake" in body["detail"]
+    listed = await client.get("/api/groups/team/messages", headers=AUTH)
+    recorded = [m for m in (await listed.json())["messages"] if m["direction"] == "in"]
+    assert [(m["id"], m["text"]) for m in recorded] == [(body["id"], "hello")]
