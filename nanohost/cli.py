@@ -885,6 +885,46 @@ def image_build(
     out.print(f"built {target} ({image_id[:19]})", markup=False)
 
 
+@image_app.command("prune")
+@handles_errors
+def image_prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+) -> None:
+    """Remove agent images built from older code that no container uses.
+
+    Each runner or Codex change builds a new tag; the old ones stay until pruned. The current
+    tag and every tag a container (running or stopped, of any installation) uses are kept."""
+    import docker
+
+    from nanohost.containers.image import prunable_tags, prune_images
+
+    cfg = settings()
+    try:
+        client = docker.from_env()
+    except Exception as exc:
+        fail(f"cannot reach the Docker engine: {exc}; start it (scripts/start-dockerd.sh)")
+    try:
+        tags = prunable_tags(client, cfg.image_name, cfg.image_tag)
+        if not tags:
+            out.print(f"nothing to prune: no unused {cfg.image_name} image other than {cfg.image_tag}")
+            return
+        total = sum(t.size for t in tags)
+        verb = "would remove" if dry_run else "removing"
+        out.print(f"{verb} {len(tags)} unused image(s), {total / 2**20:.0f} MiB:", markup=False)
+        for item in tags:
+            out.print(f"  {item.tag}  {item.size / 2**20:.0f} MiB", markup=False)
+        if dry_run:
+            return
+        failed = [(tag, error) for tag, error in prune_images(client, tags) if error]
+    finally:
+        client.close()
+    for tag, error in failed:
+        err.print(f"could not remove {tag}: {error}", markup=False)
+    if failed:
+        raise typer.Exit(1)
+    out.print("done", markup=False)
+
+
 def _build_with_progress(cfg: Settings, target: str, log: bool) -> str:
     """Build, showing one line per Dockerfile step (a progress bar on a terminal), or the whole
     engine log with ``log``. A failure names its step and the log's last lines."""

@@ -211,3 +211,54 @@ def older_tags(client: Any, image_name: str, current: str) -> list[str]:
         client.images.list(name=image_name), key=lambda i: str(i.attrs.get("Created", "")), reverse=True
     )
     return [t for image in images for t in image.tags if t.startswith(f"{image_name}:") and t != current]
+
+
+class PrunableTag(NamedTuple):
+    """An agent image tag built from other code that no container (of any state) uses.
+
+    ``size`` is what removing it frees: the image's size when this is its last tag, else 0."""
+
+    tag: str
+    size: int
+
+
+def prunable_tags(client: Any, image_name: str, current: str) -> list[PrunableTag]:
+    """Older tags of ``image_name`` that no container uses, stopped ones included.
+
+    Every runner change makes a new content-hash tag, so older ones pile up (hundreds of MB each).
+    A tag a container names is kept whatever its installation (removing it would break that
+    container's restart), and so is the last tag of an image a container runs; the current tag
+    is never offered."""
+    used_names: set[str] = set()
+    used_ids: set[str] = set()
+    for container in client.containers.list(all=True):
+        used_names.add(str((container.attrs.get("Config") or {}).get("Image", "")))
+        used_ids.add(str(container.attrs.get("Image", "")))
+    found: list[PrunableTag] = []
+    for image in client.images.list(name=image_name):
+        tags = list(image.tags)
+        removable = [
+            t for t in tags if t.startswith(f"{image_name}:") and t != current and t not in used_names
+        ]
+        whole = len(removable) == len(tags)
+        if whole and image.id in used_ids:
+            continue
+        size = int(image.attrs.get("Size") or 0)
+        found += [
+            PrunableTag(t, size if whole and i == len(removable) - 1 else 0) for i, t in enumerate(removable)
+        ]
+    return sorted(found)
+
+
+def prune_images(client: Any, tags: list[PrunableTag]) -> list[tuple[str, str | None]]:
+    """Remove each tag (the image's layers go once no tag holds them); ``(tag, error or None)``."""
+    from docker.errors import APIError
+
+    results: list[tuple[str, str | None]] = []
+    for item in tags:
+        try:
+            client.images.remove(item.tag, noprune=False)
+            results.append((item.tag, None))
+        except APIError as exc:  # in use since we looked, or removed by someone else
+            results.append((item.tag, str(getattr(exc, "explanation", None) or exc)))
+    return results
