@@ -40,6 +40,7 @@ from nanohost.orchestrator import Orchestrator
 from nanohost.providers import ProviderContribution
 from nanohost.providers.codex import CodexContribution
 from nanohost.providers.mock import MockContribution
+from nanohost.quota import DiskQuota
 from nanohost.router import Router
 from nanohost.runtime import HostContext
 from nanohost.scheduler import SCHEDULER_SENDER, Queue, Scheduler
@@ -158,6 +159,7 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         contributions=_contributions(settings),
         slots=Slots(settings.max_containers, quantum=settings.slot_quantum),
         installation=app[INSTALLATION],
+        quota=DiskQuota(settings.group_disk_quota_bytes),
     )
     ctx.metrics.watch(ctx.db, ctx.slots.stats)
     orchestrator = Orchestrator(ctx)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,6 +32,7 @@ from nanohost.containers.backend import (
 )
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message
+from nanohost.quota import Usage, over_message, tree_bytes
 from nanohost.runtime import LABEL_LAYOUT, HostContext, SessionRuntime
 from nanohost.session_dir import LAYOUT
 from nanohost.sessions import new_session_like
@@ -39,6 +41,10 @@ log = logging.getLogger(__name__)
 
 ENGINE_RETRY = 5.0
 """Seconds between pings at most while the container engine is away."""
+
+
+QUOTA_EVERY = 10.0
+"""Seconds between disk quota checks at most: the engine walks each container's layer for one."""
 
 
 class Orchestrator:
@@ -51,6 +57,7 @@ class Orchestrator:
         self.runtimes: dict[int, SessionRuntime] = {}
         self._create_lock = asyncio.Lock()
         self._sweeper: asyncio.Task[None] | None = None
+        self._quota_checked = 0.0
 
     async def start(self) -> None:
         """Adopt what runs (when the engine answers), queue what waits, start the sweeper. An engine
@@ -244,7 +251,34 @@ class Orchestrator:
             await runtime.close()
         if replaced:
             await self.resume_waiting()
+        if time.monotonic() - self._quota_checked >= QUOTA_EVERY:
+            await self.enforce_quota()
         await self.evict_idle()
+
+    async def enforce_quota(self) -> None:
+        """Stop every running group over its disk quota (``quota.py``)."""
+        self._quota_checked = time.monotonic()
+        quota = self.ctx.quota
+        if not quota.enabled:
+            return
+        for runtime in list(self.runtimes.values()):
+            container_id = runtime.container_id
+            if container_id is None:
+                continue
+            try:
+                state = await self.ctx.backend.inspect(container_id)
+                if state is None or not state.running:
+                    continue
+                trees = await asyncio.to_thread(tree_bytes, [Path(p) for p in state.writable_mounts])
+                usage = Usage(trees, await self.ctx.backend.layer_bytes(container_id))
+                if not quota.over_quota(runtime.folder, usage):
+                    continue
+                why = over_message(runtime.folder, usage, quota.quota)
+                log.warning("session %s: %s; stopping it", runtime.session_id, why)
+                quota.mark(runtime.folder, state.writable_mounts)
+                await runtime.stop_over_quota(why)
+            except Exception:
+                log.exception("sweeper: disk quota check of session %s failed", runtime.session_id)
 
     async def evict_idle(self) -> None:
         """Close and drop runtimes with nothing to do: no container and no wake, nothing waiting

@@ -37,6 +37,7 @@ from nanohost.installation import container_name
 from nanohost.limits import check_limits
 from nanohost.metrics import HostMetrics
 from nanohost.providers import GroupSpec, Mount, ProviderContribution
+from nanohost.quota import DiskQuota, OverQuota
 from nanohost.safe_fs import hand_tree_to_agent
 from nanohost.session_dir import LAYOUT, SessionDir
 from nanohost.sessions import start_afresh
@@ -78,6 +79,8 @@ class HostContext:
     """Set when an import added or changed a scheduled task: the scheduler looks again."""
     installation: str = ""
     """This installation's id (``installation``): in every container's label and name."""
+    quota: DiskQuota = field(default_factory=lambda: DiskQuota(0))
+    """Per-group disk quota (off unless the composition root sets one)."""
 
 
 class SessionRuntime:
@@ -202,10 +205,11 @@ class SessionRuntime:
             except InvalidInput as exc:  # the group's config is wrong: retrying cannot help
                 self._release_slot()
                 log.error("session %s: cannot start: %s", self.session_id, exc)
+                fix = "files" if isinstance(exc, OverQuota) else "config (`nanohost groups config`)"
                 self._fail(
                     f"cannot start: {exc}",
-                    f"I cannot start: {exc}. An operator must fix the group's "
-                    "config (`nanohost groups config`); then send a new message.",
+                    f"I cannot start: {exc}. An operator must fix the group's {fix}; "
+                    "then send a new message.",
                 )
                 raise
             except Exception as exc:
@@ -253,6 +257,15 @@ class SessionRuntime:
             session = db.get(AgentSession, self.session_id)
             if session is not None and session.status != "failed":
                 session.status = "stopped"
+
+    async def stop_over_quota(self, why: str) -> None:
+        """Stop at once, mid-turn too (a clean stop: unanswered messages wait), and tell the chat
+        once; ``ctx.quota`` refuses its wakes until it is back under (``quota.py``)."""
+        await self.stop(f"over its disk quota: {why}")
+        self._fail(
+            f"stopped: {why}",
+            f"I was stopped: {why}. Messages wait until an operator makes room; then send a new message.",
+        )
 
     def _wake_again_if_waiting(self) -> None:
         """After a clean stop: messages that wait (held back, or come while it stopped) go into the
@@ -314,6 +327,7 @@ class SessionRuntime:
         return session, session.group
 
     async def _start(self) -> None:
+        await self.ctx.quota.check_wake(self.folder)
         # never while a snapshot restore swaps the group's folder; a dead restore is finished first
         async with start_guard(self.ctx.settings, self.ctx.db, self.folder):
             await self._start_container()

@@ -67,6 +67,10 @@ class Settings(BaseSettings):
         description="Seconds a container keeps its slot while wakes wait before it yields between turns.",
     )
     container_memory: str = Field(default="1g", description="Default memory limit per container.")
+    group_disk_quota: str = Field(
+        default="10g",
+        description="Disk a group's container may fill (its folder, agent state, own layer); 0 turns it off.",
+    )
     container_cpus: float = Field(
         default=1.0,
         ge=MIN_CPUS,
@@ -141,6 +145,18 @@ class Settings(BaseSettings):
     def _check_memory(cls, value: str) -> str:
         parse_memory(value)
         return value.strip().lower()
+
+    @field_validator("group_disk_quota")
+    @classmethod
+    def _check_quota(cls, value: str) -> str:
+        if value.strip() != "0":
+            parse_memory(value)
+        return value.strip().lower()
+
+    @property
+    def group_disk_quota_bytes(self) -> int:
+        """The quota in bytes; 0 when off."""
+        return 0 if self.group_disk_quota == "0" else parse_memory(self.group_disk_quota)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

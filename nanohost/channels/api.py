@@ -40,6 +40,7 @@ from sqlalchemy.exc import OperationalError
 from nanohost.agent_files import kept_copy, open_inside
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
+from nanohost.disk import is_disk_full
 from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, NotQueued, Router
 
 ROUTER = web.AppKey("router", Router)
@@ -150,6 +151,8 @@ async def record(
             status=202,
         )
     except OperationalError as exc:
+        if is_disk_full(exc):
+            raise  # the disk guard answers 507
         log.warning("API message refused: database unavailable (%s)", exc)
         return web.json_response(
             {"error": "the database is busy; nothing was recorded, send the message again"},

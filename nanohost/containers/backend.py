@@ -72,6 +72,8 @@ class ContainerState:
     labels: dict[str, str] = field(default_factory=dict)
     mounts: tuple[str, ...] = ()
     """The host paths it mounts (empty when the backend does not say)."""
+    writable_mounts: tuple[str, ...] = ()
+    """Those of ``mounts`` bound writable: the host trees its agent can fill (``quota.py``)."""
 
     @property
     def exit_reason(self) -> str:
@@ -102,6 +104,10 @@ class ContainerBackend(Protocol):
 
     async def ping(self) -> bool: ...
 
+    async def layer_bytes(self, container_id: str) -> int | None:
+        """What the container wrote to its own filesystem (not its mounts); None when unknown."""
+        ...
+
 
 def _state(container: Any) -> ContainerState:
     attrs = container.attrs
@@ -115,6 +121,9 @@ def _state(container: Any) -> ContainerState:
         oom_killed=bool(status.get("OOMKilled")),
         labels=dict(attrs.get("Config", {}).get("Labels") or {}),
         mounts=tuple(str(m.get("Source", "")) for m in attrs.get("Mounts") or []),
+        writable_mounts=tuple(
+            str(m["Source"]) for m in attrs.get("Mounts") or [] if m.get("RW") and m.get("Source")
+        ),
     )
 
 
@@ -237,6 +246,14 @@ class DockerBackend:
             if exc.status_code != 409:
                 raise
 
+    async def layer_bytes(self, container_id: str) -> int | None:
+        def size() -> int | None:
+            # the engine walks the container's upper layer for this: a sweep-time call, never a wake's
+            found = self.client.api.containers(all=True, size=True, filters={"id": container_id})
+            return int(found[0].get("SizeRw") or 0) if found else None
+
+        return await asyncio.to_thread(size)
+
     async def inspect(self, container_id: str) -> ContainerState | None:
         return await asyncio.to_thread(self._inspect, container_id)
 
@@ -342,3 +359,6 @@ class EngineWatch:
 
     async def ping(self) -> bool:
         return await self.backend.ping()
+
+    async def layer_bytes(self, container_id: str) -> int | None:
+        return await self.backend.layer_bytes(container_id)

@@ -50,6 +50,9 @@ class RecordingBackend:
     async def ping(self) -> bool:
         return True
 
+    async def layer_bytes(self, container_id: str) -> int | None:
+        return None
+
 
 class EngineAway:
     """``inner`` behind a switch: ``down = True`` and the engine is gone, ``False`` and it is back."""
@@ -93,3 +96,7 @@ class EngineAway:
         self.pings += 1
         self.pinged.set()
         return not self.down and await self.inner.ping()
+
+    async def layer_bytes(self, container_id: str) -> int | None:
+        self._check()
+        return await self.inner.layer_bytes(container_id)

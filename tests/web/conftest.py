@@ -46,6 +46,9 @@ class FakeBackend:
     async def ping(self) -> bool:
         return True
 
+    async def layer_bytes(self, container_id: str) -> int | None:
+        return None
+
 
 @contextmanager
 def web_auth(settings: Settings) -> Iterator[WebAuth]:
