@@ -15,6 +15,7 @@ import pytest
 
 from tests.fakes.model_server import ModelServer, Reply, model_server  # noqa: F401  (fixture)
 from tests.integration.conftest import add_group, make_settings
+from tests.support.host import containers_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 
@@ -56,6 +57,6 @@ async def test_env_mcp_server_and_contract_reach_the_agent(
     assert database.is_file()  # in the group's folder, where the server's cwd is
     assert "`send_file(path, caption)`" in requests[0].all_text  # the shipped runtime contract
 
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=envy"})
+    (container,) = containers_of(docker_client, settings, "envy")
     assert "GREETING=bonjour-from-groups-config" in container.attrs["Config"]["Env"]
     assert container.attrs["Config"]["Image"] == settings.image_tag

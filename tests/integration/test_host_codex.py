@@ -15,6 +15,7 @@ import pytest
 
 from tests.fakes.model_server import ModelServer, Reply, model_server  # noqa: F401  (fixture)
 from tests.integration.conftest import add_group, make_settings
+from tests.support.host import containers_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 REAL_KEY = "sk-real-upstream-key-7f3a"
@@ -60,7 +61,7 @@ async def test_codex_reply_through_the_gateway_with_the_key_only_on_the_host(
     for marker in ("Composed by nanohost", "MEMORY-INDEX-MARKER", "MCP-DOCS-INSTRUCTIONS-MARKER"):
         assert marker in request.all_text  # the composed AGENTS.md reached the model
 
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=coders"})
+    (container,) = containers_of(docker_client, settings, "coders")
     seen = everything_the_container_sees(container, settings, "coders")
     assert "nh-ph-" in seen  # the placeholder is what the container holds...
     assert REAL_KEY not in seen  # ...and the real key is nowhere in it

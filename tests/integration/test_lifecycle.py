@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from nanohost import container_logs
+from nanohost.containers.backend import LABEL_INSTALLATION
 from nanohost.db import AgentSession, Message, make_engine, make_session_factory
 from tests.fakes.model_server import ModelServer, Reply, model_server  # noqa: F401  (fixture)
 from tests.integration.conftest import API_TOKEN, AUTH, TEST_IMAGE_NAME, add_group, make_settings
@@ -25,16 +26,18 @@ pytestmark = pytest.mark.docker
 
 
 async def docker_event(
-    client: Any, *, group: str, action: str, since: float, timeout: float = 60
+    client: Any, settings: Any, *, group: str, action: str, since: float, timeout: float = 60
 ) -> dict[str, Any]:
-    """The first engine event ``action`` for the group's containers since ``since`` (blocks on events)."""
+    """The first engine event ``action`` for the group's containers of this test's installation
+    since ``since`` (blocks on events)."""
+    labels = [f"nanohost.group={group}", f"{LABEL_INSTALLATION}={installation_id(settings)}"]
 
     def wait() -> dict[str, Any]:
         events = client.events(
             since=int(since),
             until=int(time.time() + timeout),
             decode=True,
-            filters={"type": "container", "event": action, "label": f"nanohost.group={group}"},
+            filters={"type": "container", "event": action, "label": labels},
         )
         for event in events:
             return dict(event)
@@ -76,10 +79,10 @@ async def test_killed_container_is_respawned_and_the_thread_resumes(
     since = time.time()
     message_id = await host.send("phoenix", "survive this")
     await model_server.wait_for_requests(2, timeout=60)
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=phoenix"})
+    (container,) = containers_of(docker_client, settings, "phoenix")
     container.kill()
     hold.set()
-    await docker_event(docker_client, group="phoenix", action="start", since=since + 0.001)
+    await docker_event(docker_client, settings, group="phoenix", action="start", since=since + 0.001)
     replies = await host.replies_after("phoenix", message_id, wait=120)
     assert [r["text"] for r in replies] == ["echo: survive this"]
     threads = {r.headers.get("x-client-request-id") for r in model_server.requests}
@@ -102,14 +105,14 @@ async def test_idle_container_stops_and_the_next_message_resumes(
     since = time.time()
     first = await host.send("sleepy", "one")
     assert [r["text"] for r in await host.replies_after("sleepy", first)] == ["echo: one"]
-    died = await docker_event(docker_client, group="sleepy", action="die", since=since)
+    died = await docker_event(docker_client, settings, group="sleepy", action="die", since=since)
     assert died["Actor"]["Attributes"]["exitCode"] == "0"  # the runner handled SIGTERM: a clean stop
     (before,) = session_rows(settings)
     assert before.continuation
     restart = time.time()
     second = await host.send("sleepy", "two")
     assert [r["text"] for r in await host.replies_after("sleepy", second)] == ["echo: two"]
-    started = await docker_event(docker_client, group="sleepy", action="start", since=restart)
+    started = await docker_event(docker_client, settings, group="sleepy", action="start", since=restart)
     assert started["id"] != died["id"] or started["timeNano"] > died["timeNano"]  # woken again
     (after,) = session_rows(settings)
     assert after.continuation == before.continuation  # the same thread carried on
@@ -125,10 +128,11 @@ async def test_container_cap_queues_wakes(tmp_path: Path, start_host: Any, docke
     replies_a, replies_b = await asyncio.gather(host.replies_after("alpha", a), host.replies_after("beta", b))
     assert [r["text"] for r in replies_a] == ["echo: a"] and [r["text"] for r in replies_b] == ["echo: b"]
     starts = {
-        g: await docker_event(docker_client, group=g, action="start", since=since) for g in ("alpha", "beta")
+        g: await docker_event(docker_client, settings, group=g, action="start", since=since)
+        for g in ("alpha", "beta")
     }
     first, second = sorted(starts, key=lambda g: starts[g]["timeNano"])
-    died = await docker_event(docker_client, group=first, action="die", since=since)
+    died = await docker_event(docker_client, settings, group=first, action="die", since=since)
     assert died["timeNano"] <= starts[second]["timeNano"]  # never two running at once
 
 
@@ -146,7 +150,7 @@ async def test_disallowed_mount_is_refused_and_said_once(
     assert len(replies) == 1 and "'.ssh' holds credentials" in replies[0]["text"]
     (session,) = session_rows(settings)
     assert session.status == "failed" and "refused" in (session.last_error or "")
-    assert docker_client.containers.list(all=True, filters={"label": "nanohost.group=nosy"}) == []
+    assert containers_of(docker_client, settings, "nosy", all=True) == []
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ import pytest
 
 from nanohost.db import AgentGroup, AgentSession, make_engine, make_session_factory
 from tests.integration.conftest import add_group, make_settings
+from tests.support.host import containers_of
 
 pytestmark = pytest.mark.docker
 
@@ -88,6 +89,6 @@ async def test_a_full_cap_stops_idle_containers_for_waiting_wakes_never_one_mid_
     rows = sessions_by_group(settings)
     for group in ("slow1", *GROUPS[:-1]):  # stopped cleanly: not a crash, exit code 0
         assert (rows[group].status, rows[group].crash_count, rows[group].last_error) == ("stopped", 0, None)
-        (container,) = docker_client.containers.list(all=True, filters={"label": f"nanohost.group={group}"})
+        (container,) = containers_of(docker_client, settings, group, all=True)
         assert container.attrs["State"]["ExitCode"] == 0
     host.orchestrator.ctx.bus.unsubscribe_all(events)
