@@ -26,12 +26,13 @@ from sqlalchemy.orm import joinedload
 
 from nanohost.bus import MessageBus
 from nanohost.channels.base import FileTooLarge, InboundMessage
-from nanohost.channels.inbox import save_incoming
+from nanohost.channels.inbox import save_for_group
 from nanohost.commands import ChatCommands, command_of
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
 from nanohost.disk import is_disk_full
 from nanohost.orchestrator import Orchestrator
+from nanohost.snapshots import Busy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -339,7 +340,7 @@ class Router:
         saved: list[str] = []
         refusals: list[str] = []
         limit = self.max_attachment_bytes
-        folder = self.orchestrator.ctx.settings.groups_dir / group.folder
+        settings = self.orchestrator.ctx.settings
         for incoming in message.files:
             if incoming.size is not None and incoming.size > limit:
                 refusals.append(f"{incoming.name!r} is larger than the {_size(limit)} limit")
@@ -354,9 +355,13 @@ class Router:
                 refusals.append(f"{incoming.name!r} could not be downloaded")
                 continue
             try:
-                saved.append(await asyncio.to_thread(save_incoming, folder, incoming.name, data))
+                path = await asyncio.to_thread(save_for_group, settings, group.folder, incoming.name, data)
+                saved.append(path)
+            except Busy:
+                log.error("%s: could not save %r: a snapshot restore held the group", where, incoming.name)
+                refusals.append(f"{incoming.name!r} arrived during a long snapshot restore; send it again")
             except OSError as exc:
-                log.error("%s: could not save %r in %s: %s", where, incoming.name, folder, exc)
+                log.error("%s: could not save %r in %s: %s", where, incoming.name, group.folder, exc)
                 refusals.append(f"{incoming.name!r} could not be saved on the host")
         return saved, refusals
 

@@ -65,9 +65,10 @@ from typing import IO, Any, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from nanohost.channels.inbox import INBOX
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, ContainerConfig, Message, Snapshot, utcnow
-from nanohost.safe_fs import DIR_FLAGS, hand_tree_to_agent, open_root
+from nanohost.safe_fs import DIR_FLAGS, hand_tree_to_agent, open_parent, open_root, read_beneath, replace_file
 from nanohost.session_dir import SessionDir
 from nanohost.sessions import current_sessions, start_afresh
 from nanohost.settings import Settings
@@ -97,6 +98,8 @@ MANIFEST = "snapshot.json"
 JOURNAL = "restore.json"
 LOCK = ".lock"
 LOCK_WAIT = 10.0
+SAVE_WAIT = 120.0
+"""Seconds a user's file waits for a restore of its group to finish before it is refused."""
 """Seconds a CLI command waits for a group's lock before it says the group is busy."""
 START_WAIT = 900.0
 """Seconds a container start waits for a restore of its group to end before the wake fails."""
@@ -1053,6 +1056,7 @@ def _restore_locked(
             raise SnapshotError(
                 f"the archive of snapshot {snapshot_id} holds no group folder; nothing was restored"
             )
+        carry_waiting_attachments(settings, db, folder, trees["workspace"], roots["workspace"])
         for staged in roots.values():
             hand_tree_to_agent(staged)
         journal.phase = "swapping"
@@ -1076,6 +1080,52 @@ def _restore_locked(
         files=extracted.files,
         skipped=extracted.skipped,
     )
+
+
+def carry_waiting_attachments(
+    settings: Settings, db: sessionmaker[Session], folder: str, current: Path, staged: Path
+) -> list[str]:
+    """Copy the files of messages not answered yet from the folder being replaced into the staged
+    one (theirs win over a restored file of the same name): a restore rolls back the agent's
+    work, not what the chat sent and still waits for. Read without following links (the folder
+    is the agent's), each at most ``max_attachment_bytes``. Saves wait for a restore
+    (``holding_folder``), so no new one lands in the folder being replaced meanwhile."""
+    with transaction(db) as session:
+        rows = session.scalars(
+            select(Message.attachments)
+            .join(AgentGroup, AgentGroup.id == Message.group_id)
+            .where(
+                AgentGroup.folder == folder,
+                Message.direction == "in",
+                Message.status.in_(("pending", "queued")),
+            )
+        ).all()
+    carried: list[str] = []
+    limit = settings.max_attachment_bytes
+    for paths in rows:
+        for relative in paths or []:
+            if not isinstance(relative, str) or not relative.startswith(f"{INBOX}/"):
+                continue
+            data = read_beneath(current, relative, limit)
+            if data is None or len(data) > limit:
+                log.warning("restore of %s: waiting attachment %r is gone or too large", folder, relative)
+                continue
+            try:
+                with open_parent(staged, relative, create=True) as (dir_fd, name):
+                    replace_file(dir_fd, name, data)
+            except (OSError, ValueError) as exc:
+                log.warning("restore of %s: could not keep waiting attachment %r: %s", folder, relative, exc)
+                continue
+            carried.append(relative)
+    return carried
+
+
+@contextlib.contextmanager
+def holding_folder(settings: Settings, folder: str) -> Iterator[None]:
+    """Hold the group's folder against a restore (shared, like a container start) while a user's
+    file is saved into it, waiting up to ``SAVE_WAIT`` for a restore under way to finish."""
+    with locked(settings, folder, exclusive=False, wait=SAVE_WAIT):
+        yield
 
 
 def _commit(db: sessionmaker[Session], journal: Journal) -> tuple[list[tuple[int, str]], str | None]:

@@ -190,6 +190,61 @@ def test_restore_brings_back_the_files_and_the_thread(
     assert state_of(cfg.sessions_dir / str(again.sessions[0])) == {"continuation": "thread-B"}
 
 
+def waiting_message(db: sessionmaker[Session], attachments: list[str], status: str = "queued") -> None:
+    with transaction(db) as session:
+        row = session.scalars(select(AgentSession).order_by(AgentSession.id.desc())).first()
+        assert row is not None
+        session.add(
+            Message(
+                group_id=row.group_id,
+                session_id=row.id,
+                direction="in",
+                channel="web",
+                chat_id="g",
+                sender="alice",
+                text="look at this",
+                attachments=attachments,
+                status=status,
+            )
+        )
+
+
+def test_files_of_messages_still_waiting_survive_a_restore(
+    cfg: Settings, db: sessionmaker[Session], group: Path, tmp_path: Path
+) -> None:
+    taken = snapshots.create(cfg, db, "g")
+    inbox = group / "inbox"
+    inbox.mkdir(exist_ok=True)
+    (inbox / "photo.png").write_bytes(b"PNG waiting")  # sent after the snapshot, not answered yet
+    (inbox / "old.txt").write_text("answered long ago")
+    (tmp_path / "host-secret").write_text("HOST")
+    os.symlink(tmp_path / "host-secret", inbox / "evil.txt")  # the agent's link: never read
+    waiting_message(db, ["inbox/photo.png", "inbox/evil.txt", "../../etc/passwd"])
+    waiting_message(db, ["inbox/old.txt"], status="answered")
+
+    snapshots.restore(cfg, db, "g", taken.id, FakeContainers())
+
+    assert (inbox / "photo.png").read_bytes() == b"PNG waiting"
+    assert not (inbox / "old.txt").exists()  # the restore rolled that back, as it should
+    assert not (inbox / "evil.txt").exists() and not (inbox / "evil.txt").is_symlink()
+    assert leftovers(cfg) == []
+
+
+def test_a_file_saved_during_a_restore_waits_for_it(
+    cfg: Settings, db: sessionmaker[Session], group: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nanohost.channels.inbox import save_for_group
+
+    monkeypatch.setattr(snapshots, "SAVE_WAIT", 0.2)
+    with snapshots.locked(cfg, "g", exclusive=True):  # what a restore holds while it swaps
+        with pytest.raises(snapshots.Busy):
+            save_for_group(cfg, "g", "photo.png", b"PNG")
+        assert not (group / "inbox" / "photo.png").exists()
+    with snapshots.locked(cfg, "g", exclusive=False):  # a container start or a snapshot: no wait
+        assert save_for_group(cfg, "g", "photo.png", b"PNG") == "inbox/photo.png"
+    assert (group / "inbox" / "photo.png").read_bytes() == b"PNG"
+
+
 def test_restored_files_belong_to_the_container_user(
     cfg: Settings, db: sessionmaker[Session], group: Path
 ) -> None:

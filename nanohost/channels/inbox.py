@@ -14,8 +14,12 @@ import os
 import re
 import unicodedata
 from pathlib import Path, PurePath
+from typing import TYPE_CHECKING
 
 from nanohost.safe_fs import give_to_agent, open_root, open_subdir
+
+if TYPE_CHECKING:
+    from nanohost.settings import Settings
 
 INBOX = "inbox"
 MAX_NAME = 100
@@ -74,3 +78,13 @@ def save_incoming(group_folder: Path, name: str, data: bytes) -> str:
     finally:
         os.close(inbox_fd)
     raise OSError(f"no free name for {base!r} in {INBOX}/")
+
+
+def save_for_group(settings: Settings, folder: str, name: str, data: bytes) -> str:
+    """``save_incoming`` into a group's folder, holding it against a snapshot restore (which
+    replaces the folder): a file saved meanwhile would be lost with the old folder. Raises
+    ``snapshots.Busy`` when a restore takes longer than ``snapshots.SAVE_WAIT``."""
+    from nanohost.snapshots import holding_folder
+
+    with holding_folder(settings, folder):
+        return save_incoming(settings.groups_dir / folder, name, data)

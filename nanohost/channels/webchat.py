@@ -41,7 +41,7 @@ from sqlalchemy import select
 from nanohost.channels import api
 from nanohost.channels.base import InboundMessage
 from nanohost.channels.forwarded import came_over_https, client_address
-from nanohost.channels.inbox import save_incoming
+from nanohost.channels.inbox import save_for_group
 from nanohost.channels.state import ChannelStore
 from nanohost.channels.web_auth import (
     CHANNEL,
@@ -55,6 +55,7 @@ from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, ChatBinding
 from nanohost.router import MAX_TEXT, session_key
 from nanohost.settings import Settings
+from nanohost.snapshots import Busy
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +353,11 @@ async def post_message(request: web.Request) -> web.Response:
         return refused
     attachments: list[str] = []
     if upload is not None:
-        folder = _settings(request).groups_dir / group.folder
-        attachments.append(await asyncio.to_thread(save_incoming, folder, *upload))
+        try:
+            saved = await asyncio.to_thread(save_for_group, _settings(request), group.folder, *upload)
+            attachments.append(saved)
+        except Busy:
+            return _error(503, "a snapshot of this group is being restored; send the file again in a moment")
     chat_id, key = _chat(request, group)
     inbound = InboundMessage(CHANNEL, chat_id, SENDER, str(text), attachments=attachments)
     return await api.record(request, inbound, group, key)
