@@ -290,7 +290,8 @@ def _mib(size: int) -> str:
     return f"{size / 1024**2:.1f} MiB"
 
 
-MESSAGE_POSTS = {"/api/groups/{group}/messages", "/web/groups/{group}/messages"}
+WEB_POST = "/web/groups/{group}/messages"
+MESSAGE_POSTS = {"/api/groups/{group}/messages", WEB_POST}
 
 
 @web.middleware
@@ -305,6 +306,7 @@ async def disk_guard(request: web.Request, handler: api.Handler) -> web.StreamRe
         and resource is not None
         and resource.canonical in MESSAGE_POSTS
         and free_bytes(request.app[SETTINGS].data_dir) < REFUSE_BELOW  # one statvfs: microseconds
+        and (resource.canonical != WEB_POST or webchat.logged_in(request))  # else its 401 comes first
     ):
         log.error("refused a message for %s: the data dir's disk is full", request.path)
         return web.json_response({"error": DISK_FULL}, status=507)

@@ -158,6 +158,11 @@ def _auth(request: web.Request) -> WebAuth:
     return WebAuth(ChannelStore(request.app[api.ROUTER].orchestrator.ctx.db, CHANNEL))
 
 
+def logged_in(request: web.Request) -> bool:
+    """Whether the request carries a valid web chat session."""
+    return _auth(request).check_cookie(request.cookies.get(COOKIE))
+
+
 def _settings(request: web.Request) -> Settings:
     return request.app[api.ROUTER].orchestrator.ctx.settings
 

@@ -155,6 +155,12 @@ async def test_a_nearly_full_disk_refuses_before_writing_and_healthz_reports_it(
     assert health.status == 503 and body["disk_free_bytes"] == 1000
     assert body["disk"].startswith("full:")
 
+    logged_out = await client.post("/web/groups/team/messages", json={"text": "hi"})
+    assert logged_out.status == 401  # who is not logged in learns nothing about the disk
+    assert (await client.post("/web/login", json={"password": PASSWORD})).status == 200
+    sent = await client.post("/web/groups/team/messages", json={"text": "hi"}, headers={"X-Nanohost": "1"})
+    assert sent.status == 507
+
     free["bytes"] = 50 * 1024**2  # below the 100 MiB default: low, still taking messages
     health = await client.get("/healthz")
     body = await health.json()
