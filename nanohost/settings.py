@@ -96,6 +96,16 @@ class Settings(BaseSettings):
     model_base_url: str = Field(
         default="https://api.openai.com/v1", description="Responses API base URL the gateway forwards to."
     )
+    # --- ChatGPT sign-in (nanohost/auth/) -------------------------------------------------
+    auth_issuer: str = Field(
+        default="https://auth.openai.com",
+        description="OAuth issuer of the ChatGPT sign-in (token refresh, device-code login).",
+    )
+    chatgpt_base_url: str = Field(
+        default="https://chatgpt.com/backend-api/codex",
+        description="ChatGPT backend the gateway forwards chatgpt-auth groups to ({url}/responses).",
+    )
+    # --- end ChatGPT sign-in ----------------------------------------------------------------
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="text, or json: one JSON object per line with session and group ids."
@@ -179,7 +189,14 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a valid image name (lowercase letters, digits, . _ - /)")
         return value
 
-    @field_validator("model_base_url", "telegram_api_base", "slack_api_base", "discord_api_base")
+    @field_validator(
+        "model_base_url",
+        "telegram_api_base",
+        "slack_api_base",
+        "discord_api_base",
+        "auth_issuer",
+        "chatgpt_base_url",
+    )
     @classmethod
     def _check_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):

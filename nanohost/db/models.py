@@ -101,6 +101,9 @@ class ContainerConfig(Base):
     """Automatic snapshots: ``off``, ``idle`` (after each busy spell) or ``daily``."""
     snapshot_keep: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
     """How many automatic snapshots of the group are kept (the oldest beyond go)."""
+    auth: Mapped[str] = mapped_column(String(16), default="api-key", server_default="api-key")
+    """How the group reaches the model: ``api-key`` or ``chatgpt`` (``nanohost.auth``); checked
+    again when read at a wake (``GroupSpec``)."""
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     group: Mapped[AgentGroup] = relationship(back_populates="config")

@@ -1,0 +1,115 @@
+"""``nanohost auth login | status | logout``: the host's ChatGPT sign-in.
+
+The tokens go to ``<data dir>/auth/chatgpt.json`` (``store``) and nowhere else; a running host
+picks a new sign-in up at its next model request (the gateway reads the store each time), so
+there is nothing to restart. ``login`` saves under the refresh file lock, so it never races a
+refresh of the running host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from aiohttp import ClientSession
+from sqlalchemy import select
+
+from nanohost.auth import oauth
+from nanohost.auth.refresher import describe, locked_save
+from nanohost.auth.store import TokenStore
+from nanohost.auth.tokens import ChatGPTTokens, TokenFormatError
+from nanohost.cli import JsonOption, database, emit_mapping, fail, handles_errors, out, settings
+from nanohost.db.models import AgentGroup, ContainerConfig
+
+auth_app: typer.Typer = typer.Typer(
+    help="The host's ChatGPT sign-in (for groups with --auth chatgpt).", no_args_is_help=True
+)
+
+
+def _store() -> TokenStore:
+    return TokenStore(settings().data_dir)
+
+
+def _chatgpt_groups() -> list[str]:
+    with database(settings()) as session:
+        return list(
+            session.scalars(
+                select(AgentGroup.name)
+                .join(ContainerConfig, ContainerConfig.group_id == AgentGroup.id)
+                .where(ContainerConfig.auth == "chatgpt")
+                .order_by(AgentGroup.name)
+            )
+        )
+
+
+async def _device_login(issuer: str) -> ChatGPTTokens:
+    async with ClientSession() as session:
+        code = await oauth.request_device_code(session, issuer)
+        out.print(
+            "To sign this host in to ChatGPT:\n"
+            f"  1. open {code.verification_url} in a browser and sign in\n"
+            f"  2. enter the one-time code {code.user_code} (it expires in 15 minutes; never share it)\n"
+            "waiting for the code to be entered…",
+            markup=False,
+        )
+        return await oauth.complete_device_code(session, issuer, code)
+
+
+@auth_app.command("login")
+@handles_errors
+def login(
+    import_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--import", help="Take the tokens of an existing Codex auth.json (`codex login`).", metavar="PATH"
+        ),
+    ] = None,
+) -> None:
+    """Sign the host in to a ChatGPT plan: the device-code flow Codex offers (open a URL, enter a
+    code), or --import of a Codex auth.json. Do not keep using that auth.json elsewhere: its
+    refresh token is now the host's, and refresh tokens are single use."""
+    cfg = settings()
+    if import_path is not None:
+        try:
+            data = json.loads(import_path.expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read {import_path}: {exc}")
+        try:
+            tokens = ChatGPTTokens.from_codex_auth_json(data)
+        except TokenFormatError as exc:
+            fail(f"{import_path}: {exc}")
+    else:
+        try:
+            tokens = asyncio.run(_device_login(cfg.auth_issuer))
+        except oauth.OAuthUnavailable as exc:
+            fail(f"sign-in failed: {exc}")
+    locked_save(TokenStore(cfg.data_dir), tokens)
+    who = tokens.email or tokens.account_id
+    out.print(f"signed in to ChatGPT as {who} (plan {tokens.plan or 'unknown'})", markup=False)
+    if import_path is not None:
+        out.print(
+            f"the host now refreshes these tokens itself; stop using {import_path} elsewhere "
+            "(a refresh there would invalidate the host's sign-in)",
+            markup=False,
+        )
+
+
+@auth_app.command("status")
+@handles_errors
+def status(as_json: JsonOption = False) -> None:
+    """Whether the host is signed in, as whom, until when, and which groups use it."""
+    info = describe(_store())
+    info["groups"] = _chatgpt_groups()
+    emit_mapping(info, as_json)
+
+
+@auth_app.command("logout")
+@handles_errors
+def logout() -> None:
+    """Forget the host's ChatGPT sign-in (groups with --auth chatgpt stop answering until the next login)."""
+    store = _store()
+    removed = store.delete()
+    out.print("signed out of ChatGPT" if removed else "not signed in to ChatGPT", markup=False)
