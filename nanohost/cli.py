@@ -1311,7 +1311,7 @@ def snapshots_config(
     emit_mapping(data, as_json)
 
 
-# --- ChatGPT sign-in: `nanohost auth …` (nanohost/auth/cli.py; imported last: it uses the helpers above)
+# --- ChatGPT sign-in: `nanohost auth …` (nanohost/auth/cli.py)
 from nanohost.auth.cli import auth_app  # noqa: E402
 
 app.add_typer(auth_app, name="auth")

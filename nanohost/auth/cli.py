@@ -10,19 +10,65 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from aiohttp import ClientSession
+from rich.console import Console
 from sqlalchemy import select
 
 from nanohost.auth import oauth
 from nanohost.auth.refresher import describe, locked_save
 from nanohost.auth.store import TokenStore
 from nanohost.auth.tokens import ChatGPTTokens, TokenFormatError
-from nanohost.cli import JsonOption, database, emit_mapping, fail, handles_errors, out, settings
+from nanohost.db import engine as db_engine
+from nanohost.db import migrate
 from nanohost.db.models import AgentGroup, ContainerConfig
+from nanohost.settings import Settings, SettingsError, load_settings
+
+# Self-contained (no import of nanohost.cli, which imports this module at its end and may be
+# running as __main__): its own output and error helpers, the same one-line style.
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AuthCliError(Exception):
+    pass
+
+
+def fail(message: str) -> NoReturn:
+    raise AuthCliError(message)
+
+
+def handles_errors(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (AuthCliError, SettingsError, TokenFormatError) as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def emit_mapping(data: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    for key, value in data.items():
+        shown = ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value))
+        out.print(f"{key.replace('_', ' ')}: {shown}", markup=False)
+
 
 auth_app: typer.Typer = typer.Typer(
     help="The host's ChatGPT sign-in (for groups with --auth chatgpt).", no_args_is_help=True
@@ -34,15 +80,20 @@ def _store() -> TokenStore:
 
 
 def _chatgpt_groups() -> list[str]:
-    with database(settings()) as session:
-        return list(
-            session.scalars(
-                select(AgentGroup.name)
-                .join(ContainerConfig, ContainerConfig.group_id == AgentGroup.id)
-                .where(ContainerConfig.auth == "chatgpt")
-                .order_by(AgentGroup.name)
+    engine = db_engine.make_engine(settings().db_url)
+    try:
+        migrate.upgrade(engine)
+        with db_engine.transaction(db_engine.make_session_factory(engine)) as session:
+            return list(
+                session.scalars(
+                    select(AgentGroup.name)
+                    .join(ContainerConfig, ContainerConfig.group_id == AgentGroup.id)
+                    .where(ContainerConfig.auth == "chatgpt")
+                    .order_by(AgentGroup.name)
+                )
             )
-        )
+    finally:
+        engine.dispose()
 
 
 async def _device_login(issuer: str) -> ChatGPTTokens:
