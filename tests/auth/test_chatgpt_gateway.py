@@ -86,9 +86,7 @@ async def test_two_groups_racing_a_refresh_send_exactly_one(
     assert issuer.used_refresh and not (issuer.used_refresh & issuer.live_refresh)
 
 
-async def test_two_processes_sharing_the_store_refresh_once(
-    store: TokenStore, issuer: FakeIssuer
-) -> None:
+async def test_two_processes_sharing_the_store_refresh_once(store: TokenStore, issuer: FakeIssuer) -> None:
     """Two refreshers with their own asyncio locks (as two processes have) are serialised by the
     file lock, and the second finds the first's tokens on disk instead of refreshing again."""
     loaded = store.load()
@@ -183,4 +181,3 @@ async def test_the_issuer_down_is_transient(gw: Gw, store: TokenStore, issuer: F
     status, _ = await gw.ask(placeholder, "hello")
     assert status == 502  # Codex and the runner retry; the sign-in is not marked broken
     assert describe(store)["state"] == "ok"
-

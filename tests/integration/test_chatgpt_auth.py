@@ -94,3 +94,15 @@ async def test_a_revoked_sign_in_is_told_in_the_chat_and_never_loops(
     assert backend.refused == 1 and model_server.requests == []
     health = await (await host.client.get("/healthz")).json()
     assert health["ok"] is False and "broken" in health["chatgpt_auth"]
+
+
+async def test_an_auth_mode_written_behind_the_cli_stops_the_wake_and_says_so(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    add_group(settings, "odd", auth="oauth2")  # the CLI would refuse it; the wake reads it again
+    host = await start_host(settings)
+    message_id = await host.send("odd", "hi")
+    replies = await host.replies_after("odd", message_id)
+    assert len(replies) == 1 and "unknown auth mode 'oauth2'" in replies[0]["text"]
+    assert docker_client.containers.list(all=True, filters={"label": "nanohost.group=odd"}) == []
