@@ -19,6 +19,11 @@ string, and on the raw request target (before any decoding) dot segments (``.``/
 percent-encoded dots, slashes or backslashes (``%2e``, ``%2f``, ``%5c``), backslashes, empty
 segments (``//``) and absolute-form targets. Each refusal is logged once, with the group.
 
+A ``chatgpt``-auth grant (``groups config G --auth chatgpt``) is forwarded by
+``nanohost.auth.upstream`` instead: to the ChatGPT backend, with the host's ChatGPT access token
+and account id, refreshed once on a 401; ``POST /v1/oauth/token`` (Codex's own refresh, pointed
+here) answers with the placeholder and never reaches the issuer.
+
 Egress (off by default): a group with an allow-list of host patterns gets an HTTPS proxy on a
 second socket. Only ``CONNECT host:port`` to an allowed host is tunnelled; the client proves its
 session with the same placeholder (``Proxy-Authorization: Basic nh:<placeholder>``). The name is
