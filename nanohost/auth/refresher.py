@@ -107,12 +107,13 @@ class ChatGPTAuth:
             raise SignInBroken(broken_message(tokens.broken.reason))
         return tokens
 
-    async def credentials(self) -> ChatGPTTokens:
-        """Tokens to use now; refreshed first when the access token's own expiry has passed."""
+    async def credentials(self) -> tuple[ChatGPTTokens, bool]:
+        """Tokens to use now, and whether this call refreshed them (it does when the access
+        token's own expiry has passed)."""
         tokens = self._usable(self.store.load())
         if tokens.expired():
-            return await self.refresh(tokens.access_token)
-        return tokens
+            return await self.refresh(tokens.access_token), True
+        return tokens, False
 
     async def refresh(self, stale_access_token: str) -> ChatGPTTokens:
         """New tokens because ``stale_access_token`` was refused or expired: refreshed by this call,

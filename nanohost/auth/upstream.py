@@ -61,13 +61,13 @@ class ChatGPTUpstream:
         body = await request.read() if request.body_exists else None  # kept for the one retry
         url = self.base_url + path
         tokens: ChatGPTTokens | None = None
-        for attempt in (1, 2):
+        refreshed = False
+        for _ in range(2):
             try:
-                tokens = (
-                    await self.auth.credentials()
-                    if tokens is None
-                    else await self.auth.refresh(tokens.access_token)
-                )
+                if tokens is None:
+                    tokens, refreshed = await self.auth.credentials()
+                else:
+                    tokens, refreshed = await self.auth.refresh(tokens.access_token), True
             except ChatGPTUnavailable as exc:
                 log.warning("gateway: group %s: %s", group, exc)
                 return _plain(400, str(exc))
@@ -83,7 +83,7 @@ class ChatGPTUpstream:
                 return _plain(502, f"upstream unreachable: {exc}")
             if upstream.status == 401:
                 upstream.release()
-                if attempt == 1:
+                if not refreshed:  # one refresh per request, then one retry
                     log.info(
                         "gateway: group %s: the ChatGPT backend refused the access token; refreshing", group
                     )

@@ -181,3 +181,20 @@ async def test_the_issuer_down_is_transient(gw: Gw, store: TokenStore, issuer: F
     status, _ = await gw.ask(placeholder, "hello")
     assert status == 502  # Codex and the runner retry; the sign-in is not marked broken
     assert describe(store)["state"] == "ok"
+
+
+async def test_a_backend_that_keeps_refusing_costs_one_refresh_per_request(
+    gw: Gw, issuer: FakeIssuer, backend: FakeChatGPTBackend, store: TokenStore
+) -> None:
+    from nanohost.auth.tokens import ChatGPTTokens
+
+    backend.refuse_all = True
+    placeholder = gw.gateway.grant("g1", 1, auth="chatgpt")
+    status, body = await gw.ask(placeholder, "hello")
+    assert status == 400 and "even after renewing it" in body
+    assert issuer.refresh_requests == 1 and backend.refused == 2
+    # an access token past its exp is refreshed before sending; a 401 then costs no second refresh
+    store.save(ChatGPTTokens.from_oauth(**issuer.issue(expires_in=-60)))
+    assert (await gw.ask(placeholder, "again"))[0] == 400
+    assert issuer.refresh_requests == 2 and backend.refused == 3
+    assert describe(store)["state"] == "ok"  # the sign-in itself is fine: nothing marked broken

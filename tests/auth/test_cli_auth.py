@@ -9,11 +9,15 @@ import stat
 import sys
 from pathlib import Path
 
+import pytest
+
 from nanohost.auth.store import TokenStore
 from nanohost.auth.tokens import ChatGPTTokens
+from nanohost.db.models import AgentSession
 from nanohost.settings import load_settings
 from tests.fakes.chatgpt import ACCOUNT, EMAIL, FakeIssuer
 from tests.test_cli import Run, cli, engine_asked, ready  # noqa: F401  (fixtures)
+from tests.test_why import rows
 
 
 def codex_auth_json(issuer: FakeIssuer) -> dict[str, object]:
@@ -123,3 +127,28 @@ def cli_json(run: Run, *args: str) -> dict[str, object]:
     data = run(*args, "--json").json()
     assert isinstance(data, dict)
     return data
+
+
+def test_why_and_doctor_name_a_broken_sign_in(
+    ready: Run,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    ready("groups", "config", "main", "--provider", "codex", "--auth", "chatgpt")
+    store = TokenStore(load_settings().data_dir)
+    tokens = ChatGPTTokens.from_oauth(**FakeIssuer().issue())
+    store.save(tokens)
+    checks = {c["name"]: c for c in ready("doctor", "--json", ok=False).json()}  # type: ignore[union-attr]
+    assert (
+        checks["model credential"]["ok"] is True
+        and "ChatGPT sign-in ok" in checks["model credential"]["detail"]
+    )
+    store.mark_broken(tokens, "refresh_token_invalidated")
+    checks = {c["name"]: c for c in ready("doctor", "--json", ok=False).json()}  # type: ignore[union-attr]
+    assert checks["model credential"]["ok"] is False
+    assert "refresh_token_invalidated" in checks["model credential"]["detail"]
+    rows(AgentSession(group_id=1, status="stopped"))  # why names session-level reasons
+    reasons = ready("why", "main", "--json").json()
+    assert isinstance(reasons, list)
+    assert any("ChatGPT sign-in, which is broken" in str(r) for r in reasons)
+    assert not any("OPENAI_API_KEY" in str(r) for r in reasons)  # not the api-key mode's reason

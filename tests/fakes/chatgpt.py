@@ -131,6 +131,8 @@ class FakeChatGPTBackend:
         self.issuer = issuer
         self.model = model
         self.refused = 0
+        self.refuse_all = False
+        """Refuse every token (a plan without Codex access, say)."""
         self._refusals = asyncio.Condition()
         self.seen_auth: list[tuple[str, str]] = []
         app = web.Application()
@@ -155,7 +157,7 @@ class FakeChatGPTBackend:
         auth = request.headers.get("Authorization", "")
         account = request.headers.get("chatgpt-account-id", "")
         self.seen_auth.append((auth, account))
-        if auth != f"Bearer {self.issuer.access_token}" or account != ACCOUNT:
+        if self.refuse_all or auth != f"Bearer {self.issuer.access_token}" or account != ACCOUNT:
             self.refused += 1
             async with self._refusals:
                 self._refusals.notify_all()
