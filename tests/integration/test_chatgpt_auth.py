@@ -5,6 +5,8 @@ the chat and on /healthz, once per message, with one refresh attempt in all."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from nanohost.auth.store import TokenStore
 from nanohost.auth.tokens import ChatGPTTokens
 from tests.auth.conftest import backend, issuer  # noqa: F401  (fixtures)
 from tests.fakes.chatgpt import ACCOUNT, FakeChatGPTBackend, FakeIssuer
-from tests.fakes.model_server import ModelServer, model_server  # noqa: F401  (fixture)
+from tests.fakes.model_server import ModelServer, Reply, model_server  # noqa: F401  (fixture)
 from tests.integration.conftest import add_group, make_settings
 from tests.integration.test_host_codex import everything_the_container_sees
 
@@ -60,6 +62,24 @@ async def test_codex_answers_through_the_chatgpt_path_with_no_token_in_the_conta
     rotated = store.load()
     assert rotated is not None and rotated.refresh_token in issuer.live_refresh
     tokens_seen |= {rotated.access_token, rotated.refresh_token}
+
+    # expiry in the middle of a turn: the tool call's follow-up request meets the 401
+    hold = asyncio.Event()
+    command = {"name": "exec_command", "arguments": json.dumps({"cmd": "echo mid-turn"})}
+    model_server.script(Reply(tool_call=command, hold=hold), "finished after the refresh")
+    before = len(model_server.requests)
+    third = await host.send("plan", "run a command")
+    await model_server.wait_streaming(1, timeout=120)
+    issuer.expire_access()
+    hold.set()
+    replies = await host.replies_after("plan", third, wait=120)
+    assert "finished after the refresh" in [r["text"] for r in replies]
+    assert issuer.refresh_requests == 2  # one more, for the one 401 in the turn
+    assert len(model_server.requests) == before + 2  # the turn's two model calls, neither repeated
+    assert "mid-turn" in model_server.requests[-1].all_text  # the command's output reached the model
+    latest = store.load()
+    assert latest is not None
+    tokens_seen |= {latest.access_token, latest.refresh_token}
 
     (container,) = docker_client.containers.list(filters={"label": "nanohost.group=plan"})
     seen = everything_the_container_sees(container, settings, "plan")
