@@ -143,7 +143,7 @@ def _backend(backend_factory: Any) -> Step:
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    chatgpt = ChatGPTAuth(TokenStore(settings.data_dir), settings.auth_issuer)  # nanohost/auth/
+    chatgpt = ChatGPTAuth(TokenStore.for_settings(settings), settings.auth_issuer)  # nanohost/auth/
     gateway = Gateway(
         settings.data_dir / "gateway",
         settings.model_base_url,
@@ -280,7 +280,7 @@ async def healthz(request: web.Request) -> web.Response:
         shown["channels"] = channels
     if ORCHESTRATOR in request.app:
         shown["wake_queue"] = request.app[ORCHESTRATOR].ctx.slots.stats()
-    chatgpt = describe_chatgpt(TokenStore(settings.data_dir))  # the ChatGPT sign-in, if any
+    chatgpt = describe_chatgpt(TokenStore.for_settings(settings))  # the ChatGPT sign-in, if any
     if chatgpt["state"] == "ok":
         shown["chatgpt_auth"] = "ok"
     elif chatgpt["state"] != "not signed in":

@@ -429,7 +429,7 @@ def _chatgpt_line() -> None:
     from nanohost.auth.refresher import describe
     from nanohost.auth.store import TokenStore
 
-    info = describe(TokenStore(settings().data_dir))
+    info = describe(TokenStore.for_settings(settings()))
     if info["state"] == "ok":
         out.print(f"ChatGPT sign-in: ok ({info.get('email') or info.get('account')})", markup=False)
     elif info["state"] != "not signed in":

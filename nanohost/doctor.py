@@ -121,7 +121,7 @@ def _credentials(settings: Settings) -> Check:
     from nanohost.auth.refresher import describe  # the ChatGPT sign-in (nanohost/auth/)
     from nanohost.auth.store import TokenStore
 
-    sign_in = describe(TokenStore(settings.data_dir))
+    sign_in = describe(TokenStore.for_settings(settings))
     if sign_in["state"] not in ("ok", "not signed in"):
         problem = sign_in.get("problem")
         return Check("model credential", False, f"ChatGPT sign-in {sign_in['state']}: {problem}")

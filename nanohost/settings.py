@@ -105,6 +105,10 @@ class Settings(BaseSettings):
         default="https://chatgpt.com/backend-api/codex",
         description="ChatGPT backend the gateway forwards chatgpt-auth groups to ({url}/responses).",
     )
+    auth_key_file: Path | None = Field(
+        default=None,
+        description="Key file encrypting the ChatGPT tokens at rest (made 0600 if missing); none: plain.",
+    )
     # --- end ChatGPT sign-in ----------------------------------------------------------------
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(
@@ -207,6 +211,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("auth_key_file")
+    @classmethod
+    def _absolute_key(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("allowed_mounts")
     @classmethod

@@ -100,7 +100,7 @@ def _session_reasons(db: Session, settings: Settings, group: AgentGroup, session
         from nanohost.auth.refresher import describe
         from nanohost.auth.store import TokenStore
 
-        sign_in = describe(TokenStore(settings.data_dir))
+        sign_in = describe(TokenStore.for_settings(settings))
         if sign_in["state"] != "ok":
             reasons.append(
                 f"It uses the host's ChatGPT sign-in, which is {sign_in['state']}, so every turn is "

@@ -76,7 +76,7 @@ auth_app: typer.Typer = typer.Typer(
 
 
 def _store() -> TokenStore:
-    return TokenStore(settings().data_dir)
+    return TokenStore.for_settings(settings())
 
 
 def _chatgpt_groups() -> list[str]:
@@ -137,7 +137,7 @@ def login(
             tokens = asyncio.run(_device_login(cfg.auth_issuer))
         except oauth.OAuthUnavailable as exc:
             fail(f"sign-in failed: {exc}")
-    locked_save(TokenStore(cfg.data_dir), tokens)
+    locked_save(TokenStore.for_settings(cfg), tokens)
     who = tokens.email or tokens.account_id
     out.print(f"signed in to ChatGPT as {who} (plan {tokens.plan or 'unknown'})", markup=False)
     if import_path is not None:

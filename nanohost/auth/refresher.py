@@ -33,7 +33,7 @@ from aiohttp import ClientSession
 
 from nanohost.auth import oauth
 from nanohost.auth.store import TokenStore
-from nanohost.auth.tokens import ChatGPTTokens
+from nanohost.auth.tokens import ChatGPTTokens, TokenFormatError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,13 @@ class ChatGPTAuth:
         if self._session is not None:
             await self._session.close()
 
+    def _load(self) -> ChatGPTTokens:
+        try:
+            tokens = self.store.load()
+        except TokenFormatError as exc:  # encrypted without its key, or damaged: say so, never retry
+            raise SignInBroken(f"this host's ChatGPT sign-in cannot be read ({exc}); {LOGIN_HINT}") from None
+        return self._usable(tokens)
+
     def _usable(self, tokens: ChatGPTTokens | None) -> ChatGPTTokens:
         if tokens is None:
             raise NotSignedIn(NOT_SIGNED_IN)
@@ -110,7 +117,7 @@ class ChatGPTAuth:
     async def credentials(self) -> tuple[ChatGPTTokens, bool]:
         """Tokens to use now, and whether this call refreshed them (it does when the access
         token's own expiry has passed)."""
-        tokens = self._usable(self.store.load())
+        tokens = self._load()
         if tokens.expired():
             return await self.refresh(tokens.access_token), True
         return tokens, False
@@ -127,7 +134,7 @@ class ChatGPTAuth:
                 lock.__exit__(None, None, None)
 
     async def _refresh_locked(self, stale_access_token: str) -> ChatGPTTokens:
-        tokens = self._usable(self.store.load())  # from disk: another process may have refreshed
+        tokens = self._load()  # from disk: another process may have refreshed
         if tokens.access_token != stale_access_token and not tokens.expired():
             return tokens
         self.refreshes += 1

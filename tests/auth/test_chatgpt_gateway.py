@@ -198,3 +198,9 @@ async def test_a_backend_that_keeps_refusing_costs_one_refresh_per_request(
     assert (await gw.ask(placeholder, "again"))[0] == 400
     assert issuer.refresh_requests == 2 and backend.refused == 3
     assert describe(store)["state"] == "ok"  # the sign-in itself is fine: nothing marked broken
+
+
+async def test_an_unreadable_store_is_said_plainly_not_retried(gw: Gw, store: TokenStore) -> None:
+    store.path.write_text("{not json")
+    status, body = await gw.ask(gw.gateway.grant("g1", 1, auth="chatgpt"), "hello")
+    assert status == 400 and "cannot be read" in body and "nanohost auth login" in body

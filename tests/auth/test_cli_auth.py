@@ -152,3 +152,23 @@ def test_why_and_doctor_name_a_broken_sign_in(
     assert isinstance(reasons, list)
     assert any("ChatGPT sign-in, which is broken" in str(r) for r in reasons)
     assert not any("OPENAI_API_KEY" in str(r) for r in reasons)  # not the api-key mode's reason
+
+
+def test_login_with_a_key_file_keeps_the_store_encrypted(
+    cli: Run,  # noqa: F811
+    host_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NANOHOST_AUTH_KEY_FILE", str(host_env / "auth.key"))
+    source = host_env / "auth.json"
+    data = codex_auth_json(FakeIssuer())
+    source.write_text(json.dumps(data))
+    cli("auth", "login", "--import", str(source))
+    settings = load_settings()
+    raw = TokenStore(settings.data_dir).path.read_bytes()
+    tokens = data["tokens"]
+    assert isinstance(tokens, dict) and tokens["refresh_token"].encode() not in raw
+    assert cli_json(cli, "auth", "status")["state"] == "ok"
+    monkeypatch.delenv("NANOHOST_AUTH_KEY_FILE")
+    info = cli_json(cli, "auth", "status")
+    assert info["state"] == "unreadable" and "NANOHOST_AUTH_KEY_FILE" in str(info["problem"])
