@@ -9,6 +9,7 @@ refresh of the running host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from functools import wraps
@@ -160,7 +161,22 @@ def status(as_json: JsonOption = False) -> None:
 @auth_app.command("logout")
 @handles_errors
 def logout() -> None:
-    """Forget the host's ChatGPT sign-in (groups with --auth chatgpt stop answering until the next login)."""
+    """Revoke the host's ChatGPT sign-in at the issuer and forget it (groups with --auth chatgpt
+    stop answering until the next login)."""
     store = _store()
+    with contextlib.suppress(TokenFormatError):  # an unreadable store is still removed
+        tokens = store.load()
+        if tokens is not None and tokens.broken is None:
+            try:
+                asyncio.run(_revoke(settings().auth_issuer, tokens.refresh_token))
+            except oauth.OAuthUnavailable as exc:
+                out.print(
+                    f"could not revoke the sign-in at the issuer ({exc}); forgetting it here", markup=False
+                )
     removed = store.delete()
     out.print("signed out of ChatGPT" if removed else "not signed in to ChatGPT", markup=False)
+
+
+async def _revoke(issuer: str, refresh_token: str) -> None:
+    async with ClientSession() as session:
+        await oauth.revoke(session, issuer, refresh_token)

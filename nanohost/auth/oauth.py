@@ -11,6 +11,8 @@
   403/404 until then, then ``{authorization_code, code_verifier, code_challenge}``, exchanged at
   ``POST {issuer}/oauth/token`` (form: ``grant_type=authorization_code``, ``code``,
   ``redirect_uri={issuer}/deviceauth/callback``, ``client_id``, ``code_verifier``).
+- Revoke (logout): ``POST {issuer}/oauth/revoke`` ``{token, token_type_hint: "refresh_token",
+  client_id}``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,17 @@ async def refresh(session: ClientSession, issuer: str, refresh_token: str) -> Re
     if status == 401 or code in PERMANENT_CODES:
         raise RefreshRefused(code or f"http_{status}", text[:300])
     raise OAuthUnavailable(f"the sign-in service answered {status}")
+
+
+async def revoke(session: ClientSession, issuer: str, refresh_token: str) -> None:
+    """Revoke the refresh token at the issuer (``auth logout``), as Codex's logout does."""
+    body = {"token": refresh_token, "token_type_hint": "refresh_token", "client_id": CLIENT_ID}
+    try:
+        async with session.post(f"{issuer}/oauth/revoke", json=body, timeout=TIMEOUT) as response:
+            if response.status >= 300:
+                raise OAuthUnavailable(f"the sign-in service answered {response.status}")
+    except (ClientError, TimeoutError) as exc:
+        raise OAuthUnavailable(f"the sign-in service could not be reached: {exc}") from None
 
 
 @dataclass(frozen=True)

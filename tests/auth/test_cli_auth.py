@@ -172,3 +172,31 @@ def test_login_with_a_key_file_keeps_the_store_encrypted(
     monkeypatch.delenv("NANOHOST_AUTH_KEY_FILE")
     info = cli_json(cli, "auth", "status")
     assert info["state"] == "unreadable" and "NANOHOST_AUTH_KEY_FILE" in str(info["problem"])
+
+
+async def test_logout_revokes_the_refresh_token_at_the_issuer(host_env: Path) -> None:
+    issuer = FakeIssuer()
+    await issuer.start()
+    url = issuer.url
+    try:
+        store = TokenStore(load_settings().data_dir)
+        saved = ChatGPTTokens.from_oauth(**issuer.issue())
+        store.save(saved)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nanohost.cli",
+            "auth",
+            "logout",
+            env={**os.environ, "NANOHOST_AUTH_ISSUER": url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(60):
+            out, err = await process.communicate()
+    finally:
+        await issuer.close()
+    assert process.returncode == 0, err.decode()
+    assert "signed out of ChatGPT" in out.decode()
+    assert saved.refresh_token in issuer.revoked_refresh and saved.refresh_token not in issuer.live_refresh
+    assert not store.path.exists()

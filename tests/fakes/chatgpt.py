@@ -58,6 +58,7 @@ class FakeIssuer:
         self.device_polls = 0
         app = web.Application()
         app.router.add_post("/oauth/token", self._token)
+        app.router.add_post("/oauth/revoke", self._revoke)
         app.router.add_post("/api/accounts/deviceauth/usercode", self._usercode)
         app.router.add_post("/api/accounts/deviceauth/token", self._device_token)
         self._server = TestServer(app, host="127.0.0.1")
@@ -110,6 +111,13 @@ class FakeIssuer:
         assert form["code"] == "auth-code-1" and form["code_verifier"] == "verifier-1"
         assert str(form["redirect_uri"]).endswith("/deviceauth/callback")
         return web.json_response(self.issue())
+
+    async def _revoke(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        assert body["token_type_hint"] == "refresh_token" and body["client_id"]
+        self.live_refresh.discard(body["token"])
+        self.revoked_refresh.add(body["token"])
+        return web.json_response({})
 
     async def _usercode(self, request: web.Request) -> web.Response:
         assert (await request.json())["client_id"]
