@@ -126,3 +126,31 @@ async def test_an_auth_mode_written_behind_the_cli_stops_the_wake_and_says_so(
     replies = await host.replies_after("odd", message_id)
     assert len(replies) == 1 and "unknown auth mode 'oauth2'" in replies[0]["text"]
     assert docker_client.containers.list(all=True, filters={"label": "nanohost.group=odd"}) == []
+
+
+async def test_a_restarted_host_adopts_a_chatgpt_container_with_its_auth_mode(
+    tmp_path: Path,
+    start_host: Any,
+    docker_client: Any,
+    issuer: FakeIssuer,  # noqa: F811
+    backend: FakeChatGPTBackend,  # noqa: F811
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    settings, _ = signed_in(tmp_path, issuer, backend)
+    host = await start_host(settings)
+    first = await host.send("plan", "before the restart")
+    assert [r["text"] for r in await host.replies_after("plan", first, wait=120)] == [
+        "echo: before the restart"
+    ]
+    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=plan"})
+    await host.client.close()
+
+    again = await start_host(settings)  # adopts the running container; the grant comes from the database
+    assert again.orchestrator.runtimes[1].container_id == container.id
+    (grant,) = again.orchestrator.ctx.gateway._grants.values()
+    assert grant.auth == "chatgpt"
+    second = await again.send("plan", "after the restart")
+    assert [r["text"] for r in await again.replies_after("plan", second, wait=120)] == [
+        "echo: after the restart"
+    ]
+    assert len(backend.seen_auth) == 2 and backend.refused == 0
