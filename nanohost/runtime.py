@@ -50,11 +50,11 @@ from nanohost.validation import InvalidInput
 log = logging.getLogger(__name__)
 
 
-def _stored_auth(config: object) -> str:
-    """The group's auth mode for an adopted container's grant (an unreadable one: ``api-key``,
-    which a chatgpt-mode container cannot use, so its turns fail plainly until the next wake)."""
+def _stored_auth(granted: str | None) -> str:
+    """The auth mode an adopted container was granted (host state; none recorded: ``api-key``,
+    as every container before auth modes was)."""
     try:
-        return check_auth_mode(getattr(config, "auth", None))
+        return check_auth_mode(granted)
     except InvalidInput:
         return "api-key"
 
@@ -232,7 +232,7 @@ class SessionRuntime:
         with transaction(self.ctx.db) as db:
             session, _ = self._load(db)
             placeholder, egress = session.gateway_placeholder, list(session.gateway_egress or [])
-            auth = _stored_auth(session.group.config)
+            auth = _stored_auth(session.gateway_auth)
         if placeholder:
             self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress, auth=auth)
             self.placeholder = placeholder
@@ -366,6 +366,7 @@ class SessionRuntime:
         with transaction(self.ctx.db) as db:  # the grant is host state: adoption reads it from here
             session, _ = self._load(db)
             session.gateway_placeholder, session.gateway_egress = self.placeholder, egress
+            session.gateway_auth = auth
         runner = {
             **contribution.runner,
             "turn_timeout": settings.turn_timeout,

@@ -172,6 +172,9 @@ class AgentSession(Base):
     re-grants exactly this, never what the container's side says it was given."""
     gateway_egress: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
     """The egress allow-list granted with the placeholder."""
+    gateway_auth: Mapped[str | None] = mapped_column(String(16))
+    """The auth mode granted with the placeholder (``api-key``/``chatgpt``): the one the running
+    container was started with, whatever the group's config says now."""
     quarantined_at: Mapped[datetime | None] = mapped_column(DateTime)
     config_version: Mapped[int | None] = mapped_column(Integer)
     """The group config version its running container was started with."""

@@ -144,6 +144,7 @@ async def test_a_restarted_host_adopts_a_chatgpt_container_with_its_auth_mode(
     ]
     (container,) = docker_client.containers.list(filters={"label": "nanohost.group=plan"})
     await host.client.close()
+    set_auth(settings, "plan", "api-key")  # edited while no host runs: the running container keeps its grant
 
     again = await start_host(settings)  # adopts the running container; the grant comes from the database
     assert again.orchestrator.runtimes[1].container_id == container.id
@@ -154,3 +155,14 @@ async def test_a_restarted_host_adopts_a_chatgpt_container_with_its_auth_mode(
         "echo: after the restart"
     ]
     assert len(backend.seen_auth) == 2 and backend.refused == 0
+
+
+def set_auth(settings: Any, group: str, auth: str) -> None:
+    from nanohost.db import make_engine, make_session_factory
+    from nanohost.db.engine import transaction
+    from nanohost.groups import get_group
+
+    engine = make_engine(settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        get_group(db, group).config.auth = auth
+    engine.dispose()
