@@ -335,7 +335,10 @@ class Gateway:
             chatgpt_grants = {p: g.group for p, g in self._grants.items() if g.auth == "chatgpt"}
             return await chatgpt_upstream.dummy_refresh(request, chatgpt_grants)
         grant = self._check(request)
-        refusal = path_refusal(request.method, request.raw_path, self.routes)
+        if grant.auth == "chatgpt" and chatgpt_upstream.is_models_call(request.method, request.raw_path):
+            refusal = None  # Codex's model list on its ChatGPT path: that exact query, nothing else
+        else:
+            refusal = path_refusal(request.method, request.raw_path, self.routes)
         if refusal is not None:
             log.warning(
                 "gateway: refused %s %r for group %s: %s",

@@ -18,13 +18,15 @@ account headers). This route
 And Codex's own refresh (``CODEX_REFRESH_TOKEN_URL_OVERRIDE`` points it at the gateway's
 ``/v1/oauth/token``; it calls it after a 401 or when its dummy ``last_refresh`` is 8 days old)
 gets the same placeholder back as its "rotated" tokens (``dummy_refresh``): the container never
-reaches the real issuer and never holds a real token.
+reaches the real issuer and never holds a real token. Codex's model-list call on this path
+(``GET /v1/models?client_version=X.Y.Z``, exactly) is forwarded too (``is_models_call``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import ClientSession, web
@@ -38,6 +40,15 @@ log = logging.getLogger(__name__)
 TOKEN_PATH = "/v1/oauth/token"
 """Where the container's Codex is told to refresh (``CODEX_REFRESH_TOKEN_URL_OVERRIDE``)."""
 MAX_TOKEN_BODY = 64 * 1024
+
+
+_MODELS_CALL = re.compile(r"/v1/models\?client_version=\d{1,4}\.\d{1,4}\.\d{1,6}")
+
+
+def is_models_call(method: str, raw_target: str) -> bool:
+    """Codex's model-list call on its ChatGPT path (``GET /models?client_version=0.138.0``): the
+    one query a chatgpt grant may send, matched whole on the raw target."""
+    return method == "GET" and _MODELS_CALL.fullmatch(raw_target) is not None
 
 
 def _plain(status: int, message: str) -> web.Response:

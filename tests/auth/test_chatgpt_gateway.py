@@ -204,3 +204,28 @@ async def test_an_unreadable_store_is_said_plainly_not_retried(gw: Gw, store: To
     store.path.write_text("{not json")
     status, body = await gw.ask(gw.gateway.grant("g1", 1, auth="chatgpt"), "hello")
     assert status == 400 and "cannot be read" in body and "nanohost auth login" in body
+
+
+async def test_codex_model_list_call_is_the_one_query_a_chatgpt_grant_may_send(
+    gw: Gw, issuer: FakeIssuer, backend: FakeChatGPTBackend
+) -> None:
+    chatgpt = gw.gateway.grant("g1", 1, auth="chatgpt")
+    api_key = gw.gateway.grant("g2", 2)
+
+    async def get(placeholder: str, target: str) -> int:
+        async with gw.client.get(
+            f"http://gateway{target}", headers={"Authorization": f"Bearer {placeholder}"}
+        ) as response:
+            return response.status
+
+    assert await get(chatgpt, "/v1/models?client_version=0.138.0") == 404  # the backend's answer
+    assert backend.models_calls == [("client_version=0.138.0", f"Bearer {issuer.access_token}")]
+    for target in (
+        "/v1/models?client_version=0.138.0&x=1",
+        "/v1/models?client_version=../../x",
+        "/v1/models",
+        "/v1/files?client_version=0.138.0",
+    ):
+        assert await get(chatgpt, target) == 403, target
+    assert await get(api_key, "/v1/models?client_version=0.138.0") == 403
+    assert len(backend.models_calls) == 1

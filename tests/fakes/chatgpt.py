@@ -143,8 +143,10 @@ class FakeChatGPTBackend:
         """Refuse every token (a plan without Codex access, say)."""
         self._refusals = asyncio.Condition()
         self.seen_auth: list[tuple[str, str]] = []
+        self.models_calls: list[tuple[str, str]] = []
         app = web.Application()
         app.router.add_post("/backend-api/codex/responses", self._responses)
+        app.router.add_get("/backend-api/codex/models", self._models)
         self._server = TestServer(app, host="127.0.0.1")
 
     @property
@@ -156,6 +158,11 @@ class FakeChatGPTBackend:
 
     async def close(self) -> None:
         await self._server.close()
+
+    async def _models(self, request: web.Request) -> web.Response:
+        """Recorded; answered 404, as a backend without a list would (Codex then uses its own)."""
+        self.models_calls.append((request.query_string, request.headers.get("Authorization", "")))
+        return web.json_response({"detail": "not here"}, status=404)
 
     async def wait_refused(self, count: int, timeout: float = 30.0) -> None:
         async with asyncio.timeout(timeout), self._refusals:

@@ -52,6 +52,11 @@ async def test_codex_answers_through_the_chatgpt_path_with_no_token_in_the_conta
     request = model_server.requests[0]
     assert request.headers["originator"] and "nh-ph-" not in str(request.headers)
     assert "hello chatgpt" in request.user_texts
+    # Codex's model-list call on its ChatGPT path reached the backend, with the host's token too
+    assert backend.models_calls and backend.models_calls[0] == (
+        "client_version=0.138.0",
+        f"Bearer {first.access_token}",
+    )
 
     # the access token expires between two turns: one refresh, the turn is answered
     issuer.expire_access()
