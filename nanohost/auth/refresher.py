@@ -62,16 +62,30 @@ def broken_message(reason: str) -> str:
 NOT_SIGNED_IN = f"this host is not signed in to ChatGPT, so I cannot reach the model; {LOGIN_HINT}"
 
 
-@contextlib.contextmanager
-def _file_lock(store: TokenStore) -> Iterator[None]:
+def _acquire(store: TokenStore) -> int:
+    """The refresh file lock, held by the returned descriptor (blocks: call off the loop)."""
     store.ensure_dir()
     fd = os.open(store.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _release(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def _file_lock(store: TokenStore) -> Iterator[None]:
+    fd = _acquire(store)
+    try:
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        _release(fd)
 
 
 def locked_save(store: TokenStore, tokens: ChatGPTTokens) -> None:
@@ -88,6 +102,7 @@ class ChatGPTAuth:
         self.issuer = issuer.rstrip("/")
         self._session = session
         self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[ChatGPTTokens]] = set()
         self.refreshes = 0
         """Refresh requests this object sent to the issuer."""
 
@@ -97,6 +112,8 @@ class ChatGPTAuth:
         return self._session
 
     async def close(self) -> None:
+        if self._tasks:  # a refresh under way finishes (and saves) before the client goes
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
 
@@ -124,14 +141,22 @@ class ChatGPTAuth:
 
     async def refresh(self, stale_access_token: str) -> ChatGPTTokens:
         """New tokens because ``stale_access_token`` was refused or expired: refreshed by this call,
-        or by whoever refreshed first (then no second refresh is sent)."""
+        or by whoever refreshed first (then no second refresh is sent).
+
+        The refresh runs as its own task, shielded: a caller that goes away (a cancelled request)
+        never cuts it between the issuer rotating the refresh token and the store saving it."""
         async with self._lock:
-            lock = _file_lock(self.store)
-            await asyncio.to_thread(lock.__enter__)
-            try:
-                return await self._refresh_locked(stale_access_token)
-            finally:
-                lock.__exit__(None, None, None)
+            task = asyncio.ensure_future(self._refresh_under_file_lock(stale_access_token))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return await asyncio.shield(task)
+
+    async def _refresh_under_file_lock(self, stale_access_token: str) -> ChatGPTTokens:
+        fd = await asyncio.to_thread(_acquire, self.store)
+        try:
+            return await self._refresh_locked(stale_access_token)
+        finally:
+            _release(fd)
 
     async def _refresh_locked(self, stale_access_token: str) -> ChatGPTTokens:
         tokens = self._load()  # from disk: another process may have refreshed

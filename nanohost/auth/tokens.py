@@ -112,14 +112,16 @@ class ChatGPTTokens:
 
     def rotated(self, id_token: str | None, access_token: str, refresh_token: str | None) -> ChatGPTTokens:
         """After a refresh: the new access token, the rotated refresh token (when the issuer sent
-        one), the new id token's claims (when sent)."""
-        base = (
-            ChatGPTTokens.from_oauth(id_token, access_token, refresh_token or self.refresh_token)
-            if id_token
-            else None
-        )
+        one), the new id token and its claims (when sent and readable). Never raises: the
+        rotated refresh token must be kept whatever else the answer holds."""
+        base: ChatGPTTokens | None = None
+        if id_token:
+            try:
+                base = ChatGPTTokens.from_oauth(id_token, access_token, refresh_token or self.refresh_token)
+            except TokenFormatError:
+                base = None  # an id token we cannot read: keep the old one and its claims
         return ChatGPTTokens(
-            id_token=id_token or self.id_token,
+            id_token=base.id_token if base else self.id_token,
             access_token=access_token,
             refresh_token=refresh_token or self.refresh_token,
             account_id=base.account_id if base else self.account_id,

@@ -229,3 +229,30 @@ async def test_codex_model_list_call_is_the_one_query_a_chatgpt_grant_may_send(
         assert await get(chatgpt, target) == 403, target
     assert await get(api_key, "/v1/models?client_version=0.138.0") == 403
     assert len(backend.models_calls) == 1
+
+
+async def test_a_caller_gone_mid_refresh_never_loses_the_rotated_token(
+    store: TokenStore, issuer: FakeIssuer
+) -> None:
+    loaded = store.load()
+    assert loaded is not None
+    auth = ChatGPTAuth(store, issuer.url)
+    issuer.refresh_gate = asyncio.Event()
+    caller = asyncio.create_task(auth.refresh(loaded.access_token))
+    await issuer.refresh_arrived.wait()  # the issuer is rotating the token right now
+    caller.cancel()
+    issuer.refresh_gate.set()
+    await auth.close()  # waits for the refresh under way
+    saved = store.load()
+    assert caller.cancelled()
+    assert saved is not None and saved.refresh_token in issuer.live_refresh  # the rotated one, kept
+    assert saved.access_token == issuer.access_token and issuer.refresh_requests == 1
+
+
+def test_a_refresh_answer_with_an_unreadable_id_token_keeps_the_rotated_refresh_token() -> None:
+    from nanohost.auth.tokens import ChatGPTTokens
+
+    old = ChatGPTTokens.from_oauth(**FakeIssuer().issue())
+    new = old.rotated("not-a-jwt", "new-access", "new-refresh")
+    assert (new.access_token, new.refresh_token, new.account_id) == ("new-access", "new-refresh", ACCOUNT)
+    assert new.id_token == old.id_token
