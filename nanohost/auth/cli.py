@@ -22,7 +22,7 @@ from rich.console import Console
 from sqlalchemy import select
 
 from nanohost.auth import oauth
-from nanohost.auth.refresher import describe, locked_save
+from nanohost.auth.refresher import describe, locked_delete, locked_save
 from nanohost.auth.store import TokenStore
 from nanohost.auth.tokens import ChatGPTTokens, TokenFormatError
 from nanohost.db import engine as db_engine
@@ -173,7 +173,7 @@ def logout() -> None:
                 out.print(
                     f"could not revoke the sign-in at the issuer ({exc}); forgetting it here", markup=False
                 )
-    removed = store.delete()
+    removed = locked_delete(store)
     out.print("signed out of ChatGPT" if removed else "not signed in to ChatGPT", markup=False)
 
 

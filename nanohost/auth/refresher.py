@@ -88,6 +88,12 @@ def _file_lock(store: TokenStore) -> Iterator[None]:
         _release(fd)
 
 
+def locked_delete(store: TokenStore) -> bool:
+    """Forget the sign-in (``auth logout``) after any refresh under way has saved."""
+    with _file_lock(store):
+        return store.delete()
+
+
 def locked_save(store: TokenStore, tokens: ChatGPTTokens) -> None:
     """Save a new sign-in (``auth login``) without racing a refresh in any process."""
     with _file_lock(store):
