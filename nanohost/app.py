@@ -24,6 +24,10 @@ from aiohttp import web
 from sqlalchemy import Engine, select, text
 
 from nanohost import log_format
+from nanohost.auth.refresher import ChatGPTAuth
+from nanohost.auth.refresher import describe as describe_chatgpt
+from nanohost.auth.store import TokenStore
+from nanohost.auth.upstream import ChatGPTUpstream
 from nanohost.channels import api, webchat
 from nanohost.channels.registry import Channels, enabled_channels
 from nanohost.containers.backend import ContainerBackend, DockerBackend
@@ -140,13 +144,20 @@ def _backend(backend_factory: Any) -> Step:
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    gateway = Gateway(settings.data_dir / "gateway", settings.model_base_url, key)
+    chatgpt = ChatGPTAuth(TokenStore.for_settings(settings), settings.auth_issuer)  # nanohost/auth/
+    gateway = Gateway(
+        settings.data_dir / "gateway",
+        settings.model_base_url,
+        key,
+        chatgpt=ChatGPTUpstream(chatgpt, settings.chatgpt_base_url),
+    )
     await gateway.start()
     app[GATEWAY] = gateway
     try:
         yield
     finally:
         await gateway.stop()  # its sockets go with it, also when a later step failed
+        await chatgpt.close()
 
 
 async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
@@ -271,6 +282,12 @@ async def healthz(request: web.Request) -> web.Response:
         shown["channels"] = channels
     if ORCHESTRATOR in request.app:
         shown["wake_queue"] = request.app[ORCHESTRATOR].ctx.slots.stats()
+    chatgpt = describe_chatgpt(TokenStore.for_settings(settings))  # the ChatGPT sign-in, if any
+    if chatgpt["state"] == "ok":
+        shown["chatgpt_auth"] = "ok"
+    elif chatgpt["state"] != "not signed in":
+        ok = False
+        shown["chatgpt_auth"] = f"{chatgpt['state']}: {chatgpt.get('problem', '')}"
     if checks["database"] == "ok":
         quarantined = await asyncio.to_thread(_quarantined, request.app[ENGINE])
         if quarantined:

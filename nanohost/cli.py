@@ -415,12 +415,25 @@ def status(as_json: JsonOption = False) -> None:
                 }
             )
     emit(rows, as_json, title="nanohost status", empty="no groups yet; run `nanohost setup`")
+    if not as_json:  # the ChatGPT sign-in, when there is one (nanohost/auth/)
+        _chatgpt_line()
     if rows and not as_json:
         out.print(
             f"wake queue: {len(queue)} session(s) with unanswered messages and no running container"
             + (f"; the oldest has waited {max(queue.values()):.0f} s" if queue else ""),
             markup=False,
         )
+
+
+def _chatgpt_line() -> None:
+    from nanohost.auth.refresher import describe
+    from nanohost.auth.store import TokenStore
+
+    info = describe(TokenStore.for_settings(settings()))
+    if info["state"] == "ok":
+        out.print(f"ChatGPT sign-in: ok ({info.get('email') or info.get('account')})", markup=False)
+    elif info["state"] != "not signed in":
+        out.print(f"ChatGPT sign-in: {info['state']}: {info.get('problem', '')}", markup=False)
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -644,6 +657,10 @@ def groups_config(
         str | None,
         typer.Option("--timezone", help="IANA zone for the group's cron schedules, e.g. Europe/Berlin."),
     ] = None,
+    auth: Annotated[
+        str | None,
+        typer.Option("--auth", help="api-key (OPENAI_API_KEY) or chatgpt (`nanohost auth login`)."),
+    ] = None,
     now: Annotated[
         bool, typer.Option("--now", help="Restart the group's container now to apply the edit.")
     ] = False,
@@ -677,6 +694,7 @@ def groups_config(
         remove_skills=no_skill or [],
         allow_egress=allow_egress or [],
         deny_egress=deny_egress or [],
+        auth=auth,
     )
     cfg = settings()
     with database(cfg) as session:
@@ -1331,6 +1349,13 @@ def snapshots_config(
         data = {"snapshot_on": config.snapshot_on, "snapshot_keep": config.snapshot_keep}
         data["excludes"] = patterns
     emit_mapping(data, as_json)
+
+
+# --- ChatGPT sign-in: `nanohost auth …` (nanohost/auth/cli.py)
+from nanohost.auth.cli import auth_app  # noqa: E402
+
+app.add_typer(auth_app, name="auth")
+# --- end ChatGPT sign-in
 
 
 def main() -> None:

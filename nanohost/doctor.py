@@ -118,6 +118,17 @@ def _database(settings: Settings) -> Check:
 
 
 def _credentials(settings: Settings) -> Check:
+    from nanohost.auth.refresher import describe  # the ChatGPT sign-in (nanohost/auth/)
+    from nanohost.auth.store import TokenStore
+
+    sign_in = describe(TokenStore.for_settings(settings))
+    if sign_in["state"] not in ("ok", "not signed in"):
+        problem = sign_in.get("problem")
+        return Check("model credential", False, f"ChatGPT sign-in {sign_in['state']}: {problem}")
+    if settings.openai_api_key is None and sign_in["state"] == "ok":
+        return Check(
+            "model credential", True, "ChatGPT sign-in ok (groups with --auth chatgpt); no OPENAI_API_KEY"
+        )
     if settings.openai_api_key is None:
         return Check(
             "model credential",

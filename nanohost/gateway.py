@@ -19,6 +19,11 @@ string, and on the raw request target (before any decoding) dot segments (``.``/
 percent-encoded dots, slashes or backslashes (``%2e``, ``%2f``, ``%5c``), backslashes, empty
 segments (``//``) and absolute-form targets. Each refusal is logged once, with the group.
 
+A ``chatgpt``-auth grant (``groups config G --auth chatgpt``) is forwarded by
+``nanohost.auth.upstream`` instead: to the ChatGPT backend, with the host's ChatGPT access token
+and account id, refreshed once on a 401; ``POST /v1/oauth/token`` (Codex's own refresh, pointed
+here) answers with the placeholder and never reaches the issuer.
+
 Egress (off by default): a group with an allow-list of host patterns gets an HTTPS proxy on a
 second socket. Only ``CONNECT host:port`` to an allowed host is tunnelled; the client proves its
 session with the same placeholder (``Proxy-Authorization: Basic nh:<placeholder>``). The name is
@@ -49,6 +54,9 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout, web
 from multidict import CIMultiDict
 from yarl import URL
+
+from nanohost.auth import upstream as chatgpt_upstream
+from nanohost.auth.upstream import ChatGPTUpstream
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +220,9 @@ class Grant:
     group: str
     session_id: int
     egress: tuple[str, ...] = field(default=())
+    auth: str = "api-key"
+    """``api-key`` (the real key, to ``upstream``) or ``chatgpt`` (the host's ChatGPT sign-in,
+    to the ChatGPT backend: ``nanohost.auth.upstream``)."""
 
     def may_reach(self, host: str) -> bool:
         host = host.lower().rstrip(".")
@@ -237,6 +248,7 @@ class Gateway:
         egress_address_ok: AddressPolicy = public_address,
         egress_resolve: Resolver = resolve_host,
         egress_connect: Connector = open_tcp,
+        chatgpt: ChatGPTUpstream | None = None,
     ) -> None:
         if not all(path.startswith(API_PREFIX + "/") for _, path in routes):
             raise ValueError(f"gateway routes must be under {API_PREFIX}/: {sorted(routes)}")
@@ -248,6 +260,7 @@ class Gateway:
         self._resolve = egress_resolve
         self._connect = egress_connect
         self._grants: dict[str, Grant] = {}
+        self.chatgpt = chatgpt
         self._runner: web.AppRunner | None = None
         self._client: ClientSession | None = None
         self._egress: asyncio.AbstractServer | None = None
@@ -260,15 +273,25 @@ class Gateway:
     def egress_socket_path(self) -> Path:
         return self.socket_dir / EGRESS_SOCKET_NAME
 
-    def grant(self, group: str, session_id: int, egress: list[str] | None = None) -> str:
+    def grant(
+        self, group: str, session_id: int, egress: list[str] | None = None, *, auth: str = "api-key"
+    ) -> str:
         """A fresh placeholder for a session's container (not a secret: it only works here)."""
         placeholder = PLACEHOLDER_PREFIX + secrets.token_urlsafe(24)
-        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()))
+        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), auth)
         return placeholder
 
-    def restore(self, placeholder: str, group: str, session_id: int, egress: list[str] | None = None) -> None:
+    def restore(
+        self,
+        placeholder: str,
+        group: str,
+        session_id: int,
+        egress: list[str] | None = None,
+        *,
+        auth: str = "api-key",
+    ) -> None:
         """Re-register a placeholder an adopted container already holds (after a host restart)."""
-        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()))
+        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), auth)
 
     def revoke(self, placeholder: str) -> None:
         self._grants.pop(placeholder, None)
@@ -307,8 +330,15 @@ class Gateway:
         self.socket_path.unlink(missing_ok=True)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "POST" and request.raw_path == chatgpt_upstream.TOKEN_PATH:
+            # Codex's own refresh from a chatgpt-mode container: the placeholder back, never upstream
+            chatgpt_grants = {p: g.group for p, g in self._grants.items() if g.auth == "chatgpt"}
+            return await chatgpt_upstream.dummy_refresh(request, chatgpt_grants)
         grant = self._check(request)
-        refusal = path_refusal(request.method, request.raw_path, self.routes)
+        if grant.auth == "chatgpt" and chatgpt_upstream.is_models_call(request.method, request.raw_path):
+            refusal = None  # Codex's model list on its ChatGPT path: that exact query, nothing else
+        else:
+            refusal = path_refusal(request.method, request.raw_path, self.routes)
         if refusal is not None:
             log.warning(
                 "gateway: refused %s %r for group %s: %s",
@@ -318,7 +348,7 @@ class Gateway:
                 refusal,
             )
             return _json_error(403, f"nanohost gateway: {refusal}", "forbidden")
-        if self._api_key is None:
+        if grant.auth != "chatgpt" and self._api_key is None:
             return _json_error(401, "nanohost has no OPENAI_API_KEY configured", "auth")
         length = request.content_length
         if length is None and request.body_exists:
@@ -332,6 +362,11 @@ class Gateway:
             for k, v in request.headers.items()
             if k.lower() not in _HOP_BY_HOP and k.lower() not in _ACCOUNT_HEADERS
         )
+        if grant.auth == "chatgpt":
+            if self.chatgpt is None:
+                return _json_error(400, "this host has no ChatGPT route configured", "nanohost_chatgpt")
+            path = request.raw_path.removeprefix(API_PREFIX)
+            return await self.chatgpt.forward(request, self._client, headers, path, grant.group)
         headers["Authorization"] = f"Bearer {self._api_key}"
         if length is not None:
             headers["Content-Length"] = str(length)  # stream the body as sent, not re-chunked

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nanohost.auth import check_auth_mode
 from nanohost.containers.image import IMAGE_COMMANDS, WORKSPACE_PREFIX, image_has_command
 from nanohost.db.models import ENGAGE_MODES, AgentGroup
 from nanohost.groups import check_provider
@@ -97,6 +98,7 @@ class ConfigEdit:
     remove_skills: list[str] = field(default_factory=list)
     allow_egress: list[str] = field(default_factory=list)
     deny_egress: list[str] = field(default_factory=list)
+    auth: str | None = None  # api-key | chatgpt (nanohost.auth)
 
     def is_empty(self) -> bool:
         return self == ConfigEdit()
@@ -197,6 +199,8 @@ def apply_edit(
         if pattern not in config.egress_allow and pattern not in edit.allow_egress:
             raise InvalidInput(f"{pattern!r} is not on group {group.name!r}'s egress allow-list")
 
+    auth = check_auth_mode(edit.auth) if edit.auth is not None else None
+
     # --- then apply ----------------------------------------------------------------------
     if model is not None:
         config.model = model
@@ -204,6 +208,9 @@ def apply_edit(
     if effort is not None:
         config.reasoning_effort = effort
         changes.append(f"reasoning effort = {effort}")
+    if auth is not None:
+        config.auth = auth
+        changes.append(f"auth = {auth}")
     if provider is not None:
         group.agent_provider = provider
         changes.append(f"provider = {provider}")
@@ -259,6 +266,7 @@ def effective_config(settings: Settings, group: AgentGroup) -> dict[str, Any]:
         "provider": group.agent_provider,
         "model": config.model,
         "reasoning_effort": config.reasoning_effort,
+        "auth": config.auth,
         "memory": config.memory_limit or settings.container_memory,
         "cpus": config.cpu_limit if config.cpu_limit is not None else settings.container_cpus,
         "pids": config.pids_limit if config.pids_limit is not None else settings.container_pids,

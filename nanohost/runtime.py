@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from nanohost import container_logs
+from nanohost.auth import check_auth_mode
 from nanohost.bus import MessageBus
 from nanohost.containers.backend import (
     LABEL_GROUP,
@@ -48,6 +49,15 @@ from nanohost.transport import Doorbell, QueueUnreadable, SessionQueues
 from nanohost.validation import InvalidInput
 
 log = logging.getLogger(__name__)
+
+
+def _stored_auth(granted: str | None) -> str:
+    """The auth mode an adopted container was granted (host state; none recorded: ``api-key``,
+    as every container before auth modes was)."""
+    try:
+        return check_auth_mode(granted)
+    except InvalidInput:
+        return "api-key"
 
 WORKSPACE = PurePosixPath("/workspace/agent")
 MAX_CRASHES = 3
@@ -226,8 +236,9 @@ class SessionRuntime:
         with transaction(self.ctx.db) as db:
             session, _ = self._load(db)
             placeholder, egress = session.gateway_placeholder, list(session.gateway_egress or [])
+            auth = _stored_auth(session.gateway_auth)
         if placeholder:
-            self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress)
+            self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress, auth=auth)
             self.placeholder = placeholder
         await self.ctx.slots.acquire(self)
         self._holds_slot = True
@@ -350,6 +361,7 @@ class SessionRuntime:
             )
             extra = [check_extra_mount(raw, settings.allowed_mounts) for raw in config.additional_mounts]
             egress = list(config.egress_allow)
+            auth = check_auth_mode(config.auth)  # a row written behind the CLI is refused here
             limits = (
                 config.memory_limit or settings.container_memory,
                 config.cpu_limit if config.cpu_limit is not None else settings.container_cpus,
@@ -364,10 +376,11 @@ class SessionRuntime:
         contribution = self.ctx.contributions[spec.provider].prepare(spec)
         if self.placeholder is not None:
             self.ctx.gateway.revoke(self.placeholder)
-        self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress)
+        self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress, auth=auth)
         with transaction(self.ctx.db) as db:  # the grant is host state: adoption reads it from here
             session, _ = self._load(db)
             session.gateway_placeholder, session.gateway_egress = self.placeholder, egress
+            session.gateway_auth = auth
         runner = {
             **contribution.runner,
             "turn_timeout": settings.turn_timeout,
@@ -376,6 +389,7 @@ class SessionRuntime:
             "egress_socket": f"{CONTAINER_SOCKET_DIR}/{EGRESS_SOCKET_NAME}" if egress else None,
             "egress_allow": egress,
             "placeholder": self.placeholder,
+            "auth": auth,
         }
         self.session_dir.prepare()
         self.session_dir.write("runner.json", json.dumps(runner, indent=2))

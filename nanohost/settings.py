@@ -100,6 +100,20 @@ class Settings(BaseSettings):
     model_base_url: str = Field(
         default="https://api.openai.com/v1", description="Responses API base URL the gateway forwards to."
     )
+    # --- ChatGPT sign-in (nanohost/auth/) -------------------------------------------------
+    auth_issuer: str = Field(
+        default="https://auth.openai.com",
+        description="OAuth issuer of the ChatGPT sign-in (token refresh, device-code login).",
+    )
+    chatgpt_base_url: str = Field(
+        default="https://chatgpt.com/backend-api/codex",
+        description="ChatGPT backend the gateway forwards chatgpt-auth groups to ({url}/responses).",
+    )
+    auth_key_file: Path | None = Field(
+        default=None,
+        description="Key file encrypting the ChatGPT tokens at rest (made 0600 if missing); none: plain.",
+    )
+    # --- end ChatGPT sign-in ----------------------------------------------------------------
     log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: Literal["text", "json"] = Field(
         default="text", description="text, or json: one JSON object per line with session and group ids."
@@ -195,7 +209,14 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a valid image name (lowercase letters, digits, . _ - /)")
         return value
 
-    @field_validator("model_base_url", "telegram_api_base", "slack_api_base", "discord_api_base")
+    @field_validator(
+        "model_base_url",
+        "telegram_api_base",
+        "slack_api_base",
+        "discord_api_base",
+        "auth_issuer",
+        "chatgpt_base_url",
+    )
     @classmethod
     def _check_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
@@ -206,6 +227,11 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("auth_key_file")
+    @classmethod
+    def _absolute_key(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("allowed_mounts")
     @classmethod

@@ -96,7 +96,17 @@ def explain(db: Session, settings: Settings, group: AgentGroup) -> list[str]:
 def _session_reasons(db: Session, settings: Settings, group: AgentGroup, session: AgentSession) -> list[str]:
     reasons: list[str] = []
     provider = session.provider_override or group.agent_provider
-    if provider == "codex" and settings.openai_api_key is None:
+    if provider == "codex" and group.config.auth == "chatgpt":  # the host's ChatGPT sign-in (nanohost/auth/)
+        from nanohost.auth.refresher import describe
+        from nanohost.auth.store import TokenStore
+
+        sign_in = describe(TokenStore.for_settings(settings))
+        if sign_in["state"] != "ok":
+            reasons.append(
+                f"It uses the host's ChatGPT sign-in, which is {sign_in['state']}, so every turn is "
+                "refused; run `nanohost auth login`."
+            )
+    elif provider == "codex" and settings.openai_api_key is None:
         reasons.append("It uses Codex but the host has no OPENAI_API_KEY, so every turn is refused.")
     error = session.last_error or ""
     if session.status == "failed" and session.quarantined_at is None:

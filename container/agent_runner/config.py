@@ -47,6 +47,8 @@ class RunnerConfig:
     egress_socket: str | None = None
     placeholder: str = ""
     codex_bin: str = "codex"
+    auth: str = "api-key"
+    """``api-key`` or ``chatgpt``: how Codex authenticates to the gateway (``codex/chatgpt.py``)."""
     host_away_timeout: float = HOST_AWAY_TIMEOUT
     """Seconds the host may stay away (its doorbell line down) before the runner stops itself."""
 
@@ -89,8 +91,12 @@ class RunnerConfig:
             away = HOST_AWAY_TIMEOUT
         if isinstance(away, bool) or not isinstance(away, int | float) or away <= 0:
             raise ConfigError("runner.json: host_away_timeout must be a positive number of seconds")
+        auth = data.get("auth") or "api-key"
+        if auth not in ("api-key", "chatgpt"):
+            raise ConfigError(f"runner.json: auth must be 'api-key' or 'chatgpt', not {auth!r}")
         return cls(
             provider=provider,
+            auth=auth,
             host_away_timeout=float(away),
             model=optional_str("model"),
             reasoning_effort=optional_str("reasoning_effort"),

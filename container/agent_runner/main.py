@@ -440,6 +440,7 @@ def build_provider(config: RunnerConfig, paths: Paths, base_url: str) -> Provide
         mcp_servers=servers,
         turn_timeout=config.turn_timeout,
         codex_bin=config.codex_bin,
+        auth=config.auth,
     )
     return codex
 

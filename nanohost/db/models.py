@@ -101,6 +101,9 @@ class ContainerConfig(Base):
     """Automatic snapshots: ``off``, ``idle`` (after each busy spell) or ``daily``."""
     snapshot_keep: Mapped[int] = mapped_column(Integer, default=10, server_default="10")
     """How many automatic snapshots of the group are kept (the oldest beyond go)."""
+    auth: Mapped[str] = mapped_column(String(16), default="api-key", server_default="api-key")
+    """How the group reaches the model: ``api-key`` or ``chatgpt`` (``nanohost.auth``); checked
+    again when read at a wake (``GroupSpec``)."""
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
     group: Mapped[AgentGroup] = relationship(back_populates="config")
@@ -169,6 +172,9 @@ class AgentSession(Base):
     re-grants exactly this, never what the container's side says it was given."""
     gateway_egress: Mapped[list[str]] = mapped_column(default=list, server_default="[]")
     """The egress allow-list granted with the placeholder."""
+    gateway_auth: Mapped[str | None] = mapped_column(String(16))
+    """The auth mode granted with the placeholder (``api-key``/``chatgpt``): the one the running
+    container was started with, whatever the group's config says now."""
     quarantined_at: Mapped[datetime | None] = mapped_column(DateTime)
     config_version: Mapped[int | None] = mapped_column(Integer)
     """The group config version its running container was started with."""

@@ -79,13 +79,19 @@ def render(
     stream_idle_timeout_ms: int = STREAM_IDLE_TIMEOUT_MS,
     request_max_retries: int = REQUEST_MAX_RETRIES,
     stream_max_retries: int = STREAM_MAX_RETRIES,
+    chatgpt: bool = False,
 ) -> str:
-    """The whole config.toml as text (top-level keys before any table, as TOML requires)."""
+    """The whole config.toml as text (top-level keys before any table, as TOML requires).
+
+    ``chatgpt``: Codex takes its ChatGPT request path (``requires_openai_auth``, the dummy
+    ``auth.json`` of ``agent_runner.codex.chatgpt``) instead of the placeholder-as-API-key one."""
     lines = []
     if model:
         lines.append(f"model = {toml_string(model, 'model')}")
     if reasoning_effort:
         lines.append(f"model_reasoning_effort = {toml_string(normalize_effort(reasoning_effort), 'effort')}")
+    if chatgpt:  # whatever Codex would ask chatgpt.com goes to the gateway (which refuses it)
+        lines.append(f"chatgpt_base_url = {toml_string(base_url + '/chatgpt', 'base_url')}")
     lines += [
         'model_provider = "nanohost"',
         "check_for_update_on_startup = false",
@@ -120,7 +126,7 @@ def render(
         'name = "nanohost"',
         f"base_url = {toml_string(base_url, 'base_url')}",
         'wire_api = "responses"',
-        f'env_key = "{PLACEHOLDER_ENV}"',
+        *(["requires_openai_auth = true"] if chatgpt else [f'env_key = "{PLACEHOLDER_ENV}"']),
         f"request_max_retries = {int(request_max_retries)}",
         f"stream_max_retries = {int(stream_max_retries)}",
         f"stream_idle_timeout_ms = {int(stream_idle_timeout_ms)}",

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent_runner.codex.chatgpt import REFRESH_URL_ENV, write_auth_json
 from agent_runner.codex.config import render, write_config
 from agent_runner.codex.env import codex_env
 from agent_runner.codex.errors import (
@@ -77,13 +78,19 @@ class CodexProvider:
         mcp_servers: Mapping[str, Mapping[str, Any]] | None = None,
         turn_timeout: float = 600.0,
         codex_bin: str = "codex",
+        auth: str = "api-key",
     ) -> None:
         self.codex_home = codex_home
         self.cwd = cwd
         self.turn_timeout = turn_timeout
         self.codex_bin = codex_bin
+        self._chatgpt = placeholder if auth == "chatgpt" else None  # chatgpt.py: the dummy sign-in
         self._config = render(
-            base_url=base_url, model=model, reasoning_effort=reasoning_effort, mcp_servers=mcp_servers
+            base_url=base_url,
+            model=model,
+            reasoning_effort=reasoning_effort,
+            mcp_servers=mcp_servers,
+            chatgpt=self._chatgpt is not None,
         )
         self._env = codex_env(
             os.environ,
@@ -91,12 +98,15 @@ class CodexProvider:
             home=os.environ.get("HOME", str(codex_home)),
             placeholder=placeholder,
         )
+        if self._chatgpt is not None:
+            self._env[REFRESH_URL_ENV] = f"{base_url}/oauth/token"  # the gateway, never the issuer
         self._server: AppServer | None = None
         self._loaded: set[str] = set()
         self._routes: dict[str, asyncio.Queue[tuple[str, dict[str, Any]]]] = {}
 
     async def start(self) -> None:
         write_config(self.codex_home, self._config)
+        write_auth_json(self.codex_home, self._chatgpt)
         await self._ensure_server()
 
     async def _ensure_server(self) -> AppServer:
