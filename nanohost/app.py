@@ -24,7 +24,7 @@ from aiohttp import web
 from sqlalchemy import Engine, select, text
 
 from nanohost import log_format
-from nanohost.channels import api, webchat
+from nanohost.channels import api, webchat, webviewer
 from nanohost.channels.registry import Channels, enabled_channels
 from nanohost.containers.backend import ContainerBackend, DockerBackend
 from nanohost.control import ControlSocket
@@ -368,6 +368,7 @@ def build_app(settings: Settings, *, backend_factory: Any = None) -> web.Applica
     app.router.add_get("/metrics", metrics)
     api.add_routes(app)
     webchat.add_routes(app)
+    webviewer.add_routes(app)
     return app
 
 

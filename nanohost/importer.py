@@ -28,6 +28,7 @@ from nanohost.boundary import (
     BadRow,
     CancelTask,
     FileRow,
+    ItemRow,
     MessageRow,
     ProgressRow,
     ScheduleTask,
@@ -210,6 +211,8 @@ class OutboundImport:
             ], False
         if isinstance(item, ProgressRow):
             return [{"type": "progress", "text": item.text}], False
+        if isinstance(item, ItemRow):  # the viewer's live feed: shown, never stored
+            return [{"type": "item", **item.model_dump(exclude={"kind"}, exclude_none=True)}], False
         if isinstance(item, StatusRow):
             if item.error:
                 session.last_error = f"{item.error_kind or 'error'}: {item.error}"

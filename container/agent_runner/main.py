@@ -34,6 +34,7 @@ from agent_runner.archive import archive_exchange
 from agent_runner.codex.errors import plain_words, scrub
 from agent_runner.config import ConfigError, Paths, RunnerConfig
 from agent_runner.doorbell import RunnerDoorbell
+from agent_runner.items import LiveFeed, TurnLog, archive_turn
 from agent_runner.memory import link_skills, scaffold
 from agent_runner.provider import (
     ActivityEvent,
@@ -42,10 +43,12 @@ from agent_runner.provider import (
     FileEvent,
     InitEvent,
     Input,
+    ItemEvent,
     ProgressEvent,
     Provider,
     Query,
     ResultEvent,
+    TurnInfoEvent,
 )
 from agent_runner.queues import InboundRow, RunnerQueues
 
@@ -118,6 +121,14 @@ class Runner:
         self.retry_at = 0.0
         """No burst starts before this (monotonic) time: a transport backoff is under way."""
         self._last_progress = 0.0
+        self.live = LiveFeed(
+            self._send_item, lambda delay, flush: asyncio.get_running_loop().call_later(delay, flush)
+        )
+        """The viewer's live feed: a turn's steps as ``item`` rows (``agent_runner.items``)."""
+
+    def _send_item(self, payload: dict[str, Any]) -> None:
+        self.queues.add("item", payload)
+        self.doorbell.ring()
 
     def touch(self) -> None:
         (self.paths.session / "heartbeat").touch()
@@ -275,6 +286,36 @@ class _Burst:
         """A turn failed on transport (or the runner is stopping): the rows still pending wait
         for a later burst and are not counted as failed tries."""
         self.aborted = False
+        self.turn: TurnLog | None = None
+        """The turn under way as the viewer shows it (``agent_runner.items``)."""
+
+    def _turn(self, turn_id: str) -> TurnLog:
+        if self.turn is None or self.turn.turn != turn_id:
+            self.turn = TurnLog(turn_id)
+            self.runner.live.start(turn_id)
+        return self.turn
+
+    def _archive_turn(self, event: ResultEvent, ids: list[int]) -> None:
+        """The turn's structured record: a JSON line beside the Markdown, and the live feed's end."""
+        turn, self.turn = self.turn, None
+        if turn is None:
+            if event.status != "completed":
+                return
+            turn = TurnLog(f"turn-{time.time_ns():x}")
+            self.runner.live.start(turn.turn)
+        record = turn.record(
+            thread=self.thread,
+            provider=self.runner.provider.name,
+            status=event.status,
+            error=event.error,
+            prompts=[self.prompts[i] for i in ids if i in self.prompts],
+            reply=event.text,
+        )
+        self.runner.live.end(turn.turn, record)
+        try:
+            archive_turn(self.runner.paths.workspace / "conversations", record)
+        except OSError as exc:
+            log.warning("could not archive the turn's steps: %s", exc)
 
     def push(self, item: Input) -> None:
         self.seen.update(item.ids)
@@ -307,10 +348,19 @@ class _Burst:
             self.error(event)
         elif isinstance(event, ResultEvent):
             self.result(event)
+        elif isinstance(event, ItemEvent):
+            turn = self._turn(event.turn)
+            if (item := turn.add(event.item)) is not None:
+                runner.live.item(event.turn, item)
+        elif isinstance(event, TurnInfoEvent):
+            turn = self._turn(event.turn)
+            turn.model = event.model or turn.model
+            turn.usage = event.usage or turn.usage
 
     def result(self, event: ResultEvent) -> None:
         runner = self.runner
         ids = [i for i in event.ids if i in self.pending]
+        self._archive_turn(event, ids)
         if event.status == "interrupted" and self.stopped:
             self.pending.difference_update(ids)
             runner.queues.commit_turn([], [(i, "failed", STOPPED) for i in ids])
