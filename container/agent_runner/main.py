@@ -311,11 +311,11 @@ class _Burst:
             prompts=[self.prompts[i] for i in ids if i in self.prompts],
             reply=event.text,
         )
-        self.runner.live.end(turn.turn, record)
-        try:
+        try:  # first the archive, then the live feed's end: a viewer told it ended finds it there
             archive_turn(self.runner.paths.workspace / "conversations", record)
         except OSError as exc:
             log.warning("could not archive the turn's steps: %s", exc)
+        self.runner.live.end(turn.turn, record)
 
     def push(self, item: Input) -> None:
         self.seen.update(item.ids)

@@ -76,6 +76,7 @@ async function selectGroup(name) {
   Object.assign(state, { group: name, messages: new Map(), lastId: 0, progress: "", backoff: 500 });
   history.replaceState(null, "", `#${encodeURIComponent(name)}`);
   $("title").textContent = name;
+  $("to-viewer").href = `/viewer?group=${encodeURIComponent(name)}`;
   $("messages").replaceChildren();
   showError("");
   for (const button of $("groups").children) button.classList.toggle("active", button.dataset.group === name);

@@ -1,0 +1,308 @@
+"""The conversation viewer's and the operator view's endpoints without a browser (fake backend).
+
+The archive is the agent's: these tests plant what a hostile agent could (links to host files at
+every level, bad lines, huge lines, FIFOs) and check that the viewer and the download show none
+of it; and that every endpoint keeps the web chat's access rules (login, web binding, CSRF) and
+the API's (token)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select
+
+from nanohost.db import make_engine, make_session_factory
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentGroup, AgentSession, Snapshot
+from nanohost.settings import Settings, load_settings
+from tests.web.conftest import StartClient
+from tests.web.test_webchat import log_in
+
+CSRF = {"X-Nanohost": "1"}
+
+
+def turn_line(turn: str, prompt: str = "hello", **extra: Any) -> str:
+    record = {
+        "v": 1,
+        "turn": turn,
+        "thread": "th-1",
+        "provider": "codex",
+        "model": "gpt-test",
+        "status": "completed",
+        "started_at": "2026-12-01T10:00:00.000Z",
+        "ended_at": "2026-12-01T10:00:01.500Z",
+        "duration_ms": 1500,
+        "prompts": [prompt],
+        "reply": f"reply to {prompt}",
+        "usage": {"input": 100, "cached_input": 20, "output": 30, "total": 130},
+        "items": [
+            {"id": "r", "type": "reasoning", "text": "thinking about " + prompt},
+            {
+                "id": "c",
+                "type": "command",
+                "command": "ls -la",
+                "output": "total 0\nneedle-in-output",
+                "exit_code": 0,
+            },
+            {"id": "f", "type": "file_change", "changes": [{"path": "a.txt", "kind": "add", "diff": "+a"}]},
+            {
+                "id": "t",
+                "type": "tool_call",
+                "server": "db",
+                "tool": "read_query",
+                "arguments": "{}",
+                "result": "1",
+            },
+        ],
+        **extra,
+    }
+    return json.dumps(record) + "\n"
+
+
+def turns_dir(settings: Settings, group: str = "team") -> Path:
+    path = settings.groups_dir / group / "conversations" / "turns"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def logged_in(client: TestClient) -> TestClient:
+    assert await log_in(client) == 200
+    return client
+
+
+async def test_turns_are_listed_newest_first_opened_by_id_and_searched(
+    web_settings: Settings, client: TestClient
+) -> None:
+    days = turns_dir(web_settings)
+    (days / "2026-11-30.jsonl").write_text(turn_line("old-1", "yesterday"))
+    (days / "2026-12-01.jsonl").write_text(
+        turn_line("new-1", "first today")
+        + "not json at all\n"
+        + json.dumps({"v": 1, "turn": "bad", "status": 3})
+        + "\n"  # wrong shape: skipped
+        + turn_line("new-2", "second today")
+        + '{"v": 1, "turn": "half'  # a line still being written: no newline yet
+    )
+    await logged_in(client)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert [t["turn"] for t in listed["turns"]] == ["new-2", "new-1", "old-1"]
+    assert listed["more"] is False
+    first = listed["turns"][0]
+    assert first == {
+        "turn": "new-2",
+        "started_at": "2026-12-01T10:00:00.000Z",
+        "status": "completed",
+        "model": "gpt-test",
+        "duration_ms": 1500,
+        "tokens": 130,
+        "prompt": "second today",
+        "reply": "reply to second today",
+        "steps": 4,
+    }
+    page = await (await client.get("/web/groups/team/turns?before=new-2")).json()
+    assert [t["turn"] for t in page["turns"]] == ["new-1", "old-1"]
+
+    detail = await client.get("/web/groups/team/turns/old-1")
+    assert detail.status == 200
+    body = await detail.json()
+    assert body["prompts"] == ["yesterday"] and body["usage"]["cached_input"] == 20
+    assert [i["type"] for i in body["items"]] == ["reasoning", "command", "file_change", "tool_call"]
+    assert (await client.get("/web/groups/team/turns/nope")).status == 404
+    assert (await client.get("/web/groups/team/turns/..%2F..%2Fetc")).status == 404
+
+    found = await (await client.get("/web/groups/team/search?q=NEEDLE-in")).json()
+    assert [t["turn"] for t in found["turns"]] == ["new-2", "new-1", "old-1"] and found["complete"]
+    found = await (await client.get("/web/groups/team/search?q=yesterday")).json()
+    assert [t["turn"] for t in found["turns"]] == ["old-1"]
+    assert (await (await client.get("/web/groups/team/search?q=absent")).json())["turns"] == []
+    assert (await client.get("/web/groups/team/search?q=" + "x" * 201)).status == 400
+
+
+async def test_a_turn_over_the_limits_is_skipped_not_an_error(
+    web_settings: Settings, client: TestClient
+) -> None:
+    days = turns_dir(web_settings)
+    huge = turn_line("huge", "x" * 30_000)  # a prompt over the archive's limit
+    many = json.loads(turn_line("many"))
+    many["items"] = many["items"] * 60  # 240 items: over the 200 a turn may have
+    (days / "2026-12-01.jsonl").write_text(huge + json.dumps(many) + "\n" + turn_line("fine"))
+    await logged_in(client)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert [t["turn"] for t in listed["turns"]] == ["fine"]
+
+
+@pytest.mark.parametrize("where", ["conversations", "turns", "day"])
+async def test_links_in_the_archive_lead_nowhere(
+    web_settings: Settings, client: TestClient, tmp_path: Path, where: str
+) -> None:
+    secret_dir = tmp_path / "host-secret"
+    (secret_dir / "turns").mkdir(parents=True)
+    secret_line = turn_line("secret-turn", "HOST SECRET")
+    (secret_dir / "turns" / "2026-12-01.jsonl").write_text(secret_line)
+    (secret_dir / "2026-12-01.jsonl").write_text(secret_line)
+    folder = web_settings.groups_dir / "team"
+    if where == "conversations":
+        shutil.rmtree(folder / "conversations", ignore_errors=True)
+        os.symlink(secret_dir, folder / "conversations")
+    elif where == "turns":
+        (folder / "conversations").mkdir(exist_ok=True)
+        os.symlink(secret_dir, folder / "conversations" / "turns")
+    else:
+        os.symlink(secret_dir / "2026-12-01.jsonl", turns_dir(web_settings) / "2026-12-01.jsonl")
+    await logged_in(client)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert listed["turns"] == []
+    assert (await client.get("/web/groups/team/turns/secret-turn")).status == 404
+    assert (await (await client.get("/web/groups/team/search?q=secret")).json())["turns"] == []
+    download = await client.get("/web/groups/team/archive.zip")
+    assert download.status == 200
+    data = await download.read()
+    assert b"HOST SECRET" not in data
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert all("secret" not in n for n in names)
+
+
+async def test_the_download_carries_the_archive_and_lists_what_it_left_out(
+    web_settings: Settings, client: TestClient, tmp_path: Path
+) -> None:
+    days = turns_dir(web_settings)
+    (days / "2026-12-01.jsonl").write_text(turn_line("t1"))
+    conversations = days.parent
+    (conversations / "2026-12-01T10-00-00Z-abcd.md").write_text("# Exchange\n\nhello\n")
+    (tmp_path / "passwd").write_text("root:x:0:0 HOST FILE")
+    os.symlink(tmp_path / "passwd", conversations / "stolen.md")
+    os.mkfifo(conversations / "pipe")
+    await logged_in(client)
+    response = await client.get("/web/groups/team/archive.zip")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert "team-conversations.zip" in response.headers["Content-Disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+    assert sorted(archive.namelist()) == [
+        "conversations/2026-12-01T10-00-00Z-abcd.md",
+        "conversations/SKIPPED.txt",
+        "conversations/turns/2026-12-01.jsonl",
+    ]
+    assert archive.read("conversations/turns/2026-12-01.jsonl").decode() == turn_line("t1")
+    skipped = archive.read("conversations/SKIPPED.txt").decode()
+    assert "conversations/stolen.md: a link, left out" in skipped
+    assert "conversations/pipe: not a regular file, left out" in skipped
+    assert b"HOST FILE" not in await (await client.get("/web/groups/team/archive.zip")).read()
+
+
+VIEWER_CALLS = [
+    ("GET", "/web/groups/{g}/turns"),
+    ("GET", "/web/groups/{g}/turns/t1"),
+    ("GET", "/web/groups/{g}/search?q=x"),
+    ("GET", "/web/groups/{g}/archive.zip"),
+    ("POST", "/web/operator/groups/{g}/restart"),
+    ("POST", "/web/operator/groups/{g}/snapshot"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), VIEWER_CALLS)
+async def test_the_viewer_needs_the_login_and_a_web_binding(
+    web_settings: Settings, client: TestClient, method: str, path: str
+) -> None:
+    (turns_dir(web_settings, "other") / "2026-12-01.jsonl").write_text(turn_line("t1"))
+    response = await client.request(method, path.format(g="team"), headers=CSRF)
+    assert response.status == 401
+    await logged_in(client)
+    response = await client.request(method, path.format(g="other"), headers=CSRF)
+    assert response.status == 404  # `other` has no web binding: as if it did not exist
+    assert "t1" not in await response.text()
+
+
+async def test_the_pages_need_the_login(client: TestClient) -> None:
+    for page in ("/viewer", "/operator"):
+        response = await client.get(page, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == "/"
+    await logged_in(client)
+    for page, script in (("/viewer", "viewer.js"), ("/operator", "operator.js")):
+        response = await client.get(page)
+        assert response.status == 200 and script in await response.text()
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def db_rows(settings: Settings, model: Any) -> list[Any]:
+    engine = make_engine(settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        rows = list(db.scalars(select(model)))
+        db.expunge_all()
+    engine.dispose()
+    return rows
+
+
+async def test_the_operator_view_lists_web_groups_restarts_and_snapshots(
+    web_settings: Settings, client: TestClient
+) -> None:
+    await logged_in(client)
+    response = await client.post("/web/groups/team/messages", json={"text": "wake up"})
+    assert response.status == 201
+    states = (await (await client.get("/web/operator/groups")).json())["groups"]
+    assert [g["name"] for g in states] == ["team"]  # `other` has no web binding
+    assert states[0]["state"] in ("running", "queued") and states[0]["last_activity"]
+
+    # a state change without the CSRF header (what a cross-site form could send) is refused
+    assert (await client.post("/web/operator/groups/team/restart")).status == 403
+    assert (await client.post("/web/operator/groups/team/snapshot")).status == 403
+    assert db_rows(web_settings, Snapshot) == []
+
+    assert (await client.post("/web/operator/groups/team/restart", headers=CSRF)).status == 200
+    response = await client.post("/web/operator/groups/team/snapshot", json={"note": "from a test"})
+    assert response.status == 201, await response.text()
+    taken = await response.json()
+    (snapshot,) = db_rows(web_settings, Snapshot)
+    assert taken["id"] == snapshot.id and snapshot.note == "from a test"
+    response = await client.post("/web/operator/groups/team/snapshot", json={"note": "x" * 501})
+    assert response.status == 400
+
+
+async def test_a_restart_from_the_web_asks_for_a_clean_restart(
+    web_settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nanohost.channels.api import ROUTER
+
+    await logged_in(client)
+    assert (await client.post("/web/groups/team/messages", json={"text": "hello"})).status == 201
+    ctx = client.server.app[ROUTER].orchestrator.ctx
+    team = next(g for g in db_rows(web_settings, AgentGroup) if g.name == "team")
+    asked: list[list[bool]] = []
+    real_set = ctx.sweep_now.set
+
+    def sweep_now() -> None:  # what the sweeper will find when it wakes (it clears the flag)
+        asked.append(
+            [s.restart_requested for s in db_rows(web_settings, AgentSession) if s.group_id == team.id]
+        )
+        real_set()
+
+    monkeypatch.setattr(ctx.sweep_now, "set", sweep_now)
+    assert (await client.post("/web/operator/groups/team/restart", headers=CSRF)).status == 200
+    assert asked == [[True]]  # the group's session is asked to restart, and the sweeper woken at once
+
+
+async def test_the_api_operator_endpoints_need_the_token_and_see_every_group(
+    web_settings: Settings, start_client: StartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NANOHOST_API_TOKEN", "operator-token")
+    client: TestClient = await start_client(load_settings(max_attachment_bytes=4096))
+    assert (await client.get("/api/operator/groups")).status == 401
+    assert (await client.post("/api/groups/other/restart")).status == 401
+    assert (await client.post("/api/groups/other/snapshots")).status == 401
+    await logged_in(client)  # a web login is not the API token
+    assert (await client.get("/api/operator/groups")).status == 401
+    auth = {"Authorization": "Bearer operator-token"}
+    states = (await (await client.get("/api/operator/groups", headers=auth)).json())["groups"]
+    assert [(g["name"], g["state"]) for g in states] == [("other", "idle"), ("team", "idle")]
+    assert (await client.post("/api/groups/other/restart", headers=auth)).status == 200
+    response = await client.post("/api/groups/other/snapshots", headers=auth, json={"note": "api"})
+    assert response.status == 201
+    assert (await client.post("/api/groups/nope/snapshots", headers=auth)).status == 404
