@@ -141,6 +141,8 @@ class ItemRow(_Row):
     kind: Literal["item"]
     turn: TurnId
     phase: Literal["start", "item", "end"]
+    prompts: list[ItemText] = Field(default_factory=list, max_length=20)
+    """At the start: what the turn was asked."""
     item: ViewItem | None = None
     status: Annotated[str, StringConstraints(max_length=32)] | None = None
     model: Name | None = None

@@ -236,10 +236,11 @@ class LiveFeed:
         self._last = 0.0
         self._timer: Any = None
 
-    def start(self, turn: str) -> None:
+    def start(self, turn: str, prompts: list[str] | None = None) -> None:
+        """A turn begins; ``prompts``: what it was asked (so far), shown while it runs."""
         self.flush()
         self._turn, self._sent = turn, 0
-        self._send({"turn": turn, "phase": "start"})
+        self._send({"turn": turn, "phase": "start", "prompts": [clip(p, 2_000) for p in (prompts or [])[:5]]})
 
     def item(self, turn: str, item: dict[str, Any]) -> None:
         if turn != self._turn or self._sent >= self.per_turn:

@@ -292,7 +292,9 @@ class _Burst:
     def _turn(self, turn_id: str) -> TurnLog:
         if self.turn is None or self.turn.turn != turn_id:
             self.turn = TurnLog(turn_id)
-            self.runner.live.start(turn_id)
+            self.runner.live.start(
+                turn_id, [self.prompts[i] for i in sorted(self.pending) if i in self.prompts]
+            )
         return self.turn
 
     def _archive_turn(self, event: ResultEvent, ids: list[int]) -> None:

@@ -120,6 +120,8 @@ class MockQuery:
             yield TurnInfoEvent(turn_id, MODEL)
             if "[slow]" in turn[0].text:
                 yield ProgressEvent("thinking…")
+                waiting = "Waiting for the rest of the message."
+                yield ItemEvent(turn_id, {"id": "reasoning-0", "type": "reasoning", "text": waiting})
                 while not self._queue and not self._aborted:
                     await self._wait()
                 if self._aborted:

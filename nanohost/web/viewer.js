@@ -147,7 +147,7 @@ function liveEntry() {
   let item = [...$("turns").children].find((li) => li.dataset.turn === live.turn);
   if (!item) {
     item = addTurnEntry(
-      { turn: live.turn, started_at: live.started, status: "running", steps: 0, prompt: "the turn under way…" },
+      { turn: live.turn, started_at: live.started, status: "running", steps: 0, prompt: live.prompts[0] || "the turn under way…" },
       $("turns").firstChild,
     );
     item.classList.add("live");
@@ -203,7 +203,7 @@ function renderLive() {
     model: live.model,
     usage: live.usage,
     duration_ms: live.duration_ms,
-    prompts: [],
+    prompts: live.prompts,
     reply: "",
     items: [...live.items.values()],
     live: true,
@@ -239,7 +239,7 @@ function showTurn(turn) {
     facts.push(parts.join(", "));
   }
   if (turn.duration_ms !== undefined) facts.push(`took ${duration(turn.duration_ms)}`);
-  meta.append(facts.join(" · ") + " · ");
+  if (facts.length) meta.append(`${facts.join(" · ")} · `);
   const link = el("a", "permalink", "link to this turn");
   link.href = permalink(turn.turn);
   meta.append(link);
@@ -275,7 +275,7 @@ function collapsible(summary, content, open = false) {
 
 function diffBlock(diff) {
   const pre = el("pre", "diff");
-  for (const line of diff.split("\n")) {
+  for (const line of diff.replace(/\n$/, "").split("\n")) {
     const kind = line.startsWith("+") && !line.startsWith("+++") ? "add"
       : line.startsWith("-") && !line.startsWith("---") ? "del"
       : line.startsWith("@@") ? "hunk" : "";
@@ -347,7 +347,13 @@ function connect(generation) {
 
 function onItem(event) {
   if (event.phase === "start") {
-    state.live = { turn: event.turn, items: new Map(), status: "running", started: new Date().toISOString() };
+    state.live = {
+      turn: event.turn,
+      items: new Map(),
+      status: "running",
+      started: new Date().toISOString(),
+      prompts: event.prompts || [],
+    };
     if (!state.searching) liveEntry();
     if (!state.turn) openTurn(event.turn, false);
     return;
