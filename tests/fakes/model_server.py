@@ -34,6 +34,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
     """Close the connection abruptly after the first event (a stream cut mid-response)."""
+    usage: tuple[int, int] | None = None
+    """(input, output) tokens reported in ``response.completed`` (none by default)."""
 
     @classmethod
     def command(cls, cmd: str) -> Reply:
@@ -154,7 +156,17 @@ class ModelServer:
                 "content": [{"type": "output_text", "text": reply.text or "", "annotations": []}],
             }
         await self._event(response, {"type": "response.output_item.done", "item": item})
-        await self._event(response, {"type": "response.completed", "response": {"id": response_id}})
+        completed: dict[str, Any] = {"id": response_id}
+        if reply.usage is not None:
+            tokens_in, tokens_out = reply.usage
+            completed["usage"] = {
+                "input_tokens": tokens_in,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": tokens_out,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": tokens_in + tokens_out,
+            }
+        await self._event(response, {"type": "response.completed", "response": completed})
         await response.write_eof()
         return response
 

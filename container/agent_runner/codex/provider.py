@@ -337,6 +337,7 @@ class CodexQuery:
         yield TurnInfoEvent(self.active_turn, model=self.model)
         gathered: dict[str, str] = {}  # command output streamed so far, by item id
         open_commands: dict[str, dict[str, Any]] = {}  # started, not completed yet
+        turn_usage: dict[str, int] = {}  # the turn's model calls, summed
         replies: list[str] = []
         status, error = "failed", None
         info: Any = None  # codexErrorInfo of the final error
@@ -383,10 +384,12 @@ class CodexQuery:
                         gathered[item_id] = (
                             so_far + str(params.get("delta") or "")[: MAX_GATHERED - len(so_far)]
                         )
-                elif method == "thread/tokenUsage/updated":
+                elif method == "thread/tokenUsage/updated":  # after each model call: "last" is its usage
                     usage = (params.get("tokenUsage") or {}).get("last") or {}
                     if isinstance(usage, dict):
-                        yield TurnInfoEvent(self.active_turn, model=self.model, usage=_usage(usage))
+                        for name, count in _usage(usage).items():
+                            turn_usage[name] = turn_usage.get(name, 0) + count
+                        yield TurnInfoEvent(self.active_turn, model=self.model, usage=dict(turn_usage))
                 elif method == "item/started":
                     item = params.get("item") or {}
                     if item.get("type") in _TOOL_ITEMS:
