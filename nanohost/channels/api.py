@@ -7,6 +7,7 @@ Every call needs ``Authorization: Bearer $NANOHOST_API_TOKEN``.
   long-polling up to ``wait`` seconds (at most 60) for something newer than ``after``
 - websocket ``/api/groups/{group}/stream`` (``?after=<id>`` replays newer messages first): the same
   messages pushed as JSON (``{"type": "message", ...}``) plus ``{"type": "progress", "text"}`` events
+  and the conversation viewer's ``{"type": "item", "turn", "phase", ...}`` events (``webviewer``)
 - ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries: one the agent
   sent, or one a user sent (kept in the group folder's ``inbox/``, served only from there)
 

@@ -306,3 +306,21 @@ async def test_the_api_operator_endpoints_need_the_token_and_see_every_group(
     response = await client.post("/api/groups/other/snapshots", headers=auth, json={"note": "api"})
     assert response.status == 201
     assert (await client.post("/api/groups/nope/snapshots", headers=auth)).status == 404
+
+
+def test_every_viewer_and_operator_route_is_in_the_readme() -> None:
+    from aiohttp import web
+
+    from nanohost.channels import webviewer
+
+    app = web.Application()
+    webviewer.add_routes(app)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## The conversation viewer") : readme.index("## Chat channels")]
+    api_table = readme[readme.index("## The HTTP API") : readme.index("## The web chat")]
+    routes = {r.canonical for r in app.router.resources()}
+    assert len(routes) == 12
+    for route in routes:
+        where = api_table if route.startswith("/api/") else section
+        documented = route.replace("/web/operator/groups/{group}/snapshot", "…/snapshot")
+        assert route in where or documented in where or route.split("?")[0] in where, route
