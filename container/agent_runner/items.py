@@ -15,8 +15,8 @@ line in ``conversations/turns/YYYY-MM-DD.jsonl`` beside the Markdown archive (``
 below), bounded: long texts are cut in the middle with a marker saying how much was left out,
 and a turn with too many items keeps the first ones and says how many more there were.
 ``LiveFeed`` sends the same items to the host as ``item`` rows while the turn runs, coalesced
-(the latest version of each item, at most every ``LIVE_EVERY`` seconds) and bounded per turn,
-so a chatty turn cannot flood the queue.
+(the latest version of each item, at most every ``LIVE_EVERY`` seconds, one transaction each)
+and bounded per turn, so a chatty turn cannot flood the queue and a quick one costs nothing extra.
 
 TURN_FORMAT (one line per turn)::
 
@@ -74,7 +74,7 @@ _LIVE_DIFF = 4_000
 MAX_PROMPT = 20_000
 MAX_REPLY = 20_000
 LIVE_EVERY = 0.25
-"""Seconds between two live flushes of a turn's changed items (a turn's end flushes at once)."""
+"""Seconds between two live flushes of a turn's changed items (a turn's end goes with its reply)."""
 LIVE_ROWS_PER_TURN = 300
 """Live item rows one turn may send; after that the turn's end row still comes."""
 
@@ -213,14 +213,18 @@ def live_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 class LiveFeed:
-    """Coalesces a turn's item updates into ``item`` rows for the host (see the module docstring).
+    """Coalesces a turn's steps into ``item`` rows for the host (see the module docstring).
 
-    ``send(payload)`` writes one row (and rings the host); ``schedule(delay, callback)`` runs a
+    Nothing is written at once: the first event of a turn arms a timer, and when it fires (after
+    ``every`` seconds) the rows gathered so far (the start, the latest version of each changed
+    step) go out in one transaction, one doorbell ring. A turn that ends sooner costs no
+    transaction of its own: ``end`` hands its rows back, and the runner commits them with the
+    turn's reply. ``send(payloads)`` writes rows and rings; ``schedule(delay, callback)`` runs a
     deferred flush (the runner passes ``loop.call_later``)."""
 
     def __init__(
         self,
-        send: Callable[[dict[str, Any]], None],
+        send: Callable[[list[dict[str, Any]]], None],
         schedule: Callable[[float, Callable[[], None]], Any],
         *,
         every: float = LIVE_EVERY,
@@ -230,46 +234,58 @@ class LiveFeed:
         self._schedule = schedule
         self.every = every
         self.per_turn = per_turn
+        self._head: list[dict[str, Any]] = []
         self._pending: dict[str, dict[str, Any]] = {}
         self._turn: str | None = None
         self._sent = 0
-        self._last = 0.0
         self._timer: Any = None
 
     def start(self, turn: str, prompts: list[str] | None = None) -> None:
         """A turn begins; ``prompts``: what it was asked (so far), shown while it runs."""
-        self.flush()
+        self.flush()  # what is left of an earlier turn that never ended
         self._turn, self._sent = turn, 0
-        self._send({"turn": turn, "phase": "start", "prompts": [clip(p, 2_000) for p in (prompts or [])[:5]]})
+        self._head = [
+            {"turn": turn, "phase": "start", "prompts": [clip(p, 2_000) for p in (prompts or [])[:5]]}
+        ]
+        self._arm()
 
     def item(self, turn: str, item: dict[str, Any]) -> None:
-        if turn != self._turn or self._sent >= self.per_turn:
+        key = str(item["id"])
+        if (
+            turn != self._turn
+            or key not in self._pending
+            and self._sent + len(self._pending) >= self.per_turn
+        ):
             return
-        self._pending[str(item["id"])] = live_item(item)
-        wait = self._last + self.every - time.monotonic()
-        if wait <= 0:
-            self.flush()
-        elif self._timer is None:
-            self._timer = self._schedule(wait, self.flush)
+        self._pending[key] = live_item(item)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self._schedule(self.every, self.flush)
 
     def flush(self) -> None:
+        if rows := self._take():
+            self._send(rows)
+
+    def _take(self) -> list[dict[str, Any]]:
+        """The rows gathered since the last flush."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._turn is None:
-            self._pending.clear()
-            return
-        for item in self._pending.values():
-            if self._sent >= self.per_turn:
-                break
-            self._sent += 1
-            self._send({"turn": self._turn, "phase": "item", "item": item})
+        rows, self._head = self._head, []
+        if self._turn is not None:
+            for item in self._pending.values():
+                self._sent += 1
+                rows.append({"turn": self._turn, "phase": "item", "item": item})
         self._pending.clear()
-        self._last = time.monotonic()
+        return rows
 
-    def end(self, turn: str, record: dict[str, Any]) -> None:
-        self.flush()
-        self._send(
+    def end(self, turn: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The turn's last rows (its changed steps and its end), for the runner to commit with
+        the turn's reply."""
+        rows = self._take()
+        rows.append(
             {
                 "turn": turn,
                 "phase": "end",
@@ -280,3 +296,4 @@ class LiveFeed:
             }
         )
         self._turn = None
+        return rows

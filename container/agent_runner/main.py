@@ -122,12 +122,12 @@ class Runner:
         """No burst starts before this (monotonic) time: a transport backoff is under way."""
         self._last_progress = 0.0
         self.live = LiveFeed(
-            self._send_item, lambda delay, flush: asyncio.get_running_loop().call_later(delay, flush)
+            self._send_items, lambda delay, flush: asyncio.get_running_loop().call_later(delay, flush)
         )
         """The viewer's live feed: a turn's steps as ``item`` rows (``agent_runner.items``)."""
 
-    def _send_item(self, payload: dict[str, Any]) -> None:
-        self.queues.add("item", payload)
+    def _send_items(self, payloads: list[dict[str, Any]]) -> None:
+        self.queues.commit_turn([("item", payload) for payload in payloads], [])
         self.doorbell.ring()
 
     def touch(self) -> None:
@@ -297,12 +297,13 @@ class _Burst:
             )
         return self.turn
 
-    def _archive_turn(self, event: ResultEvent, ids: list[int]) -> None:
-        """The turn's structured record: a JSON line beside the Markdown, and the live feed's end."""
+    def _archive_turn(self, event: ResultEvent, ids: list[int]) -> list[tuple[str, dict[str, Any]]]:
+        """The turn's structured record: a JSON line beside the Markdown; returns the live feed's
+        last rows (its end), to be committed with the turn's reply."""
         turn, self.turn = self.turn, None
         if turn is None:
             if event.status != "completed":
-                return
+                return []
             turn = TurnLog(f"turn-{time.time_ns():x}")
             self.runner.live.start(turn.turn)
         record = turn.record(
@@ -317,7 +318,7 @@ class _Burst:
             archive_turn(self.runner.paths.workspace / "conversations", record)
         except OSError as exc:
             log.warning("could not archive the turn's steps: %s", exc)
-        self.runner.live.end(turn.turn, record)
+        return [("item", row) for row in self.runner.live.end(turn.turn, record)]
 
     def push(self, item: Input) -> None:
         self.seen.update(item.ids)
@@ -362,18 +363,25 @@ class _Burst:
     def result(self, event: ResultEvent) -> None:
         runner = self.runner
         ids = [i for i in event.ids if i in self.pending]
-        self._archive_turn(event, ids)
+        steps = self._archive_turn(event, ids)  # the live feed's last rows, first in the commit
         if event.status == "interrupted" and self.stopped:
             self.pending.difference_update(ids)
-            runner.queues.commit_turn([], [(i, "failed", STOPPED) for i in ids])
+            runner.queues.commit_turn(steps, [(i, "failed", STOPPED) for i in ids])
             runner.doorbell.ring()
             return
-        if event.status == "interrupted":
-            return  # not answered: the rows stay queued for the next wake
-        if event.status == "failed" and event.retryable and not event.text.strip():
+        if (
+            event.status == "interrupted"
+            or event.status == "failed"
+            and event.retryable
+            and not event.text.strip()
+        ):
+            if steps:
+                runner.queues.commit_turn(steps, [])
+            if event.status == "interrupted":
+                return  # not answered: the rows stay queued for the next wake
             self.retry(ids, event)
             return
-        rows, self.files = self.files, []
+        rows, self.files = [*steps, *self.files], []
         text = event.text
         if event.status == "failed" and not text.strip():
             text = plain_words(event.kind, event.error)

@@ -264,6 +264,8 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
                     if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break
                     receiver = asyncio.ensure_future(ws.receive())
+        except ConnectionResetError:  # the client went away while an event was being sent
+            pass
         finally:  # also when the host shuts down under an open socket: no task is left pending
             receiver.cancel()
             getter.cancel()

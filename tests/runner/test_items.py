@@ -79,7 +79,7 @@ def test_a_turn_keeps_the_latest_version_of_each_item_and_bounds_its_line(tmp_pa
 
 
 def test_the_live_feed_coalesces_and_is_bounded_per_turn() -> None:
-    sent: list[dict[str, Any]] = []
+    batches: list[list[dict[str, Any]]] = []
     timers: list[Any] = []
 
     class Timer:
@@ -93,30 +93,45 @@ def test_the_live_feed_coalesces_and_is_bounded_per_turn() -> None:
         timers.append(Timer(callback))
         return timers[-1]
 
-    feed = LiveFeed(sent.append, schedule, every=3600, per_turn=5)
-    feed.start("t1")
+    def fire() -> None:
+        (armed,) = [t for t in timers if not t.cancelled]
+        armed.cancelled = True
+        armed.callback()
+
+    feed = LiveFeed(batches.append, schedule, every=3600, per_turn=5)
+    feed.start("t1", ["the question"])
     feed.item("t1", {"id": "a", "type": "command", "command": "x", "status": "inProgress"})
-    for n in range(100):  # a chatty item: only its latest version goes out, once the timer fires
+    for n in range(100):  # a chatty step: only its latest version goes out
         feed.item("t1", {"id": "b", "type": "command", "command": "y", "output": str(n)})
-    assert [p["phase"] for p in sent] == ["start", "item"]  # the first right away, the rest wait
-    assert len(timers) == 1
-    timers[0].callback()
-    assert [p["item"]["output"] for p in sent if p["phase"] == "item" and p["item"]["id"] == "b"] == ["99"]
+    assert batches == [] and len(timers) == 1  # nothing written until the timer fires
+    fire()
+    (first,) = batches
+    assert [r["phase"] for r in first] == ["start", "item", "item"]
+    assert first[0]["prompts"] == ["the question"] and first[2]["item"]["output"] == "99"
     for n in range(20):
         feed.item("t1", {"id": f"c{n}", "type": "reasoning", "text": "hm"})
-        feed.flush()
-    assert sum(p["phase"] == "item" for p in sent) == 5  # per_turn
+    fire()
+    assert [r["item"]["id"] for r in batches[1]] == ["c0", "c1", "c2"]  # 5 steps a turn at most
+    feed.item("t1", {"id": "c3", "type": "reasoning", "text": "over the cap"})
     feed.item("other", {"id": "z", "type": "reasoning", "text": "not this turn"})
-    feed.end("t1", {"status": "completed", "model": "m", "usage": {"total": 3}, "duration_ms": 7})
-    assert sent[-1] == {
-        "turn": "t1",
-        "phase": "end",
-        "status": "completed",
-        "model": "m",
-        "usage": {"total": 3},
-        "duration_ms": 7,
-    }
-    assert all("not this turn" not in json.dumps(p) for p in sent)
+    assert [t for t in timers if not t.cancelled] == []
+    last = feed.end("t1", {"status": "completed", "model": "m", "usage": {"total": 3}, "duration_ms": 7})
+    assert last == [
+        {
+            "turn": "t1",
+            "phase": "end",
+            "status": "completed",
+            "model": "m",
+            "usage": {"total": 3},
+            "duration_ms": 7,
+        }
+    ]
+    assert len(batches) == 2  # the end is the runner's to commit, with the reply
+
+    feed.start("t2")  # a quick turn: all of it comes back at its end, nothing written before
+    feed.item("t2", {"id": "q", "type": "message", "text": "hi"})
+    rows = feed.end("t2", {"status": "completed", "model": None, "usage": None, "duration_ms": 1})
+    assert [r["phase"] for r in rows] == ["start", "item", "end"] and len(batches) == 2
 
 
 def test_codex_items_become_neutral_items() -> None:
