@@ -5,11 +5,9 @@
 // the turn under way comes live over the chat's websocket (/web/groups/{g}/stream), as "item"
 // events: phase "start", then "item" (the latest version of each step), then "end", after which
 // the archived turn replaces the live one. /viewer?group=G&turn=T is a turn's permalink.
-// Everything the agent wrote is shown as text (textContent), or through markdown.js, which
-// escapes everything first.
+// Rendering a turn is turns.js's (shared with the chat's steps panel).
 
 const $ = (id) => document.getElementById(id);
-const SMALL_DIFF = 3000; // characters: a diff this small is shown open, a larger one collapsed
 const state = {
   group: null,
   generation: 0,
@@ -41,22 +39,7 @@ function showError(text) {
   $("error").hidden = !text;
 }
 
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined && text !== null) node.textContent = text;
-  return node;
-}
-
-function duration(ms) {
-  if (ms === undefined || ms === null) return "";
-  return ms < 1000 ? `${ms} ms` : `${(ms / 1000).toFixed(1)} s`;
-}
-
-function when(iso) {
-  const moment = new Date(iso);
-  return isNaN(moment) ? iso || "" : moment.toLocaleString([], { dateStyle: "short", timeStyle: "medium" });
-}
+const { el, duration, when } = Turns;
 
 // --- groups ---------------------------------------------------------------------------------
 
@@ -217,108 +200,14 @@ function showTurn(turn) {
   article.replaceChildren();
   document.body.classList.toggle("showing-turn", !!turn);
   if (!turn) return;
-  article.dataset.turn = turn.turn;
-  const back = el("button", "quiet back", "← Turns");
-  back.type = "button";
-  back.addEventListener("click", () => {
-    state.turn = null;
-    showTurn(null);
-    history.pushState(null, "", `/viewer?group=${encodeURIComponent(state.group)}`);
+  Turns.render(article, turn, {
+    permalink: permalink(turn.turn),
+    back: () => {
+      state.turn = null;
+      showTurn(null);
+      history.pushState(null, "", `/viewer?group=${encodeURIComponent(state.group)}`);
+    },
   });
-  const title = el("h3", "", `Turn · ${when(turn.started_at)}`);
-  title.append(" ", el("span", `status ${turn.status}`, turn.live ? `${turn.status} (live)` : turn.status));
-  const meta = el("p", "turn-meta");
-  const facts = [];
-  if (turn.model) facts.push(`model ${turn.model}`);
-  const usage = turn.usage || {};
-  if (usage.total !== undefined) {
-    const parts = [`${usage.total} tokens`];
-    if (usage.input !== undefined) parts.push(`${usage.input} in${usage.cached_input ? ` (${usage.cached_input} cached)` : ""}`);
-    if (usage.output !== undefined) parts.push(`${usage.output} out`);
-    if (usage.reasoning) parts.push(`${usage.reasoning} reasoning`);
-    facts.push(parts.join(", "));
-  }
-  if (turn.duration_ms !== undefined) facts.push(`took ${duration(turn.duration_ms)}`);
-  if (facts.length) meta.append(`${facts.join(" · ")} · `);
-  const link = el("a", "permalink", "link to this turn");
-  link.href = permalink(turn.turn);
-  meta.append(link);
-  article.append(back, title, meta);
-  for (const prompt of turn.prompts || []) {
-    const block = el("section", "step user");
-    block.append(el("h4", "", "User"), el("div", "text", prompt));
-    article.append(block);
-  }
-  const steps = el("ol", "steps");
-  for (const item of turn.items || []) {
-    if (item.type === "message" && !turn.live && item.text === turn.reply) continue; // shown as the reply
-    steps.append(renderItem(item));
-  }
-  if (turn.items_left_out) steps.append(el("li", "step hint", `${turn.items_left_out} more steps were not archived`));
-  article.append(steps);
-  if (turn.error) article.append(el("p", "error", turn.error));
-  if (turn.reply) {
-    const reply = el("section", "step reply");
-    const body = el("div", "body");
-    body.innerHTML = renderMarkdown(turn.reply); // escapes everything first (markdown.js)
-    reply.append(el("h4", "", "Reply"), body);
-    article.append(reply);
-  }
-}
-
-function collapsible(summary, content, open = false) {
-  const details = el("details");
-  details.open = open;
-  details.append(el("summary", "", summary), content);
-  return details;
-}
-
-function diffBlock(diff) {
-  const pre = el("pre", "diff");
-  for (const line of diff.replace(/\n$/, "").split("\n")) {
-    const kind = line.startsWith("+") && !line.startsWith("+++") ? "add"
-      : line.startsWith("-") && !line.startsWith("---") ? "del"
-      : line.startsWith("@@") ? "hunk" : "";
-    pre.append(el("span", kind, `${line}\n`));
-  }
-  return pre;
-}
-
-function renderItem(item) {
-  const li = el("li", `step ${item.type}`);
-  li.dataset.item = item.id;
-  li.dataset.status = item.status || "";
-  if (item.type === "reasoning") {
-    li.append(el("h4", "", "Reasoning"), el("div", "text", item.text || "(no summary)"));
-  } else if (item.type === "command") {
-    const facts = [item.exit_code !== undefined ? `exit ${item.exit_code}` : item.status, duration(item.duration_ms)];
-    const summary = `$ ${item.command || ""}  ·  ${facts.filter(Boolean).join(" · ")}`;
-    li.append(collapsible(summary, el("pre", "output", item.output || "(no output)")));
-  } else if (item.type === "file_change") {
-    li.append(el("h4", "", "Files changed"));
-    for (const change of item.changes || []) {
-      const name = `${change.path}${change.kind ? ` (${change.kind})` : ""}`;
-      if (!change.diff) li.append(el("div", "path", name));
-      else li.append(collapsible(name, diffBlock(change.diff), change.diff.length <= SMALL_DIFF));
-    }
-  } else if (item.type === "tool_call") {
-    const content = el("div");
-    content.append(el("h5", "", "arguments"), el("pre", "output", item.arguments || ""));
-    if (item.result) content.append(el("h5", "", "result"), el("pre", "output", item.result));
-    if (item.error) content.append(el("h5", "", "error"), el("pre", "output error", item.error));
-    const name = `tool ${item.server ? `${item.server}.` : ""}${item.tool || "?"}  ·  ${item.status}${
-      item.duration_ms !== undefined ? ` · ${duration(item.duration_ms)}` : ""}`;
-    li.append(collapsible(name, content));
-  } else if (item.type === "message") {
-    const body = el("div", "body");
-    body.innerHTML = renderMarkdown(item.text || "");
-    li.append(el("h4", "", "Agent"), body);
-  } else if (item.type === "web_search") {
-    li.append(el("h4", "", "Web search"), el("div", "text", item.text || ""));
-  } else {
-    li.append(el("h4", "", item.text || "step"));
-  }
-  return li;
 }
 
 // --- live -----------------------------------------------------------------------------------

@@ -82,9 +82,23 @@ async def test_the_viewer_and_operator_view_in_a_browser(
     )
 
     await log_in(page, base + "/")
-    await page.click("#to-viewer")  # the chat links to its group's turns
+    # beside the chat, the steps of its latest turn (open on a wide screen), live while it runs
+    await expect(page.locator("#steps-panel")).to_be_visible()
+    await expect(page.locator("#steps-empty")).to_be_visible()
+    await host.send("team", "[slow] warm up")
+    await expect(page.locator("#steps-turn .step.reasoning")).to_contain_text(
+        "Waiting for the rest of the message.", timeout=WAIT
+    )
+    await expect(page.locator("#steps-turn h3 .status")).to_have_text("running (live)")
+    await page.fill("#text", "go on")
+    await page.press("#text", "Enter")
+    await expect(page.locator("#steps-turn h3")).to_contain_text("Latest turn", timeout=WAIT)
+    await expect(page.locator("#steps-turn .step.command summary")).to_contain_text("exit 0")
+    await expect(page.locator("#steps-turn .step.file_change .add")).to_have_text("+[slow] warm up | go on")
+    await shoot(page, "chat-with-steps.png")
+    await page.click("#to-viewer")  # the panel links to the group's turns
     await expect(page).to_have_url(f"{base}/viewer?group=team", timeout=WAIT)
-    await expect(page.locator("#list-note")).to_have_text("No turns archived yet.", timeout=WAIT)
+    await expect(page.locator(".turn-entry")).to_have_count(1, timeout=WAIT)  # the warm-up
     await expect(page.locator("#connection")).to_have_text("live", timeout=WAIT)
     await expect(page.locator("#groups button")).to_have_count(1)
 
@@ -129,7 +143,7 @@ async def test_the_viewer_and_operator_view_in_a_browser(
 
     # a second turn, then search finds only the one that matches
     await host.send("team", "what is the weather")
-    await expect(page.locator(".turn-entry")).to_have_count(2, timeout=WAIT)
+    await expect(page.locator(".turn-entry")).to_have_count(3, timeout=WAIT)
     await page.fill("#query", "WEATHER")
     await page.press("#query", "Enter")
     await expect(page.locator("#list-note")).to_have_text("1 turn found for “WEATHER”", timeout=WAIT)
@@ -147,7 +161,7 @@ async def test_the_viewer_and_operator_view_in_a_browser(
     archive = zipfile.ZipFile(io.BytesIO(read(await download.path())))
     names = archive.namelist()
     assert any(n.startswith("conversations/turns/") and n.endswith(".jsonl") for n in names), names
-    assert sum(n.endswith(".md") for n in names) == 2, names
+    assert sum(n.endswith(".md") for n in names) == 3, names
 
     # the permalink opens that turn in a fresh page, here on a 375 px wide phone
     phone = await browser.new_context(viewport=PHONE, storage_state=await context.storage_state())
@@ -161,9 +175,21 @@ async def test_the_viewer_and_operator_view_in_a_browser(
     assert await small.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     await shoot(small, "viewer-turn-375.png")
     await small.click("#turn-detail .back")
-    await expect(small.locator(".turn-entry")).to_have_count(2, timeout=WAIT)
+    await expect(small.locator(".turn-entry")).to_have_count(3, timeout=WAIT)
     assert await small.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     await shoot(small, "viewer-list-375.png")
+
+    # on the phone the chat's steps panel starts closed and takes the screen when opened
+    await small.goto(base + "/")
+    await expect(small.locator(".message.out").first).to_be_visible(timeout=WAIT)
+    await expect(small.locator("#steps-panel")).to_be_hidden()
+    await small.click("#toggle-steps")
+    await expect(small.locator("#steps-turn .step.command")).to_be_visible(timeout=WAIT)
+    await expect(small.locator("#conversation")).to_be_hidden()
+    assert await small.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    await shoot(small, "chat-steps-375.png")
+    await small.click("#close-steps")
+    await expect(small.locator("#conversation")).to_be_visible()
 
     # the operator view: the web chat's groups with their state; snapshot and restart buttons
     await page.goto(base + "/operator")
