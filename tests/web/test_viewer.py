@@ -324,3 +324,69 @@ def test_every_viewer_and_operator_route_is_in_the_readme() -> None:
         where = api_table if route.startswith("/api/") else section
         documented = route.replace("/web/operator/groups/{group}/snapshot", "…/snapshot")
         assert route in where or documented in where or route.split("?")[0] in where, route
+
+
+def test_each_group_state_is_told_apart(host_env: Path) -> None:
+    from dataclasses import dataclass
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from nanohost.channels.webviewer import group_states
+    from nanohost.db import migrate
+    from nanohost.db.models import Message
+    from nanohost.groups import bind_chat, create_group
+    from nanohost.slots import Slots
+
+    settings = load_settings()
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    sessions: dict[str, int] = {}
+    with transaction(factory) as db:
+        for name in ("running", "waking", "waiting", "failed", "idle", "unbound"):
+            group = create_group(db, settings, name, provider="mock")
+            if name != "unbound":
+                bind_chat(db, "web", name, group, "shared")
+            session = AgentSession(group_id=group.id, status="failed" if name == "failed" else "idle")
+            db.add(session)
+            db.flush()
+            sessions[name] = session.id
+            if name in ("waiting", "failed"):  # an unanswered message; failed wins over queued
+                db.add(
+                    Message(
+                        group_id=group.id,
+                        session_id=session.id,
+                        direction="in",
+                        channel="web",
+                        chat_id=name,
+                        text="hello?",
+                        status="queued",
+                        created_at=datetime(2026, 12, 1, 9, 30),
+                    )
+                )
+
+    @dataclass(eq=False)
+    class Runtime:
+        container_id: str | None
+        waking: bool
+
+    slots = Slots(1)
+    runtimes = {
+        sessions["running"]: Runtime("c1", False),
+        sessions["waking"]: Runtime(None, True),  # waiting for a slot
+        sessions["idle"]: Runtime(None, False),
+    }
+    orchestrator: Any = SimpleNamespace(runtimes=runtimes, ctx=SimpleNamespace(slots=slots, db=factory))
+    shown = {g["name"]: g for g in group_states(orchestrator, web_only=True)}
+    assert {name: g["state"] for name, g in shown.items()} == {
+        "failed": "failed",
+        "idle": "idle",
+        "running": "running",
+        "waiting": "queued",
+        "waking": "queued",
+    }
+    assert shown["waiting"]["last_activity"] == "2026-12-01T09:30:00Z"
+    assert shown["idle"]["last_activity"] is None
+    everyone = [g["name"] for g in group_states(orchestrator, web_only=False)]
+    assert "unbound" in everyone and len(everyone) == 6
+    engine.dispose()
