@@ -42,6 +42,10 @@ from nanohost.transport import OutboundRow, SessionQueues
 
 log = logging.getLogger(__name__)
 
+MAX_ITEM_EVENTS = 50
+"""Live viewer steps published per import batch (the runner sends far fewer; the rest of a flood
+is never shown: steps are hints, the archive is the record)."""
+
 WORKSPACE = PurePosixPath("/workspace/agent")
 KeptFiles = dict[int, tuple[Path, str] | str]
 """Outbound row id → (the host's copy, the file's name), or why the file was refused."""
@@ -185,7 +189,10 @@ class OutboundImport:
         self.queues.mark_imported(cursor)  # the runner may prune what the host has imported
         self.queues.prune()  # and the host the inbound rows the runner has answered
         progress = [e for e in events if e["type"] == "progress"]
-        return [e for e in events if e["type"] != "progress"] + progress[-1:]  # the latest progress only
+        steps = [i for i, e in enumerate(events) if e["type"] == "item" and e.get("phase") == "item"]
+        dropped = set(steps[:-MAX_ITEM_EVENTS])  # a flood of steps: the newest are shown
+        kept = [e for i, e in enumerate(events) if e["type"] != "progress" and i not in dropped]
+        return kept + progress[-1:]  # the latest progress only
 
     def _refuse(self, session: AgentSession, row_id: int, reason: str) -> None:
         session.last_error = f"outbound row {row_id} refused: {reason}"

@@ -240,7 +240,13 @@ def _pack(archive: zipfile.ZipFile, dir_fd: int, prefix: str, depth: int, packed
         if packed.files >= MAX_DOWNLOAD_ENTRIES:
             packed.skipped.append(f"{member}: more than {MAX_DOWNLOAD_ENTRIES} files")
             continue
-        try:
+        try:  # look before opening: only directories and regular files are ever opened
+            kind = stat.S_IFMT(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            if kind == stat.S_IFLNK:
+                raise OSError(errno.ELOOP, "a link")
+            if kind not in (stat.S_IFDIR, stat.S_IFREG):
+                packed.skipped.append(f"{member}: not a regular file, left out")
+                continue
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError as exc:
             why = "a link" if exc.errno == errno.ELOOP else os.strerror(exc.errno or 0)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from typing import Any
@@ -127,7 +128,11 @@ class Runner:
         """The viewer's live feed: a turn's steps as ``item`` rows (``agent_runner.items``)."""
 
     def _send_items(self, payloads: list[dict[str, Any]]) -> None:
-        self.queues.commit_turn([("item", payload) for payload in payloads], [])
+        try:  # from a timer too: a failure costs the viewer a live update, never the turn
+            self.queues.commit_turn([("item", payload) for payload in payloads], [])
+        except sqlite3.Error as exc:
+            log.warning("could not send the turn's steps to the viewer: %s", exc)
+            return
         self.doorbell.ring()
 
     def touch(self) -> None:
@@ -148,6 +153,7 @@ class Runner:
                 else:
                     await self._wait(stopping)
         finally:
+            self.live.flush()  # the last steps of a turn cut short, before the queue closes
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat

@@ -390,3 +390,16 @@ def test_each_group_state_is_told_apart(host_env: Path) -> None:
     everyone = [g["name"] for g in group_states(orchestrator, web_only=False)]
     assert "unbound" in everyone and len(everyone) == 6
     engine.dispose()
+
+
+def test_live_steps_reach_only_their_groups_listeners() -> None:
+    from nanohost.bus import MessageBus
+
+    bus = MessageBus()
+    mine, theirs, everything = bus.subscribe(1), bus.subscribe(2), bus.subscribe_all()
+    bus.publish(1, {"type": "item", "turn": "t", "phase": "start"})
+    bus.publish(1, {"type": "message", "id": 3})
+    assert [mine.get_nowait()["type"], mine.get_nowait()["type"]] == ["item", "message"]
+    assert theirs.empty()
+    assert everything.get_nowait() == {"type": "message", "id": 3, "group_id": 1}  # delivery's queue
+    assert everything.empty()  # a flood of steps can never push another group's message out of it
