@@ -3,6 +3,7 @@ command shows up as items (live rows and the archived JSON line), with the comma
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -69,3 +70,30 @@ async def test_a_turn_with_a_command_shows_up_as_items(
     # the turn's two model calls, summed
     assert turn.usage is not None and (turn.usage.input, turn.usage.output) == (2200, 44)
     assert turn.usage.total == 2244 and turn.model == end["model"]
+
+
+async def test_reasoning_and_mcp_tool_calls_show_up_as_items(
+    harness: Harness,
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    model_server.script(
+        Reply(
+            **{
+                **vars(Reply.mcp("nanohost", "send_message", text="progress report")),
+                "reasoning": "Tell them first.",
+            }
+        ),
+        "sent it",
+    )
+    harness.send("report progress")
+    await harness.until(lambda: any(p.get("text") == "sent it" for p in harness.replies()), limit=60)
+    (day,) = (harness.paths.workspace / "conversations" / "turns").glob("*.jsonl")
+    (turn,) = parse_lines(day.read_bytes())
+    kinds = [i.type for i in turn.items]
+    assert kinds.index("reasoning") < kinds.index("tool_call") < kinds.index("message"), kinds
+    (thought,) = [i for i in turn.items if i.type == "reasoning"]
+    assert thought.text == "Tell them first."
+    (call,) = [i for i in turn.items if i.type == "tool_call"]
+    assert (call.server, call.tool, call.status) == ("nanohost", "send_message", "completed")
+    assert call.arguments is not None and json.loads(call.arguments) == {"text": "progress report"}
+    assert call.result  # what the tool answered, as text

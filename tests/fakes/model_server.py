@@ -36,6 +36,8 @@ class Reply:
     """Close the connection abruptly after the first event (a stream cut mid-response)."""
     usage: tuple[int, int] | None = None
     """(input, output) tokens reported in ``response.completed`` (none by default)."""
+    reasoning: str | None = None
+    """A reasoning summary sent before the reply (a ``reasoning`` output item)."""
 
     @classmethod
     def command(cls, cmd: str) -> Reply:
@@ -155,6 +157,15 @@ class ModelServer:
                 "id": f"msg_{next(self._ids)}",
                 "content": [{"type": "output_text", "text": reply.text or "", "annotations": []}],
             }
+        if reply.reasoning is not None:
+            thought = {
+                "type": "reasoning",
+                "id": f"rs_{next(self._ids)}",
+                "summary": [{"type": "summary_text", "text": reply.reasoning}],
+                "content": None,
+                "encrypted_content": None,
+            }
+            await self._event(response, {"type": "response.output_item.done", "item": thought})
         await self._event(response, {"type": "response.output_item.done", "item": item})
         completed: dict[str, Any] = {"id": response_id}
         if reply.usage is not None:
