@@ -97,3 +97,37 @@ async def test_reasoning_and_mcp_tool_calls_show_up_as_items(
     assert (call.server, call.tool, call.status) == ("nanohost", "send_message", "completed")
     assert call.arguments is not None and json.loads(call.arguments) == {"text": "progress report"}
     assert call.result  # what the tool answered, as text
+
+
+async def test_a_commands_output_shows_while_it_runs(
+    tmp_path: Path,
+    model_server: ModelServer,  # noqa: F811
+    codex_bin: str,
+) -> None:
+    from agent_runner.codex.provider import CodexProvider
+    from agent_runner.provider import Input, ItemEvent
+
+    from tests.codex.test_codex_provider import Collector
+
+    workspace = tmp_path / "agent"
+    workspace.mkdir()
+    provider = CodexProvider(
+        codex_home=tmp_path / "codex-home",
+        cwd=workspace,
+        base_url=model_server.url,
+        placeholder="nh-ph-test",
+        codex_bin=codex_bin,
+    )
+    await provider.start()
+    try:
+        model_server.script(Reply.command("seq 1 3000"), "counted")
+        run = Collector(provider.query(Input("count", (1,)), None))
+        await run.until(lambda c: c.results(), timeout=60)
+        await run.finish()
+    finally:
+        await provider.close()
+    versions = [e.item for e in run.events if isinstance(e, ItemEvent) and e.item["type"] == "command"]
+    running = [v for v in versions if v["status"] == "inProgress" and v["output"]]
+    assert running, versions  # output seen before the command completed
+    assert versions[-1]["status"] == "completed" and versions[-1]["output"].endswith("2999\n3000\n")
+    assert all(len(v["output"]) <= len(versions[-1]["output"]) for v in running)

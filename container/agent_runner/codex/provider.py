@@ -384,6 +384,13 @@ class CodexQuery:
                         gathered[item_id] = (
                             so_far + str(params.get("delta") or "")[: MAX_GATHERED - len(so_far)]
                         )
+                        started = open_commands.get(item_id)
+                        if started is not None and (
+                            not so_far or len(gathered[item_id]) // 1024 > len(so_far) // 1024
+                        ):
+                            shown = neutral(started, gathered[item_id])  # the output so far, per KiB
+                            if shown is not None:
+                                yield ItemEvent(self.active_turn, shown)
                 elif method == "thread/tokenUsage/updated":  # after each model call: "last" is its usage
                     usage = (params.get("tokenUsage") or {}).get("last") or {}
                     if isinstance(usage, dict):
