@@ -10,14 +10,13 @@ wrong shape, over a limit) is skipped, never an error. The viewer never parses t
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import re
 import stat
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Annotated, Any
@@ -121,30 +120,54 @@ def days(folder: Path) -> list[str]:
     return sorted(names, reverse=True)[:MAX_DAYS]
 
 
+def _lines(data: bytes) -> list[bytes]:
+    """The complete lines (a last line without its newline is still being written)."""
+    lines = data.split(b"\n")
+    return lines[:-1]
+
+
+def parse_line(line: bytes) -> ArchivedTurn | None:
+    """One line as a turn, or None when it is not one (bad JSON, wrong shape, over a limit)."""
+    if not line.strip() or len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        raw = json.loads(line.decode())
+    except (UnicodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return ArchivedTurn.model_validate(raw)
+    except ValidationError:
+        return None
+
+
 def parse_lines(data: bytes) -> Iterator[ArchivedTurn]:
     """The turns in a day's bytes, in file order; bad or unfinished lines are skipped."""
-    for line in data.split(b"\n")[: -1 if not data.endswith(b"\n") else None]:
-        if not line.strip() or len(line) > MAX_LINE_BYTES:
-            continue
-        try:
-            raw = json.loads(line.decode())
-        except (UnicodeError, ValueError, RecursionError):
-            continue
-        if not isinstance(raw, dict):
-            continue
-        with contextlib.suppress(ValidationError):
-            yield ArchivedTurn.model_validate(raw)
+    for line in _lines(data):
+        if (turn := parse_line(line)) is not None:
+            yield turn
 
 
-def read_day(folder: Path, name: str) -> list[ArchivedTurn]:
+def read_day(folder: Path, name: str) -> bytes:
+    """A day's file (its complete lines within ``MAX_DAY_BYTES``), or nothing."""
     if not DAY_FILE.match(name):
-        return []
+        return b""
     data = read_beneath(folder, f"{CONVERSATIONS}/{TURNS}/{name}", MAX_DAY_BYTES)
     if data is None:
-        return []
+        return b""
     if len(data) > MAX_DAY_BYTES:  # too big: the complete lines within the cap
         data = data[: data.rfind(b"\n", 0, MAX_DAY_BYTES) + 1]
-    return list(parse_lines(data))
+    return data
+
+
+def newest_first(folder: Path, keep: Callable[[bytes], bool] = lambda line: True) -> Iterator[ArchivedTurn]:
+    """The archive's turns, newest first, parsed only as far as the caller reads; ``keep`` skips
+    lines before they are parsed (a cheap filter on the raw line)."""
+    for day in days(folder):
+        for line in reversed(_lines(read_day(folder, day))):
+            if keep(line) and (turn := parse_line(line)) is not None:
+                yield turn
 
 
 def list_turns(folder: Path, before: str | None = None, limit: int = PAGE) -> dict[str, Any]:
@@ -152,48 +175,59 @@ def list_turns(folder: Path, before: str | None = None, limit: int = PAGE) -> di
     when given; ``more`` says whether older ones exist."""
     found: list[dict[str, Any]] = []
     passed = before is None
-    for day in days(folder):
-        for turn in reversed(read_day(folder, day)):
-            if not passed:
-                passed = turn.turn == before
-                continue
-            if len(found) == limit:
-                return {"turns": found, "more": True}
-            found.append(turn.summary())
+    for turn in newest_first(folder):
+        if not passed:
+            passed = turn.turn == before
+            continue
+        if len(found) == limit:
+            return {"turns": found, "more": True}
+        found.append(turn.summary())
     return {"turns": found, "more": False}
 
 
 def find_turn(folder: Path, turn_id: str) -> ArchivedTurn | None:
     """The archived turn with this id (the newest, should the agent have written it twice)."""
     needle = json.dumps(turn_id).encode()
-    for day in days(folder):
-        data = read_beneath(folder, f"{CONVERSATIONS}/{TURNS}/{day}", MAX_DAY_BYTES)
-        if data is None or needle not in data:
-            continue
-        for turn in reversed(read_day(folder, day)):
-            if turn.turn == turn_id:
-                return turn
+    for turn in newest_first(folder, lambda line: needle in line):
+        if turn.turn == turn_id:
+            return turn
     return None
 
 
 def search(folder: Path, query: str, limit: int = PAGE) -> dict[str, Any]:
-    """Turns whose prompts, reply or steps contain ``query`` (case-insensitive), newest first."""
+    """Turns whose prompts, reply or steps contain ``query`` (case-insensitive), newest first.
+
+    A line is parsed only when its raw text contains the query (the runner writes text unescaped,
+    ``ensure_ascii=False``; a query with characters JSON escapes is looked for in every line).
+    At most ``MAX_SEARCH_BYTES`` of lines are looked at; ``complete`` says whether all were."""
     needle = query.strip().casefold()[:MAX_QUERY]
-    found: list[dict[str, Any]] = []
-    read = 0
     if not needle:
         return {"turns": [], "complete": True}
-    for day in days(folder):
-        if read > MAX_SEARCH_BYTES:
-            return {"turns": found, "complete": False}
-        turns = read_day(folder, day)
-        read += sum(len(t.reply) + sum(len(p) for p in t.prompts) for t in turns) + 1
-        for turn in reversed(turns):
+    escaped = any(c in needle for c in '"\\') or any(ord(c) < 32 for c in needle)
+    ascii_needle = json.dumps(needle)[1:-1]  # as a writer with ensure_ascii would have it
+    budget = [MAX_SEARCH_BYTES]
+
+    def keep(line: bytes) -> bool:
+        budget[0] -= len(line)
+        if budget[0] < 0:
+            raise _Enough
+        text = line.decode(errors="replace").casefold()
+        return escaped or needle in text or ascii_needle in text
+
+    found: list[dict[str, Any]] = []
+    try:
+        for turn in newest_first(folder, keep):
             if needle in turn.searchable():
                 found.append(turn.summary())
                 if len(found) == limit:
                     return {"turns": found, "complete": False}
+    except _Enough:
+        return {"turns": found, "complete": False}
     return {"turns": found, "complete": True}
+
+
+class _Enough(Exception):
+    """A search has read its budget."""
 
 
 @dataclass

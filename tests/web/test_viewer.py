@@ -403,3 +403,32 @@ def test_live_steps_reach_only_their_groups_listeners() -> None:
     assert theirs.empty()
     assert everything.get_nowait() == {"type": "message", "id": 3, "group_id": 1}  # delivery's queue
     assert everything.empty()  # a flood of steps can never push another group's message out of it
+
+
+def test_search_finds_text_json_escapes_and_stops_at_its_budget(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    days = folder / "conversations" / "turns"
+    days.mkdir(parents=True)
+    lines = [turn_line(f"t{n}", f"question {n}") for n in range(300)]
+    lines[10] = json.dumps(json.loads(turn_line("quoted", 'say "Café" twice')), ensure_ascii=False) + "\n"
+    lines[20] = turn_line("escaped", "naïve")  # written with \\u escapes, as another writer might
+    (days / "2026-12-01.jsonl").write_text("".join(lines))
+    assert [t["turn"] for t in viewer.search(folder, "CAFÉ")["turns"]] == ["quoted"]
+    assert [t["turn"] for t in viewer.search(folder, '"café"')["turns"]] == ["quoted"]
+    assert [t["turn"] for t in viewer.search(folder, "question 299")["turns"]] == ["t299"]
+    page = viewer.search(folder, "question", limit=5)
+    assert [t["turn"] for t in page["turns"]] == ["t299", "t298", "t297", "t296", "t295"]
+    assert page["complete"] is False
+    assert viewer.list_turns(folder, limit=2)["turns"][1]["turn"] == "t298"
+    assert viewer.find_turn(folder, "t0") is not None and viewer.find_turn(folder, "t") is None
+    monkeypatch.setattr(viewer, "MAX_SEARCH_BYTES", len(lines[0]) * 50)
+    capped = viewer.search(folder, "question 27")
+    assert capped["complete"] is False  # only the newest ~50 lines were looked at: t27 is not found
+    assert [t["turn"] for t in capped["turns"]] == [f"t{n}" for n in range(279, 269, -1)]
+    monkeypatch.undo()
+    assert [t["turn"] for t in viewer.search(folder, "question 27")["turns"]][-1] == "t27"
+    assert [t["turn"] for t in viewer.search(folder, "NAÏVE")["turns"]] == ["escaped"]
