@@ -309,5 +309,7 @@ class Snapshot(Base):
     crash knows whether that restore was committed."""
 
     __table_args__ = (
-        CheckConstraint("reason IN ('manual', 'before-restore', 'idle', 'daily')", name="ck_snapshot_reason"),
+        CheckConstraint(
+            "reason IN ('manual', 'before-restore', 'idle', 'daily')", name="ck_snapshot_reason"
+        ),
     )
