@@ -31,9 +31,16 @@ const Turns = (() => {
     return details;
   }
 
-  function diffBlock(diff) {
+  // A unified diff, line by line; a file added or deleted whole (Codex gives its content) is all
+  // added or all removed lines.
+  function diffBlock(diff, change = "") {
     const pre = el("pre", "diff");
+    const whole = !/^(---|@@|diff )/m.test(diff) && (change === "add" || change === "delete");
     for (const line of diff.replace(/\n$/, "").split("\n")) {
+      if (whole) {
+        pre.append(el("span", change === "add" ? "add" : "del", `${change === "add" ? "+" : "-"}${line}\n`));
+        continue;
+      }
       const kind = line.startsWith("+") && !line.startsWith("+++") ? "add"
         : line.startsWith("-") && !line.startsWith("---") ? "del"
         : line.startsWith("@@") ? "hunk" : "";
@@ -63,7 +70,7 @@ const Turns = (() => {
       for (const change of item.changes || []) {
         const name = `${change.path}${change.kind ? ` (${change.kind})` : ""}`;
         if (!change.diff) li.append(el("div", "path", name));
-        else li.append(collapsible(name, diffBlock(change.diff), change.diff.length <= SMALL_DIFF));
+        else li.append(collapsible(name, diffBlock(change.diff, change.kind), change.diff.length <= SMALL_DIFF));
       }
     } else if (item.type === "tool_call") {
       const content = el("div");

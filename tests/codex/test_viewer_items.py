@@ -131,3 +131,20 @@ async def test_a_commands_output_shows_while_it_runs(
     assert running, versions  # output seen before the command completed
     assert versions[-1]["status"] == "completed" and versions[-1]["output"].endswith("2999\n3000\n")
     assert all(len(v["output"]) <= len(versions[-1]["output"]) for v in running)
+
+
+async def test_a_file_the_agent_writes_shows_up_as_a_file_change(
+    harness: Harness,
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    patch = "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hi there\n*** End Patch\nEOF\n"
+    model_server.script(Reply.command(patch), "wrote it")
+    harness.send("write a file")
+    await harness.until(lambda: any(p.get("text") == "wrote it" for p in harness.replies()), limit=60)
+    assert (harness.paths.workspace / "hello.txt").read_text() == "hi there\n"
+    (day,) = (harness.paths.workspace / "conversations" / "turns").glob("*.jsonl")
+    (turn,) = parse_lines(day.read_bytes())
+    (change,) = [i for i in turn.items if i.type == "file_change"]
+    assert change.status == "completed" and change.changes is not None
+    ((path, kind, diff),) = [(c.path, c.kind, c.diff) for c in change.changes]
+    assert path.endswith("/hello.txt") and kind == "add" and diff == "hi there\n"

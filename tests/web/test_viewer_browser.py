@@ -99,6 +99,34 @@ async def test_the_viewer_and_operator_view_in_a_browser(
     await page.click("#to-viewer")  # the panel links to the group's turns
     await expect(page).to_have_url(f"{base}/viewer?group=team", timeout=WAIT)
     await expect(page.locator(".turn-entry")).to_have_count(1, timeout=WAIT)  # the warm-up
+
+    # the page's turn renderer on what an agent may write: text stays text; diffs line by line
+    rendered = await page.evaluate(
+        """() => {
+          const article = document.createElement("article");
+          Turns.render(article, {
+            turn: "x", started_at: "", status: "completed", reply: "<b>bold?</b>",
+            items: [
+              {id: "f", type: "file_change", changes: [
+                {path: "new.txt", kind: "add", diff: "one\\ntwo\\n"},
+                {path: "old.txt", kind: "update", diff: "@@ -1 +1 @@\\n-a\\n+b"}]},
+              {id: "c", type: "command", command: "<img src=x onerror=alert(1)>",
+               output: "<script>x()</script>"},
+            ],
+          }, {permalink: "/viewer"});
+          return {
+            diffs: [...article.querySelectorAll("pre.diff")].map(
+              (pre) => [...pre.children].map((line) => `${line.className}:${line.textContent}`)),
+            injected: article.querySelectorAll("img, script, b").length,
+            command: article.querySelector(".step.command summary").textContent,
+          };
+        }"""
+    )
+    assert rendered["diffs"] == [
+        ["add:+one\n", "add:+two\n"],
+        ["hunk:@@ -1 +1 @@\n", "del:-a\n", "add:+b\n"],
+    ]
+    assert rendered["injected"] == 0 and rendered["command"].startswith("$ <img src=x onerror=alert(1)>")
     await expect(page.locator("#connection")).to_have_text("live", timeout=WAIT)
     await expect(page.locator("#groups button")).to_have_count(1)
 
