@@ -28,7 +28,7 @@ from nanohost.auth.refresher import ChatGPTAuth
 from nanohost.auth.refresher import describe as describe_chatgpt
 from nanohost.auth.store import TokenStore
 from nanohost.auth.upstream import ChatGPTUpstream
-from nanohost.channels import api, webchat
+from nanohost.channels import api, webchat, webviewer
 from nanohost.channels.registry import Channels, enabled_channels
 from nanohost.containers.backend import ContainerBackend, DockerBackend
 from nanohost.control import ControlSocket
@@ -389,6 +389,7 @@ def build_app(settings: Settings, *, backend_factory: Any = None) -> web.Applica
     app.router.add_get("/metrics", metrics)
     api.add_routes(app)
     webchat.add_routes(app)
+    webviewer.add_routes(app)
     return app
 
 

@@ -93,7 +93,64 @@ class CancelTask(_Row):
         return int(self.task_id)
 
 
-Row = MessageRow | FileRow | ProgressRow | StatusRow | ScheduleTask | CancelTask
+MAX_ITEM_TEXT = 20_000
+"""Characters of one text field of a live viewer item (the runner sends at most 4,000)."""
+MAX_ITEM_CHANGES = 50
+TurnId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+ItemText = Annotated[str, StringConstraints(max_length=MAX_ITEM_TEXT)]
+Name = Annotated[str, StringConstraints(max_length=128)]
+Count = Annotated[int, Field(strict=True, ge=0, le=2**53)]
+
+
+class Change(_Row):
+    path: Annotated[str, StringConstraints(max_length=MAX_PATH_CHARS)]
+    kind: Annotated[str, StringConstraints(max_length=16)] = ""
+    diff: ItemText = ""
+
+
+class ViewItem(_Row):
+    """One step of a turn as the conversation viewer shows it (``agent_runner.items``)."""
+
+    id: Name
+    type: Literal["reasoning", "command", "file_change", "tool_call", "message", "web_search", "other"]
+    status: Annotated[str, StringConstraints(max_length=32)] = "completed"
+    text: ItemText | None = None
+    command: ItemText | None = None
+    output: ItemText | None = None
+    exit_code: Annotated[int, Field(strict=True, ge=-(2**31), le=2**31)] | None = None
+    duration_ms: Count | None = None
+    changes: list[Change] | None = Field(default=None, max_length=MAX_ITEM_CHANGES)
+    server: Name | None = None
+    tool: Name | None = None
+    arguments: ItemText | None = None
+    result: ItemText | None = None
+    error: ItemText | None = None
+
+
+class Usage(_Row):
+    input: Count | None = None
+    cached_input: Count | None = None
+    output: Count | None = None
+    reasoning: Count | None = None
+    total: Count | None = None
+
+
+class ItemRow(_Row):
+    """The live feed of a turn: its start, each step, its end (never stored, only shown)."""
+
+    kind: Literal["item"]
+    turn: TurnId
+    phase: Literal["start", "item", "end"]
+    prompts: list[ItemText] = Field(default_factory=list, max_length=20)
+    """At the start: what the turn was asked."""
+    item: ViewItem | None = None
+    status: Annotated[str, StringConstraints(max_length=32)] | None = None
+    model: Name | None = None
+    usage: Usage | None = None
+    duration_ms: Count | None = None
+
+
+Row = MessageRow | FileRow | ProgressRow | StatusRow | ScheduleTask | CancelTask | ItemRow
 _TASK = TypeAdapter(Annotated[ScheduleTask | CancelTask, Field(discriminator="op")])
 _BY_KIND: dict[str, TypeAdapter[Any]] = {
     "message": TypeAdapter(MessageRow),
@@ -101,6 +158,7 @@ _BY_KIND: dict[str, TypeAdapter[Any]] = {
     "progress": TypeAdapter(ProgressRow),
     "status": TypeAdapter(StatusRow),
     "task": _TASK,
+    "item": TypeAdapter(ItemRow),
 }
 
 

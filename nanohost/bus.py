@@ -44,6 +44,8 @@ class MessageBus:
     def publish(self, group_id: int, event: dict[str, Any]) -> None:
         for queue in list(self._subscribers[group_id]):
             _put(queue, event)
+        if event.get("type") == "item":  # the viewer's live steps: only the group's own listeners
+            return
         for queue in list(self._everything):
             _put(queue, {**event, "group_id": group_id})
 

@@ -28,6 +28,7 @@ from nanohost.boundary import (
     BadRow,
     CancelTask,
     FileRow,
+    ItemRow,
     MessageRow,
     ProgressRow,
     ScheduleTask,
@@ -40,6 +41,10 @@ from nanohost.scheduler import MAIN_GROUP, plan
 from nanohost.transport import OutboundRow, SessionQueues
 
 log = logging.getLogger(__name__)
+
+MAX_ITEM_EVENTS = 50
+"""Live viewer steps published per import batch (the runner sends far fewer; the rest of a flood
+is never shown: steps are hints, the archive is the record)."""
 
 WORKSPACE = PurePosixPath("/workspace/agent")
 KeptFiles = dict[int, tuple[Path, str] | str]
@@ -184,7 +189,10 @@ class OutboundImport:
         self.queues.mark_imported(cursor)  # the runner may prune what the host has imported
         self.queues.prune()  # and the host the inbound rows the runner has answered
         progress = [e for e in events if e["type"] == "progress"]
-        return [e for e in events if e["type"] != "progress"] + progress[-1:]  # the latest progress only
+        steps = [i for i, e in enumerate(events) if e["type"] == "item" and e.get("phase") == "item"]
+        dropped = set(steps[:-MAX_ITEM_EVENTS])  # a flood of steps: the newest are shown
+        kept = [e for i, e in enumerate(events) if e["type"] != "progress" and i not in dropped]
+        return kept + progress[-1:]  # the latest progress only
 
     def _refuse(self, session: AgentSession, row_id: int, reason: str) -> None:
         session.last_error = f"outbound row {row_id} refused: {reason}"
@@ -210,6 +218,8 @@ class OutboundImport:
             ], False
         if isinstance(item, ProgressRow):
             return [{"type": "progress", "text": item.text}], False
+        if isinstance(item, ItemRow):  # the viewer's live feed: shown, never stored
+            return [{"type": "item", **item.model_dump(exclude={"kind"}, exclude_none=True)}], False
         if isinstance(item, StatusRow):
             if item.error:
                 session.last_error = f"{item.error_kind or 'error'}: {item.error}"

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from typing import Any
@@ -34,6 +35,7 @@ from agent_runner.archive import archive_exchange
 from agent_runner.codex.errors import plain_words, scrub
 from agent_runner.config import ConfigError, Paths, RunnerConfig
 from agent_runner.doorbell import RunnerDoorbell
+from agent_runner.items import LiveFeed, TurnLog, archive_turn
 from agent_runner.memory import link_skills, scaffold
 from agent_runner.provider import (
     ActivityEvent,
@@ -42,10 +44,12 @@ from agent_runner.provider import (
     FileEvent,
     InitEvent,
     Input,
+    ItemEvent,
     ProgressEvent,
     Provider,
     Query,
     ResultEvent,
+    TurnInfoEvent,
 )
 from agent_runner.queues import InboundRow, RunnerQueues
 
@@ -118,6 +122,18 @@ class Runner:
         self.retry_at = 0.0
         """No burst starts before this (monotonic) time: a transport backoff is under way."""
         self._last_progress = 0.0
+        self.live = LiveFeed(
+            self._send_items, lambda delay, flush: asyncio.get_running_loop().call_later(delay, flush)
+        )
+        """The viewer's live feed: a turn's steps as ``item`` rows (``agent_runner.items``)."""
+
+    def _send_items(self, payloads: list[dict[str, Any]]) -> None:
+        try:  # from a timer too: a failure costs the viewer a live update, never the turn
+            self.queues.commit_turn([("item", payload) for payload in payloads], [])
+        except sqlite3.Error as exc:
+            log.warning("could not send the turn's steps to the viewer: %s", exc)
+            return
+        self.doorbell.ring()
 
     def touch(self) -> None:
         (self.paths.session / "heartbeat").touch()
@@ -137,6 +153,7 @@ class Runner:
                 else:
                     await self._wait(stopping)
         finally:
+            self.live.flush()  # the last steps of a turn cut short, before the queue closes
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
@@ -275,6 +292,39 @@ class _Burst:
         """A turn failed on transport (or the runner is stopping): the rows still pending wait
         for a later burst and are not counted as failed tries."""
         self.aborted = False
+        self.turn: TurnLog | None = None
+        """The turn under way as the viewer shows it (``agent_runner.items``)."""
+
+    def _turn(self, turn_id: str) -> TurnLog:
+        if self.turn is None or self.turn.turn != turn_id:
+            self.turn = TurnLog(turn_id)
+            self.runner.live.start(
+                turn_id, [self.prompts[i] for i in sorted(self.pending) if i in self.prompts]
+            )
+        return self.turn
+
+    def _archive_turn(self, event: ResultEvent, ids: list[int]) -> list[tuple[str, dict[str, Any]]]:
+        """The turn's structured record: a JSON line beside the Markdown; returns the live feed's
+        last rows (its end), to be committed with the turn's reply."""
+        turn, self.turn = self.turn, None
+        if turn is None:
+            if event.status != "completed":
+                return []
+            turn = TurnLog(f"turn-{time.time_ns():x}")
+            self.runner.live.start(turn.turn)
+        record = turn.record(
+            thread=self.thread,
+            provider=self.runner.provider.name,
+            status=event.status,
+            error=event.error,
+            prompts=[self.prompts[i] for i in ids if i in self.prompts],
+            reply=event.text,
+        )
+        try:  # first the archive, then the live feed's end: a viewer told it ended finds it there
+            archive_turn(self.runner.paths.workspace / "conversations", record)
+        except OSError as exc:
+            log.warning("could not archive the turn's steps: %s", exc)
+        return [("item", row) for row in self.runner.live.end(turn.turn, record)]
 
     def push(self, item: Input) -> None:
         self.seen.update(item.ids)
@@ -307,21 +357,37 @@ class _Burst:
             self.error(event)
         elif isinstance(event, ResultEvent):
             self.result(event)
+        elif isinstance(event, ItemEvent):
+            turn = self._turn(event.turn)
+            if (item := turn.add(event.item)) is not None:
+                runner.live.item(event.turn, item)
+        elif isinstance(event, TurnInfoEvent):
+            turn = self._turn(event.turn)
+            turn.model = event.model or turn.model
+            turn.usage = event.usage or turn.usage
 
     def result(self, event: ResultEvent) -> None:
         runner = self.runner
         ids = [i for i in event.ids if i in self.pending]
+        steps = self._archive_turn(event, ids)  # the live feed's last rows, first in the commit
         if event.status == "interrupted" and self.stopped:
             self.pending.difference_update(ids)
-            runner.queues.commit_turn([], [(i, "failed", STOPPED) for i in ids])
+            runner.queues.commit_turn(steps, [(i, "failed", STOPPED) for i in ids])
             runner.doorbell.ring()
             return
-        if event.status == "interrupted":
-            return  # not answered: the rows stay queued for the next wake
-        if event.status == "failed" and event.retryable and not event.text.strip():
+        if (
+            event.status == "interrupted"
+            or event.status == "failed"
+            and event.retryable
+            and not event.text.strip()
+        ):
+            if steps:
+                runner.queues.commit_turn(steps, [])
+            if event.status == "interrupted":
+                return  # not answered: the rows stay queued for the next wake
             self.retry(ids, event)
             return
-        rows, self.files = self.files, []
+        rows, self.files = [*steps, *self.files], []
         text = event.text
         if event.status == "failed" and not text.strip():
             text = plain_words(event.kind, event.error)

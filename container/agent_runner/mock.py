@@ -7,6 +7,9 @@ without timing tricks. ``[fail]`` makes the turn fail with a classified error. `
 sends every attached file back to the chat, so tests can carry a file both ways. ``[flaky]``
 fails on transport (as if the model could not be reached) the first ``FLAKY_FAILURES`` times
 a text is tried, then answers; ``[unreachable]`` always fails on transport.
+
+Each turn reports the steps of a real one to the viewer (``ItemEvent``): a reasoning summary, a
+command with its output, a small file change, the reply, a model name and token usage.
 """
 
 from __future__ import annotations
@@ -23,13 +26,46 @@ from agent_runner.provider import (
     FileEvent,
     InitEvent,
     Input,
+    ItemEvent,
     ProgressEvent,
     ResultEvent,
+    TurnInfoEvent,
 )
 
 _ATTACHED = re.compile(r"\(attached file: (?P<path>[^)\n]+)\)")
 FLAKY_FAILURES = 2
 TRANSPORT_ERROR = "stream disconnected before completion: mock connection reset"
+MODEL = "mock-echo"
+
+
+def _items(turn: str, text: str, reply: str) -> list[Event]:
+    """What the mock 'did' in a turn, as a real agent's steps."""
+    command = {
+        "id": "cmd-1",
+        "type": "command",
+        "command": "printf '%s' \"$MESSAGE\"",
+        "status": "inProgress",
+    }
+    diff = f"--- /dev/null\n+++ b/echo.txt\n@@ -0,0 +1 @@\n+{text[:200]}\n"
+    return [
+        ItemEvent(
+            turn, {"id": "reasoning-1", "type": "reasoning", "text": "The user wants their words back."}
+        ),
+        ItemEvent(turn, command),
+        ItemEvent(turn, {**command, "status": "completed", "output": text, "exit_code": 0, "duration_ms": 3}),
+        ItemEvent(
+            turn,
+            {
+                "id": "patch-1",
+                "type": "file_change",
+                "changes": [{"path": "echo.txt", "kind": "add", "diff": diff}],
+            },
+        ),
+        ItemEvent(turn, {"id": "message-1", "type": "message", "text": reply}),
+        TurnInfoEvent(
+            turn, MODEL, {"input": len(text), "output": len(reply), "total": len(text) + len(reply)}
+        ),
+    ]
 
 
 class MockQuery:
@@ -80,8 +116,12 @@ class MockQuery:
                 await self._wait()
                 continue
             turn = [self._queue.pop(0)]
+            turn_id = f"mock-{uuid.uuid4().hex[:12]}"
+            yield TurnInfoEvent(turn_id, MODEL)
             if "[slow]" in turn[0].text:
                 yield ProgressEvent("thinking…")
+                waiting = "Waiting for the rest of the message."
+                yield ItemEvent(turn_id, {"id": "reasoning-0", "type": "reasoning", "text": waiting})
                 while not self._queue and not self._aborted:
                     await self._wait()
                 if self._aborted:
@@ -102,7 +142,10 @@ class MockQuery:
                     for found in _ATTACHED.finditer(item.text):
                         path = Path(found["path"])
                         yield FileEvent(path, caption=f"back: {path.name}")
-            yield ResultEvent("echo: " + " | ".join(item.text for item in turn), "completed", ids)
+            said = " | ".join(item.text for item in turn)
+            for event in _items(turn_id, said, "echo: " + said):
+                yield event
+            yield ResultEvent("echo: " + said, "completed", ids)
 
 
 class MockProvider:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 ErrorKind = Literal[
     "auth", "quota", "sandbox", "stale_session", "crash", "timeout", "config", "transport", "other"
@@ -86,7 +86,35 @@ class ResultEvent:
     retryable: bool = False
 
 
-Event = InitEvent | ActivityEvent | ProgressEvent | FileEvent | ErrorEvent | ResultEvent
+@dataclass(frozen=True)
+class ItemEvent:
+    """One step of a turn as the agent lived it, for the conversation viewer and the archive:
+    ``item`` is provider-neutral (``agent_runner.items`` describes its shape). The same ``id``
+    may come again as the step goes on (started, then completed); the latest version counts."""
+
+    turn: str
+    item: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TurnInfoEvent:
+    """A turn began (its first event) or learned its model or token usage."""
+
+    turn: str
+    model: str | None = None
+    usage: dict[str, int] | None = None
+
+
+Event = (
+    InitEvent
+    | ActivityEvent
+    | ProgressEvent
+    | FileEvent
+    | ErrorEvent
+    | ResultEvent
+    | ItemEvent
+    | TurnInfoEvent
+)
 
 
 class Query(Protocol):

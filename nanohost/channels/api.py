@@ -7,6 +7,7 @@ Every call needs ``Authorization: Bearer $NANOHOST_API_TOKEN``.
   long-polling up to ``wait`` seconds (at most 60) for something newer than ``after``
 - websocket ``/api/groups/{group}/stream`` (``?after=<id>`` replays newer messages first): the same
   messages pushed as JSON (``{"type": "message", ...}``) plus ``{"type": "progress", "text"}`` events
+  and the conversation viewer's ``{"type": "item", "turn", "phase", ...}`` events (``webviewer``)
 - ``GET /api/groups/{group}/files/{message_id}/{index}``: a file a message carries: one the agent
   sent, or one a user sent (kept in the group folder's ``inbox/``, served only from there)
 
@@ -279,12 +280,14 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
                         for message in _messages_after(request, group, last, prefix):
                             await ws.send_json({"type": "message", **message})
                             last = message["id"]
-                    elif event.get("type") == "progress":
+                    elif event.get("type") in ("progress", "item"):  # item: the viewer's live feed
                         await ws.send_json(event)
                 if receiver in done:
                     if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break
                     receiver = asyncio.ensure_future(ws.receive())
+        except ConnectionResetError:  # the client went away while an event was being sent
+            pass
         finally:  # also when the host shuts down under an open socket: no task is left pending
             receiver.cancel()
             getter.cancel()

@@ -8,6 +8,7 @@
 // An error shown while the host was away clears itself once the socket is back.
 
 const PAGE = 200;
+const STEPS_WIDE = 1100; // px: from this width on, the steps panel starts open beside the chat
 const $ = (id) => document.getElementById(id);
 const state = {
   group: null,
@@ -19,6 +20,7 @@ const state = {
   backoff: 500,
   reconnecting: false,
   maxBytes: 0,
+  live: null, // the turn under way, for the steps panel: {turn, items: Map, status, started, …}
 };
 
 async function call(path, options = {}) {
@@ -73,9 +75,12 @@ async function loadGroups() {
 async function selectGroup(name) {
   const generation = ++state.generation;
   if (state.socket) state.socket.close();
-  Object.assign(state, { group: name, messages: new Map(), lastId: 0, progress: "", backoff: 500 });
+  Object.assign(state, { group: name, messages: new Map(), lastId: 0, progress: "", backoff: 500, live: null });
   history.replaceState(null, "", `#${encodeURIComponent(name)}`);
   $("title").textContent = name;
+  $("to-viewer").href = `/viewer?group=${encodeURIComponent(name)}`;
+  showSteps(null);
+  loadSteps(generation);
   $("messages").replaceChildren();
   showError("");
   for (const button of $("groups").children) button.classList.toggle("active", button.dataset.group === name);
@@ -110,6 +115,7 @@ function connect(generation) {
     if (generation !== state.generation) return;
     const data = JSON.parse(event.data);
     if (data.type === "message") addMessage(data);
+    else if (data.type === "item") onItem(data, generation);
     else if (data.type === "progress") {
       state.progress = data.text || "";
       $("thinking").dataset.progress = "1";
@@ -124,6 +130,51 @@ function connect(generation) {
     state.backoff = Math.min(state.backoff * 2, 10000);
     setTimeout(() => reconnect(generation), delay);
   });
+}
+
+// --- the steps panel: the latest turn as the agent lived it (turns.js renders it) -----------
+
+function showSteps(turn) {
+  $("steps-empty").hidden = !!turn;
+  $("steps-turn").hidden = !turn;
+  if (!turn) return $("steps-turn").replaceChildren();
+  Turns.render($("steps-turn"), turn, {
+    compact: true,
+    title: turn.live ? "This turn" : "Latest turn",
+    linkText: "open in the viewer",
+    permalink: `/viewer?group=${encodeURIComponent(state.group)}&turn=${encodeURIComponent(turn.turn)}`,
+  });
+}
+
+async function loadSteps(generation) {
+  try {
+    const { turns } = await call(groupUrl("turns"));
+    if (generation !== state.generation || !turns.length) return;
+    const turn = await call(groupUrl(`turns/${encodeURIComponent(turns[0].turn)}`));
+    if (generation !== state.generation || (state.live && state.live.status === "running")) return;
+    showSteps(turn);
+  } catch (exc) {
+    if (generation === state.generation) $("steps-empty").textContent = `Could not load the steps: ${exc.message}`;
+  }
+}
+
+function onItem(event, generation) {
+  if (event.phase === "start") {
+    state.live = { turn: event.turn, items: new Map(), status: "running", started: new Date().toISOString() };
+  }
+  const live = state.live;
+  if (!live || live.turn !== event.turn) return;
+  if (event.phase === "item" && event.item) live.items.set(event.item.id, event.item);
+  if (event.phase === "end") {
+    live.status = event.status;
+    return loadSteps(generation);
+  }
+  showSteps({ turn: live.turn, started_at: live.started, status: live.status, items: [...live.items.values()], live: true });
+}
+
+function toggleSteps(open) {
+  document.body.classList.toggle("with-steps", open);
+  $("toggle-steps").setAttribute("aria-expanded", String(open));
 }
 
 async function reconnect(generation) {
@@ -283,6 +334,9 @@ function clearAttachment() {
 }
 
 $("composer").addEventListener("submit", send);
+$("toggle-steps").addEventListener("click", () => toggleSteps(!document.body.classList.contains("with-steps")));
+$("close-steps").addEventListener("click", () => toggleSteps(false));
+toggleSteps(window.innerWidth >= STEPS_WIDE);
 $("text").addEventListener("keydown", (event) => {
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
     event.preventDefault();

@@ -34,6 +34,10 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
     """Close the connection abruptly after the first event (a stream cut mid-response)."""
+    usage: tuple[int, int] | None = None
+    """(input, output) tokens reported in ``response.completed`` (none by default)."""
+    reasoning: str | None = None
+    """A reasoning summary sent before the reply (a ``reasoning`` output item)."""
 
     @classmethod
     def command(cls, cmd: str) -> Reply:
@@ -153,8 +157,27 @@ class ModelServer:
                 "id": f"msg_{next(self._ids)}",
                 "content": [{"type": "output_text", "text": reply.text or "", "annotations": []}],
             }
+        if reply.reasoning is not None:
+            thought = {
+                "type": "reasoning",
+                "id": f"rs_{next(self._ids)}",
+                "summary": [{"type": "summary_text", "text": reply.reasoning}],
+                "content": None,
+                "encrypted_content": None,
+            }
+            await self._event(response, {"type": "response.output_item.done", "item": thought})
         await self._event(response, {"type": "response.output_item.done", "item": item})
-        await self._event(response, {"type": "response.completed", "response": {"id": response_id}})
+        completed: dict[str, Any] = {"id": response_id}
+        if reply.usage is not None:
+            tokens_in, tokens_out = reply.usage
+            completed["usage"] = {
+                "input_tokens": tokens_in,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": tokens_out,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": tokens_in + tokens_out,
+            }
+        await self._event(response, {"type": "response.completed", "response": completed})
         await response.write_eof()
         return response
 

@@ -27,7 +27,7 @@ from nanohost.db import make_engine, make_session_factory, migrate
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentSession, Message
 from nanohost.groups import create_group
-from nanohost.importer import OutboundImport
+from nanohost.importer import MAX_ITEM_EVENTS, OutboundImport
 from nanohost.settings import load_settings
 from nanohost.transport import QueueUnreadable, SessionQueues
 
@@ -191,3 +191,32 @@ def test_a_queue_of_the_wrong_shape_is_unreadable(session_import: tuple[Outbound
     db.close()
     with pytest.raises(QueueUnreadable):
         importer.batch()
+
+
+def test_a_flood_of_live_steps_is_cut_and_never_stored(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    importer, factory, session_dir = session_import
+    writer = hostile_writer(session_dir)
+    start = {"turn": "t", "phase": "start"}
+    writer.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('item', ?, 0)", (json.dumps(start),)
+    )
+    for n in range(150):
+        step = {"turn": "t", "phase": "item", "item": {"id": f"s{n}", "type": "reasoning", "text": str(n)}}
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES ('item', ?, 0)", (json.dumps(step),)
+        )
+    end = {"turn": "t", "phase": "end", "status": "completed"}
+    writer.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('item', ?, 0)", (json.dumps(end),)
+    )
+    writer.close()
+    events, read = importer.batch()
+    assert read
+    phases = [e["phase"] for e in events if e["type"] == "item"]
+    assert phases[0] == "start" and phases[-1] == "end" and phases.count("item") == MAX_ITEM_EVENTS
+    shown = [e["item"]["id"] for e in events if e["type"] == "item" and e["phase"] == "item"]
+    assert shown == [f"s{n}" for n in range(150 - MAX_ITEM_EVENTS, 150)]  # the newest
+    with transaction(factory) as db:
+        assert db.scalars(select(Message).where(Message.direction == "out")).all() == []

@@ -32,6 +32,7 @@ from agent_runner.codex.errors import (
     failure,
     is_stale_thread,
 )
+from agent_runner.codex.items import MAX_GATHERED, neutral
 from agent_runner.codex.rpc import AppServer
 from agent_runner.provider import (
     ActivityEvent,
@@ -40,8 +41,10 @@ from agent_runner.provider import (
     FileEvent,
     InitEvent,
     Input,
+    ItemEvent,
     ProgressEvent,
     ResultEvent,
+    TurnInfoEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,22 @@ CLOSE_GRACE = 1.0
 REQUEST_TIMEOUT = 30.0
 _TOOL_ITEMS = ("commandExecution", "mcpToolCall", "fileChange", "webSearch")
 _CRASH = "__crash__"
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, int]:
+    """Codex's ``TokenUsageBreakdown`` as the viewer's usage."""
+    names = {
+        "input": "inputTokens",
+        "cached_input": "cachedInputTokens",
+        "output": "outputTokens",
+        "reasoning": "reasoningOutputTokens",
+        "total": "totalTokens",
+    }
+    return {
+        ours: value
+        for ours, theirs in names.items()
+        if isinstance(value := usage.get(theirs), int) and not isinstance(value, bool)
+    }
 
 
 def _text_input(text: str) -> list[dict[str, Any]]:
@@ -85,6 +104,7 @@ class CodexProvider:
         self.turn_timeout = turn_timeout
         self.codex_bin = codex_bin
         self._chatgpt = placeholder if auth == "chatgpt" else None  # chatgpt.py: the dummy sign-in
+        self.model = model
         self._config = render(
             base_url=base_url,
             model=model,
@@ -175,6 +195,7 @@ class CodexQuery:
         self._resend = True
         """When aborted: the inputs will be sent again, so an interrupted turn is rolled back."""
         self._interrupt_sent = False
+        self.model: str | None = provider.model
 
     # --- the port -------------------------------------------------------------------------
 
@@ -249,6 +270,7 @@ class CodexQuery:
                 return self.continuation, False
             try:
                 result = await server.request("thread/resume", {"threadId": self.continuation, **params})
+                self._learn_model(result)
                 return str(result["thread"]["id"]), False
             except RpcError as exc:
                 if not is_stale_thread(exc.message):
@@ -257,9 +279,15 @@ class CodexQuery:
                     "thread %s cannot be resumed (%s); starting a fresh one", self.continuation, exc.message
                 )
                 result = await server.request("thread/start", params)
+                self._learn_model(result)
                 return str(result["thread"]["id"]), True
         result = await server.request("thread/start", params)
+        self._learn_model(result)
         return str(result["thread"]["id"]), False
+
+    def _learn_model(self, result: Any) -> None:
+        if isinstance(result, dict) and isinstance(result.get("model"), str):
+            self.model = result["model"][:128]
 
     async def _events(self) -> AsyncIterator[Event]:
         try:
@@ -316,6 +344,10 @@ class CodexQuery:
             yield ResultEvent("", "failed", self._ids(), error=message, kind=kind)
             return
         self.active_turn = str(result["turn"]["id"])
+        yield TurnInfoEvent(self.active_turn, model=self.model)
+        gathered: dict[str, str] = {}  # command output streamed so far, by item id
+        open_commands: dict[str, dict[str, Any]] = {}  # started, not completed yet
+        turn_usage: dict[str, int] = {}  # the turn's model calls, summed
         replies: list[str] = []
         status, error = "failed", None
         info: Any = None  # codexErrorInfo of the final error
@@ -340,10 +372,41 @@ class CodexQuery:
                     return
                 if params.get("turnId") not in (None, self.active_turn) and method != "turn/completed":
                     continue
+                if method in ("item/started", "item/completed"):
+                    item = params.get("item") or {}
+                    item_id = str(item.get("id") or "")
+                    if item.get("type") == "commandExecution":
+                        if method == "item/started":
+                            open_commands[item_id] = item
+                        else:
+                            open_commands.pop(item_id, None)
+                    shown = neutral(item, gathered.get(item_id, ""))
+                    if shown is not None:
+                        yield ItemEvent(self.active_turn, shown)
                 if method == "item/completed":
                     item = params.get("item") or {}
                     if item.get("type") == "agentMessage" and item.get("text"):
                         replies.append(str(item["text"]))
+                elif method == "item/commandExecution/outputDelta":
+                    item_id = str(params.get("itemId") or "")
+                    so_far = gathered.get(item_id, "")
+                    if len(so_far) < MAX_GATHERED:
+                        gathered[item_id] = (
+                            so_far + str(params.get("delta") or "")[: MAX_GATHERED - len(so_far)]
+                        )
+                        started = open_commands.get(item_id)
+                        if started is not None and (
+                            not so_far or len(gathered[item_id]) // 1024 > len(so_far) // 1024
+                        ):
+                            shown = neutral(started, gathered[item_id])  # the output so far, per KiB
+                            if shown is not None:
+                                yield ItemEvent(self.active_turn, shown)
+                elif method == "thread/tokenUsage/updated":  # after each model call: "last" is its usage
+                    usage = (params.get("tokenUsage") or {}).get("last") or {}
+                    if isinstance(usage, dict):
+                        for name, count in _usage(usage).items():
+                            turn_usage[name] = turn_usage.get(name, 0) + count
+                        yield TurnInfoEvent(self.active_turn, model=self.model, usage=dict(turn_usage))
                 elif method == "item/started":
                     item = params.get("item") or {}
                     if item.get("type") in _TOOL_ITEMS:
@@ -371,6 +434,10 @@ class CodexQuery:
                         info = turn_error.get("codexErrorInfo", info)
                         details = turn_error.get("additionalDetails") or details
                     break
+            for item_id, item in open_commands.items():  # 0.138: completed after the turn
+                shown = neutral({**item, "status": "completed"}, gathered.get(item_id, ""))
+                if shown is not None and self.active_turn is not None:
+                    yield ItemEvent(self.active_turn, shown)
         finally:
             self.active_turn = None
         if self._steers:  # steers sent before completion already have answers: settle them

@@ -1,0 +1,293 @@
+"""The conversation viewer and the operator view of the web UI, and their API twins.
+
+Access (README "The conversation viewer"): the web pages and ``/web/…`` endpoints need the web
+chat's login (same cookie, same CSRF rules: ``webchat.guarded``) and see only groups with a
+``web`` binding, as the chat does; any other group answers 404. The ``/api/…`` twins need the
+API token (``api.require_token``) and see every group.
+
+- ``GET /viewer`` (``?group=&turn=`` is a permalink to a turn), ``GET /operator``: the pages
+- ``GET /web/groups/{group}/turns?before=<turn>`` → ``{"turns": [summary], "more"}`` newest first
+- ``GET /web/groups/{group}/turns/{turn}`` → the archived turn (``viewer.ArchivedTurn``)
+- ``GET /web/groups/{group}/search?q=`` → ``{"turns": [summary], "complete"}``
+- ``GET /web/groups/{group}/archive.zip`` → the group's ``conversations/`` folder (safe reads)
+- the live feed: ``{"type": "item", "turn", "phase": "start"|"item"|"end", …}`` events on the
+  chat's websocket ``/web/groups/{group}/stream``
+- ``GET /web/operator/groups`` → ``{"groups": [{name, state, last_activity, …}]}``;
+  ``POST /web/operator/groups/{group}/restart`` and ``…/snapshot`` (``X-Nanohost: 1`` or JSON)
+- ``GET /api/operator/groups``, ``POST /api/groups/{group}/restart``,
+  ``POST /api/groups/{group}/snapshots`` (``{"note"}``): the same for every group, with the token
+
+A group's state: ``failed`` (its session gave up after repeated crashes), ``running`` (a container
+runs), ``queued`` (messages wait and no container runs yet: waiting for a slot, a start or a
+crash backoff), ``idle`` (nothing to do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+from sqlalchemy import func, select
+
+from nanohost import viewer
+from nanohost.channels import api
+from nanohost.channels.web_auth import CHANNEL, COOKIE
+from nanohost.channels.webchat import PAGE_HEADERS, WEB_DIR, _auth, guarded, web_group
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentGroup, ChatBinding, Message
+from nanohost.orchestrator import Orchestrator
+from nanohost.sessions import current_sessions
+
+log = logging.getLogger(__name__)
+
+TURN_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+CHUNK = 64 * 1024
+MAX_NOTE = 500
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _orchestrator(request: web.Request) -> Orchestrator:
+    return request.app[api.ROUTER].orchestrator
+
+
+def _folder(request: web.Request, group: AgentGroup) -> Path:
+    return _orchestrator(request).ctx.settings.groups_dir / group.folder
+
+
+# --- pages ----------------------------------------------------------------------------------
+
+
+def _page(name: str) -> Handler:
+    async def serve(request: web.Request) -> web.StreamResponse:
+        if not _auth(request).check_cookie(request.cookies.get(COOKIE)):
+            raise web.HTTPSeeOther("/")  # the login (or "run setup") page
+        html = await asyncio.to_thread((WEB_DIR / name).read_text)
+        return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
+
+    return serve
+
+
+# --- the viewer -----------------------------------------------------------------------------
+
+
+async def turns(request: web.Request) -> web.Response:
+    group = web_group(request)
+    before = request.query.get("before") or None
+    if before is not None and not TURN_ID.match(before):
+        return _error(400, "before must be a turn id")
+    found = await asyncio.to_thread(viewer.list_turns, _folder(request, group), before)
+    return web.json_response(found)
+
+
+async def turn(request: web.Request) -> web.Response:
+    group = web_group(request)
+    turn_id = request.match_info["turn"]
+    if not TURN_ID.match(turn_id):
+        return _error(404, "no such turn")
+    found = await asyncio.to_thread(viewer.find_turn, _folder(request, group), turn_id)
+    if found is None:
+        return _error(404, "no such turn")
+    return web.json_response(found.model_dump(exclude_none=True))
+
+
+async def search(request: web.Request) -> web.Response:
+    group = web_group(request)
+    query = request.query.get("q", "")
+    if len(query) > viewer.MAX_QUERY:
+        return _error(400, f"the search is longer than {viewer.MAX_QUERY} characters")
+    found = await asyncio.to_thread(viewer.search, _folder(request, group), query)
+    return web.json_response(found)
+
+
+async def download(request: web.Request) -> web.StreamResponse:
+    """The group's conversation archive as a zip, built from safe reads into a host-owned
+    temporary file (so the response's length is known and no agent file is read twice)."""
+    group = web_group(request)
+    settings = _orchestrator(request).ctx.settings
+    with tempfile.TemporaryFile(dir=settings.data_dir) as spool:
+        await asyncio.to_thread(viewer.write_zip, _folder(request, group), spool)
+        size = spool.tell()
+        spool.seek(0)
+        name = f"{group.name}-conversations.zip"
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "application/zip",
+                "Content-Length": str(size),
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}",
+                "X-Content-Type-Options": "nosniff",
+                "Cache-Control": "no-store",
+            }
+        )
+        await response.prepare(request)
+        while chunk := await asyncio.to_thread(spool.read, CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
+# --- the operator view ----------------------------------------------------------------------
+
+
+def group_states(orchestrator: Orchestrator, *, web_only: bool) -> list[dict[str, Any]]:
+    """Every group (or only the web-bound ones) with its state, last activity and last error."""
+    runtimes = orchestrator.runtimes
+    slots = orchestrator.ctx.slots
+    with transaction(orchestrator.ctx.db) as db:
+        query = select(AgentGroup).order_by(AgentGroup.name)
+        if web_only:
+            query = query.where(
+                AgentGroup.id.in_(select(ChatBinding.group_id).where(ChatBinding.channel == CHANNEL))
+            )
+        last_message = dict(
+            db.execute(
+                select(Message.group_id, func.max(Message.created_at)).group_by(Message.group_id)
+            ).all()
+        )
+        waiting = set(
+            db.scalars(
+                select(Message.session_id).where(
+                    Message.direction == "in", Message.status.in_(("pending", "queued"))
+                )
+            ).all()
+        )
+        rows = []
+        for group in db.scalars(query):
+            live = current_sessions(db, group.id)
+            running = [runtimes[s.id] for s in live if s.id in runtimes and runtimes[s.id].container_id]
+            waking = [
+                runtimes[s.id]
+                for s in live
+                if s.id in runtimes and runtimes[s.id].waking and not slots.holds(runtimes[s.id])
+            ]
+            if any(s.status == "failed" for s in live):
+                state = "failed"
+            elif running:
+                state = "running"
+            elif waking or any(s.id in waiting for s in live):
+                state = "queued"
+            else:
+                state = "idle"
+            moments = [m for m in [last_message.get(group.id), *(s.last_active_at for s in live)] if m]
+            errors = sorted((s for s in live if s.last_error), key=lambda s: s.id)
+            rows.append(
+                {
+                    "name": group.name,
+                    "state": state,
+                    "provider": group.agent_provider,
+                    "last_activity": max(moments).isoformat() + "Z" if moments else None,
+                    "last_error": errors[-1].last_error if errors else None,
+                }
+            )
+        return rows
+
+
+def restart_group(orchestrator: Orchestrator, name: str) -> bool:
+    """Stop the group's container cleanly at once (as ``nanohost groups restart``); the next
+    message, or one waiting, wakes it. False when there is no such group."""
+    with transaction(orchestrator.ctx.db) as db:
+        group = db.scalar(select(AgentGroup).where(AgentGroup.name == name))
+        if group is None:
+            return False
+        for live in current_sessions(db, group.id):
+            live.restart_requested = True
+    orchestrator.ctx.sweep_now.set()
+    return True
+
+
+async def take_snapshot(orchestrator: Orchestrator, name: str, note: str | None) -> web.Response:
+    from nanohost import snapshots
+
+    ctx = orchestrator.ctx
+    try:
+        taken = await asyncio.to_thread(snapshots.create, ctx.settings, ctx.db, name, note=note)
+    except snapshots.SnapshotError as exc:
+        return _error(409, str(exc))
+    return web.json_response(
+        {
+            "id": taken.id,
+            "group": name,
+            "files": taken.files,
+            "size": taken.size,
+            "summary": f"snapshot {taken.id}: {taken.files} files, {snapshots.human_size(taken.size)}",
+        },
+        status=201,
+    )
+
+
+async def _note(request: web.Request) -> str | None | web.Response:
+    if request.content_type != "application/json" or not request.can_read_body:
+        return None
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, 'body must be JSON {"note": "..."}')
+    note = body.get("note") if isinstance(body, dict) else None
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+        return _error(400, f"note must be text of at most {MAX_NOTE} characters")
+    return note or None
+
+
+async def web_states(request: web.Request) -> web.Response:
+    states = await asyncio.to_thread(group_states, _orchestrator(request), web_only=True)
+    return web.json_response({"groups": states})
+
+
+async def web_restart(request: web.Request) -> web.Response:
+    group = web_group(request)
+    restart_group(_orchestrator(request), group.name)
+    log.info("web: restart of group %s asked", group.name)
+    return web.json_response({"ok": True, "group": group.name})
+
+
+async def web_snapshot(request: web.Request) -> web.Response:
+    group = web_group(request)
+    note = await _note(request)
+    if isinstance(note, web.Response):
+        return note
+    return await take_snapshot(_orchestrator(request), group.name, note or "taken from the web operator view")
+
+
+async def api_states(request: web.Request) -> web.Response:
+    states = await asyncio.to_thread(group_states, _orchestrator(request), web_only=False)
+    return web.json_response({"groups": states})
+
+
+async def api_restart(request: web.Request) -> web.Response:
+    group = api.find_group(request)
+    restart_group(_orchestrator(request), group.name)
+    return web.json_response({"ok": True, "group": group.name})
+
+
+async def api_snapshot(request: web.Request) -> web.Response:
+    group = api.find_group(request)
+    note = await _note(request)
+    if isinstance(note, web.Response):
+        return note
+    return await take_snapshot(_orchestrator(request), group.name, note)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register the viewer's and the operator view's pages and endpoints."""
+    app.router.add_get("/viewer", _page("viewer.html"))
+    app.router.add_get("/operator", _page("operator.html"))
+    app.router.add_get("/web/groups/{group}/turns", guarded(turns))
+    app.router.add_get("/web/groups/{group}/turns/{turn}", guarded(turn))
+    app.router.add_get("/web/groups/{group}/search", guarded(search))
+    app.router.add_get("/web/groups/{group}/archive.zip", guarded(download))
+    app.router.add_get("/web/operator/groups", guarded(web_states))
+    app.router.add_post("/web/operator/groups/{group}/restart", guarded(web_restart, changes_state=True))
+    app.router.add_post("/web/operator/groups/{group}/snapshot", guarded(web_snapshot, changes_state=True))
+    app.router.add_get("/api/operator/groups", api_states)
+    app.router.add_post("/api/groups/{group}/restart", api_restart)
+    app.router.add_post("/api/groups/{group}/snapshots", api_snapshot)

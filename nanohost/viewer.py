@@ -1,0 +1,323 @@
+"""The conversation viewer's archive: a group's turns as the agent lived them, read safely.
+
+The runner appends one JSON line per turn to ``conversations/turns/YYYY-MM-DD.jsonl`` in the
+group folder (``agent_runner.items``: the format is there). That folder is the agent's: any name
+in it may be a link to a host file, any line may be hostile. So every read here goes through
+``safe_fs`` (directory descriptors, ``O_NOFOLLOW``, regular files only, never a FIFO wait), sizes
+are capped (a day's file, a line, the whole download), and a line that is not a turn (bad JSON,
+wrong shape, over a limit) is skipped, never an error. The viewer never parses the Markdown.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from nanohost.boundary import Count, ItemText, Name, TurnId, Usage, ViewItem
+from nanohost.safe_fs import open_root, open_subdir, read_beneath
+
+CONVERSATIONS = "conversations"
+TURNS = "turns"
+DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
+MAX_DAY_BYTES = 32 * 1024 * 1024
+"""Bytes read of one day's file; a larger one is read up to here (its later turns are not shown)."""
+MAX_LINE_BYTES = 4 * 1024 * 1024
+MAX_DAYS = 3660
+"""Day files looked at, newest first (ten years of daily use)."""
+MAX_SEARCH_BYTES = 256 * 1024 * 1024
+"""Bytes one search reads at most, newest days first; the answer says when it stopped early."""
+PAGE = 50
+MAX_QUERY = 200
+MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
+"""Bytes of files one archive download carries; files past it are listed in ``SKIPPED.txt``."""
+MAX_DOWNLOAD_FILE = 64 * 1024 * 1024
+MAX_DOWNLOAD_ENTRIES = 100_000
+MAX_DEPTH = 16
+
+
+class ArchivedTurn(BaseModel):
+    """One line of a day's file, as far as the host believes it."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    v: Annotated[int, Field(strict=True, ge=1, le=1)]
+    turn: TurnId
+    thread: Name | None = None
+    provider: Name | None = None
+    model: Name | None = None
+    status: Annotated[str, StringConstraints(max_length=32)]
+    error: ItemText | None = None
+    started_at: Annotated[str, StringConstraints(max_length=40)]
+    ended_at: Annotated[str, StringConstraints(max_length=40)] | None = None
+    duration_ms: Count | None = None
+    prompts: list[ItemText] = Field(default_factory=list, max_length=20)
+    reply: ItemText = ""
+    usage: Usage | None = None
+    items: list[ViewItem] = Field(default_factory=list, max_length=200)
+    items_left_out: Count = 0
+
+    def summary(self) -> dict[str, Any]:
+        """What the turn list shows."""
+        return {
+            "turn": self.turn,
+            "started_at": self.started_at,
+            "status": self.status,
+            "model": self.model,
+            "duration_ms": self.duration_ms,
+            "tokens": self.usage.total if self.usage else None,
+            "prompt": (self.prompts[0] if self.prompts else "")[:200],
+            "reply": self.reply[:200],
+            "steps": len(self.items) + self.items_left_out,
+        }
+
+    def searchable(self) -> str:
+        parts = [*self.prompts, self.reply, self.error or ""]
+        for item in self.items:
+            parts += [item.text or "", item.command or "", item.output or "", item.arguments or ""]
+            parts += [item.result or "", item.error or "", item.tool or ""]
+            parts += [c.path + "\n" + c.diff for c in item.changes or []]
+        return "\n".join(parts).casefold()
+
+
+def _turns_dir(folder: Path) -> int | None:
+    """A descriptor of ``folder/conversations/turns``, walked without following a link; None when
+    it is missing or not a real directory."""
+    try:
+        root = open_root(folder)
+    except OSError:
+        return None
+    fd = root
+    try:
+        for name in (CONVERSATIONS, TURNS):
+            child = open_subdir(fd, name, create=False)
+            os.close(fd)
+            fd = child
+        return fd
+    except (OSError, ValueError):
+        os.close(fd)
+        return None
+
+
+def days(folder: Path) -> list[str]:
+    """The day files of the archive, newest first (only names that look like one)."""
+    fd = _turns_dir(folder)
+    if fd is None:
+        return []
+    try:
+        names = [n for n in os.listdir(fd) if DAY_FILE.match(n)]
+    finally:
+        os.close(fd)
+    return sorted(names, reverse=True)[:MAX_DAYS]
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """The complete lines (a last line without its newline is still being written)."""
+    lines = data.split(b"\n")
+    return lines[:-1]
+
+
+def parse_line(line: bytes) -> ArchivedTurn | None:
+    """One line as a turn, or None when it is not one (bad JSON, wrong shape, over a limit)."""
+    if not line.strip() or len(line) > MAX_LINE_BYTES:
+        return None
+    try:
+        raw = json.loads(line.decode())
+    except (UnicodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return ArchivedTurn.model_validate(raw)
+    except ValidationError:
+        return None
+
+
+def parse_lines(data: bytes) -> Iterator[ArchivedTurn]:
+    """The turns in a day's bytes, in file order; bad or unfinished lines are skipped."""
+    for line in _lines(data):
+        if (turn := parse_line(line)) is not None:
+            yield turn
+
+
+def read_day(folder: Path, name: str) -> bytes:
+    """A day's file (its complete lines within ``MAX_DAY_BYTES``), or nothing."""
+    if not DAY_FILE.match(name):
+        return b""
+    data = read_beneath(folder, f"{CONVERSATIONS}/{TURNS}/{name}", MAX_DAY_BYTES)
+    if data is None:
+        return b""
+    if len(data) > MAX_DAY_BYTES:  # too big: the complete lines within the cap
+        data = data[: data.rfind(b"\n", 0, MAX_DAY_BYTES) + 1]
+    return data
+
+
+def newest_first(folder: Path, keep: Callable[[bytes], bool] = lambda line: True) -> Iterator[ArchivedTurn]:
+    """The archive's turns, newest first, parsed only as far as the caller reads; ``keep`` skips
+    lines before they are parsed (a cheap filter on the raw line)."""
+    for day in days(folder):
+        for line in reversed(_lines(read_day(folder, day))):
+            if keep(line) and (turn := parse_line(line)) is not None:
+                yield turn
+
+
+def list_turns(folder: Path, before: str | None = None, limit: int = PAGE) -> dict[str, Any]:
+    """Summaries of the newest turns (newest first), ``limit`` at most, older than turn ``before``
+    when given; ``more`` says whether older ones exist."""
+    found: list[dict[str, Any]] = []
+    passed = before is None
+    for turn in newest_first(folder):
+        if not passed:
+            passed = turn.turn == before
+            continue
+        if len(found) == limit:
+            return {"turns": found, "more": True}
+        found.append(turn.summary())
+    return {"turns": found, "more": False}
+
+
+def find_turn(folder: Path, turn_id: str) -> ArchivedTurn | None:
+    """The archived turn with this id (the newest, should the agent have written it twice)."""
+    needle = json.dumps(turn_id).encode()
+    for turn in newest_first(folder, lambda line: needle in line):
+        if turn.turn == turn_id:
+            return turn
+    return None
+
+
+def search(folder: Path, query: str, limit: int = PAGE) -> dict[str, Any]:
+    """Turns whose prompts, reply or steps contain ``query`` (case-insensitive), newest first.
+
+    A line is parsed only when its raw text contains the query (the runner writes text unescaped,
+    ``ensure_ascii=False``; a query with characters JSON escapes is looked for in every line).
+    At most ``MAX_SEARCH_BYTES`` of lines are looked at; ``complete`` says whether all were."""
+    needle = query.strip().casefold()[:MAX_QUERY]
+    if not needle:
+        return {"turns": [], "complete": True}
+    escaped = any(c in needle for c in '"\\') or any(ord(c) < 32 for c in needle)
+    ascii_needle = json.dumps(needle)[1:-1]  # as a writer with ensure_ascii would have it
+    budget = [MAX_SEARCH_BYTES]
+
+    def keep(line: bytes) -> bool:
+        budget[0] -= len(line)
+        if budget[0] < 0:
+            raise _Enough
+        text = line.decode(errors="replace").casefold()
+        return escaped or needle in text or ascii_needle in text
+
+    found: list[dict[str, Any]] = []
+    try:
+        for turn in newest_first(folder, keep):
+            if needle in turn.searchable():
+                found.append(turn.summary())
+                if len(found) == limit:
+                    return {"turns": found, "complete": False}
+    except _Enough:
+        return {"turns": found, "complete": False}
+    return {"turns": found, "complete": True}
+
+
+class _Enough(Exception):
+    """A search has read its budget."""
+
+
+@dataclass
+class Packed:
+    files: int = 0
+    bytes: int = 0
+    skipped: list[str] | None = None
+
+
+def write_zip(folder: Path, out: IO[bytes]) -> Packed:
+    """The group's ``conversations/`` (Markdown and JSON lines) as a zip written to ``out``.
+
+    Walked by directory descriptors without following a link: links, FIFOs, devices and anything
+    past the caps are left out and listed in ``SKIPPED.txt``; what is read is what was opened."""
+    packed = Packed(skipped=[])
+    try:
+        root = open_root(folder)
+    except OSError:
+        root = -1
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        if root >= 0:
+            try:
+                fd = open_subdir(root, CONVERSATIONS, create=False)
+            except (OSError, ValueError):
+                fd = -1
+            finally:
+                os.close(root)
+            if fd >= 0:
+                try:
+                    _pack(archive, fd, CONVERSATIONS, 0, packed)
+                finally:
+                    os.close(fd)
+        if packed.skipped:
+            archive.writestr(f"{CONVERSATIONS}/SKIPPED.txt", "\n".join(packed.skipped) + "\n")
+    return packed
+
+
+def _pack(archive: zipfile.ZipFile, dir_fd: int, prefix: str, depth: int, packed: Packed) -> None:
+    assert packed.skipped is not None
+    with os.scandir(dir_fd) as entries:
+        names = sorted(entry.name for entry in entries)
+    for name in names:
+        member = f"{prefix}/{name}"
+        if packed.files >= MAX_DOWNLOAD_ENTRIES:
+            packed.skipped.append(f"{member}: more than {MAX_DOWNLOAD_ENTRIES} files")
+            continue
+        try:  # look before opening: only directories and regular files are ever opened
+            kind = stat.S_IFMT(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+            if kind == stat.S_IFLNK:
+                raise OSError(errno.ELOOP, "a link")
+            if kind not in (stat.S_IFDIR, stat.S_IFREG):
+                packed.skipped.append(f"{member}: not a regular file, left out")
+                continue
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as exc:
+            why = "a link" if exc.errno == errno.ELOOP else os.strerror(exc.errno or 0)
+            packed.skipped.append(f"{member}: {why}, left out")
+            continue
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                if depth >= MAX_DEPTH:
+                    packed.skipped.append(f"{member}: nested too deep")
+                    continue
+                _pack(archive, fd, member, depth + 1, packed)  # the directory opened, not a new lookup
+            elif not stat.S_ISREG(info.st_mode):
+                packed.skipped.append(f"{member}: not a regular file, left out")
+            elif info.st_size > MAX_DOWNLOAD_FILE or packed.bytes + info.st_size > MAX_DOWNLOAD_BYTES:
+                packed.skipped.append(f"{member}: {info.st_size:,} bytes, over the download's limits")
+            else:
+                _copy(archive, fd, member, info, packed)
+        finally:
+            os.close(fd)
+
+
+def _copy(archive: zipfile.ZipFile, fd: int, member: str, info: os.stat_result, packed: Packed) -> None:
+    os.set_blocking(fd, True)
+    entry = zipfile.ZipInfo(member, date_time=_zip_time(info.st_mtime))
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    left = info.st_size  # a file the agent grows meanwhile is cut at its size when opened
+    with archive.open(entry, "w", force_zip64=True) as target:
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+            target.write(chunk)
+            left -= len(chunk)
+    packed.files += 1
+    packed.bytes += info.st_size - left
+
+
+def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    import time
+
+    moment = time.gmtime(min(max(mtime, 315532800), 4102444800))  # zip says 1980 to 2107
+    return (moment.tm_year, moment.tm_mon, moment.tm_mday, moment.tm_hour, moment.tm_min, moment.tm_sec)

@@ -1,0 +1,434 @@
+"""The conversation viewer's and the operator view's endpoints without a browser (fake backend).
+
+The archive is the agent's: these tests plant what a hostile agent could (links to host files at
+every level, bad lines, huge lines, FIFOs) and check that the viewer and the download show none
+of it; and that every endpoint keeps the web chat's access rules (login, web binding, CSRF) and
+the API's (token)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select
+
+from nanohost.db import make_engine, make_session_factory
+from nanohost.db.engine import transaction
+from nanohost.db.models import AgentGroup, AgentSession, Snapshot
+from nanohost.settings import Settings, load_settings
+from tests.web.conftest import StartClient
+from tests.web.test_webchat import log_in
+
+CSRF = {"X-Nanohost": "1"}
+
+
+def turn_line(turn: str, prompt: str = "hello", **extra: Any) -> str:
+    record = {
+        "v": 1,
+        "turn": turn,
+        "thread": "th-1",
+        "provider": "codex",
+        "model": "gpt-test",
+        "status": "completed",
+        "started_at": "2026-12-01T10:00:00.000Z",
+        "ended_at": "2026-12-01T10:00:01.500Z",
+        "duration_ms": 1500,
+        "prompts": [prompt],
+        "reply": f"reply to {prompt}",
+        "usage": {"input": 100, "cached_input": 20, "output": 30, "total": 130},
+        "items": [
+            {"id": "r", "type": "reasoning", "text": "thinking about " + prompt},
+            {
+                "id": "c",
+                "type": "command",
+                "command": "ls -la",
+                "output": "total 0\nneedle-in-output",
+                "exit_code": 0,
+            },
+            {"id": "f", "type": "file_change", "changes": [{"path": "a.txt", "kind": "add", "diff": "+a"}]},
+            {
+                "id": "t",
+                "type": "tool_call",
+                "server": "db",
+                "tool": "read_query",
+                "arguments": "{}",
+                "result": "1",
+            },
+        ],
+        **extra,
+    }
+    return json.dumps(record) + "\n"
+
+
+def turns_dir(settings: Settings, group: str = "team") -> Path:
+    path = settings.groups_dir / group / "conversations" / "turns"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def logged_in(client: TestClient) -> TestClient:
+    assert await log_in(client) == 200
+    return client
+
+
+async def test_turns_are_listed_newest_first_opened_by_id_and_searched(
+    web_settings: Settings, client: TestClient
+) -> None:
+    days = turns_dir(web_settings)
+    (days / "2026-11-30.jsonl").write_text(turn_line("old-1", "yesterday"))
+    (days / "2026-12-01.jsonl").write_text(
+        turn_line("new-1", "first today")
+        + "not json at all\n"
+        + json.dumps({"v": 1, "turn": "bad", "status": 3})
+        + "\n"  # wrong shape: skipped
+        + turn_line("new-2", "second today")
+        + '{"v": 1, "turn": "half'  # a line still being written: no newline yet
+    )
+    await logged_in(client)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert [t["turn"] for t in listed["turns"]] == ["new-2", "new-1", "old-1"]
+    assert listed["more"] is False
+    first = listed["turns"][0]
+    assert first == {
+        "turn": "new-2",
+        "started_at": "2026-12-01T10:00:00.000Z",
+        "status": "completed",
+        "model": "gpt-test",
+        "duration_ms": 1500,
+        "tokens": 130,
+        "prompt": "second today",
+        "reply": "reply to second today",
+        "steps": 4,
+    }
+    page = await (await client.get("/web/groups/team/turns?before=new-2")).json()
+    assert [t["turn"] for t in page["turns"]] == ["new-1", "old-1"]
+
+    detail = await client.get("/web/groups/team/turns/old-1")
+    assert detail.status == 200
+    body = await detail.json()
+    assert body["prompts"] == ["yesterday"] and body["usage"]["cached_input"] == 20
+    assert [i["type"] for i in body["items"]] == ["reasoning", "command", "file_change", "tool_call"]
+    assert (await client.get("/web/groups/team/turns/nope")).status == 404
+    assert (await client.get("/web/groups/team/turns/..%2F..%2Fetc")).status == 404
+
+    found = await (await client.get("/web/groups/team/search?q=NEEDLE-in")).json()
+    assert [t["turn"] for t in found["turns"]] == ["new-2", "new-1", "old-1"] and found["complete"]
+    found = await (await client.get("/web/groups/team/search?q=yesterday")).json()
+    assert [t["turn"] for t in found["turns"]] == ["old-1"]
+    assert (await (await client.get("/web/groups/team/search?q=absent")).json())["turns"] == []
+    assert (await client.get("/web/groups/team/search?q=" + "x" * 201)).status == 400
+
+
+async def test_a_turn_over_the_limits_is_skipped_not_an_error(
+    web_settings: Settings, client: TestClient
+) -> None:
+    days = turns_dir(web_settings)
+    huge = turn_line("huge", "x" * 30_000)  # a prompt over the archive's limit
+    many = json.loads(turn_line("many"))
+    many["items"] = many["items"] * 60  # 240 items: over the 200 a turn may have
+    (days / "2026-12-01.jsonl").write_text(huge + json.dumps(many) + "\n" + turn_line("fine"))
+    await logged_in(client)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert [t["turn"] for t in listed["turns"]] == ["fine"]
+
+
+@pytest.mark.parametrize("where", ["conversations", "turns", "day"])
+async def test_links_in_the_archive_lead_nowhere(
+    web_settings: Settings, client: TestClient, tmp_path: Path, where: str
+) -> None:
+    secret_dir = tmp_path / "host-secret"
+    (secret_dir / "turns").mkdir(parents=True)
+    secret_line = turn_line("secret-turn", "HOST SECRET")
+    (secret_dir / "turns" / "2026-12-01.jsonl").write_text(secret_line)
+    (secret_dir / "2026-12-01.jsonl").write_text(secret_line)
+    folder = web_settings.groups_dir / "team"
+    if where == "conversations":
+        shutil.rmtree(folder / "conversations", ignore_errors=True)
+        os.symlink(secret_dir, folder / "conversations")
+    elif where == "turns":
+        (folder / "conversations").mkdir(exist_ok=True)
+        os.symlink(secret_dir, folder / "conversations" / "turns")
+    else:
+        os.symlink(secret_dir / "2026-12-01.jsonl", turns_dir(web_settings) / "2026-12-01.jsonl")
+    await logged_in(client)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert listed["turns"] == []
+    assert (await client.get("/web/groups/team/turns/secret-turn")).status == 404
+    assert (await (await client.get("/web/groups/team/search?q=secret")).json())["turns"] == []
+    download = await client.get("/web/groups/team/archive.zip")
+    assert download.status == 200
+    data = await download.read()
+    assert b"HOST SECRET" not in data
+    names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    assert all("secret" not in n for n in names)
+
+
+async def test_the_download_carries_the_archive_and_lists_what_it_left_out(
+    web_settings: Settings, client: TestClient, tmp_path: Path
+) -> None:
+    days = turns_dir(web_settings)
+    (days / "2026-12-01.jsonl").write_text(turn_line("t1"))
+    conversations = days.parent
+    (conversations / "2026-12-01T10-00-00Z-abcd.md").write_text("# Exchange\n\nhello\n")
+    (tmp_path / "passwd").write_text("root:x:0:0 HOST FILE")
+    os.symlink(tmp_path / "passwd", conversations / "stolen.md")
+    os.mkfifo(conversations / "pipe")
+    await logged_in(client)
+    response = await client.get("/web/groups/team/archive.zip")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/zip"
+    assert "team-conversations.zip" in response.headers["Content-Disposition"]
+    archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+    assert sorted(archive.namelist()) == [
+        "conversations/2026-12-01T10-00-00Z-abcd.md",
+        "conversations/SKIPPED.txt",
+        "conversations/turns/2026-12-01.jsonl",
+    ]
+    assert archive.read("conversations/turns/2026-12-01.jsonl").decode() == turn_line("t1")
+    skipped = archive.read("conversations/SKIPPED.txt").decode()
+    assert "conversations/stolen.md: a link, left out" in skipped
+    assert "conversations/pipe: not a regular file, left out" in skipped
+    assert b"HOST FILE" not in await (await client.get("/web/groups/team/archive.zip")).read()
+
+
+VIEWER_CALLS = [
+    ("GET", "/web/groups/{g}/turns"),
+    ("GET", "/web/groups/{g}/turns/t1"),
+    ("GET", "/web/groups/{g}/search?q=x"),
+    ("GET", "/web/groups/{g}/archive.zip"),
+    ("POST", "/web/operator/groups/{g}/restart"),
+    ("POST", "/web/operator/groups/{g}/snapshot"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), VIEWER_CALLS)
+async def test_the_viewer_needs_the_login_and_a_web_binding(
+    web_settings: Settings, client: TestClient, method: str, path: str
+) -> None:
+    (turns_dir(web_settings, "other") / "2026-12-01.jsonl").write_text(turn_line("t1"))
+    response = await client.request(method, path.format(g="team"), headers=CSRF)
+    assert response.status == 401
+    await logged_in(client)
+    response = await client.request(method, path.format(g="other"), headers=CSRF)
+    assert response.status == 404  # `other` has no web binding: as if it did not exist
+    assert "t1" not in await response.text()
+
+
+async def test_the_pages_need_the_login(client: TestClient) -> None:
+    for page in ("/viewer", "/operator"):
+        response = await client.get(page, allow_redirects=False)
+        assert response.status == 303 and response.headers["Location"] == "/"
+    await logged_in(client)
+    for page, script in (("/viewer", "viewer.js"), ("/operator", "operator.js")):
+        response = await client.get(page)
+        assert response.status == 200 and script in await response.text()
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def db_rows(settings: Settings, model: Any) -> list[Any]:
+    engine = make_engine(settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        rows = list(db.scalars(select(model)))
+        db.expunge_all()
+    engine.dispose()
+    return rows
+
+
+async def test_the_operator_view_lists_web_groups_restarts_and_snapshots(
+    web_settings: Settings, client: TestClient
+) -> None:
+    await logged_in(client)
+    response = await client.post("/web/groups/team/messages", json={"text": "wake up"})
+    assert response.status == 201
+    states = (await (await client.get("/web/operator/groups")).json())["groups"]
+    assert [g["name"] for g in states] == ["team"]  # `other` has no web binding
+    assert states[0]["state"] in ("running", "queued") and states[0]["last_activity"]
+
+    # a state change without the CSRF header (what a cross-site form could send) is refused
+    assert (await client.post("/web/operator/groups/team/restart")).status == 403
+    assert (await client.post("/web/operator/groups/team/snapshot")).status == 403
+    assert db_rows(web_settings, Snapshot) == []
+
+    assert (await client.post("/web/operator/groups/team/restart", headers=CSRF)).status == 200
+    response = await client.post("/web/operator/groups/team/snapshot", json={"note": "from a test"})
+    assert response.status == 201, await response.text()
+    taken = await response.json()
+    (snapshot,) = db_rows(web_settings, Snapshot)
+    assert taken["id"] == snapshot.id and snapshot.note == "from a test"
+    response = await client.post("/web/operator/groups/team/snapshot", json={"note": "x" * 501})
+    assert response.status == 400
+
+
+async def test_a_restart_from_the_web_asks_for_a_clean_restart(
+    web_settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nanohost.channels.api import ROUTER
+
+    await logged_in(client)
+    assert (await client.post("/web/groups/team/messages", json={"text": "hello"})).status == 201
+    ctx = client.server.app[ROUTER].orchestrator.ctx
+    team = next(g for g in db_rows(web_settings, AgentGroup) if g.name == "team")
+    asked: list[list[bool]] = []
+    real_set = ctx.sweep_now.set
+
+    def sweep_now() -> None:  # what the sweeper will find when it wakes (it clears the flag)
+        asked.append(
+            [s.restart_requested for s in db_rows(web_settings, AgentSession) if s.group_id == team.id]
+        )
+        real_set()
+
+    monkeypatch.setattr(ctx.sweep_now, "set", sweep_now)
+    assert (await client.post("/web/operator/groups/team/restart", headers=CSRF)).status == 200
+    assert asked == [[True]]  # the group's session is asked to restart, and the sweeper woken at once
+
+
+async def test_the_api_operator_endpoints_need_the_token_and_see_every_group(
+    web_settings: Settings, start_client: StartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NANOHOST_API_TOKEN", "operator-token")
+    client: TestClient = await start_client(load_settings(max_attachment_bytes=4096))
+    assert (await client.get("/api/operator/groups")).status == 401
+    assert (await client.post("/api/groups/other/restart")).status == 401
+    assert (await client.post("/api/groups/other/snapshots")).status == 401
+    await logged_in(client)  # a web login is not the API token
+    assert (await client.get("/api/operator/groups")).status == 401
+    auth = {"Authorization": "Bearer operator-token"}
+    states = (await (await client.get("/api/operator/groups", headers=auth)).json())["groups"]
+    assert [(g["name"], g["state"]) for g in states] == [("other", "idle"), ("team", "idle")]
+    assert (await client.post("/api/groups/other/restart", headers=auth)).status == 200
+    response = await client.post("/api/groups/other/snapshots", headers=auth, json={"note": "api"})
+    assert response.status == 201
+    assert (await client.post("/api/groups/nope/snapshots", headers=auth)).status == 404
+
+
+def test_every_viewer_and_operator_route_is_in_the_readme() -> None:
+    from aiohttp import web
+
+    from nanohost.channels import webviewer
+
+    app = web.Application()
+    webviewer.add_routes(app)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("## The conversation viewer") : readme.index("## Chat channels")]
+    api_table = readme[readme.index("## The HTTP API") : readme.index("## The web chat")]
+    routes = {r.canonical for r in app.router.resources()}
+    assert len(routes) == 12
+    for route in routes:
+        where = api_table if route.startswith("/api/") else section
+        documented = route.replace("/web/operator/groups/{group}/snapshot", "…/snapshot")
+        assert route in where or documented in where or route.split("?")[0] in where, route
+
+
+def test_each_group_state_is_told_apart(host_env: Path) -> None:
+    from dataclasses import dataclass
+    from datetime import datetime
+    from types import SimpleNamespace
+
+    from nanohost.channels.webviewer import group_states
+    from nanohost.db import migrate
+    from nanohost.db.models import Message
+    from nanohost.groups import bind_chat, create_group
+    from nanohost.slots import Slots
+
+    settings = load_settings()
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    factory = make_session_factory(engine)
+    sessions: dict[str, int] = {}
+    with transaction(factory) as db:
+        for name in ("running", "waking", "waiting", "failed", "idle", "unbound"):
+            group = create_group(db, settings, name, provider="mock")
+            if name != "unbound":
+                bind_chat(db, "web", name, group, "shared")
+            session = AgentSession(group_id=group.id, status="failed" if name == "failed" else "idle")
+            db.add(session)
+            db.flush()
+            sessions[name] = session.id
+            if name in ("waiting", "failed"):  # an unanswered message; failed wins over queued
+                db.add(
+                    Message(
+                        group_id=group.id,
+                        session_id=session.id,
+                        direction="in",
+                        channel="web",
+                        chat_id=name,
+                        text="hello?",
+                        status="queued",
+                        created_at=datetime(2026, 12, 1, 9, 30),
+                    )
+                )
+
+    @dataclass(eq=False)
+    class Runtime:
+        container_id: str | None
+        waking: bool
+
+    slots = Slots(1)
+    runtimes = {
+        sessions["running"]: Runtime("c1", False),
+        sessions["waking"]: Runtime(None, True),  # waiting for a slot
+        sessions["idle"]: Runtime(None, False),
+    }
+    orchestrator: Any = SimpleNamespace(runtimes=runtimes, ctx=SimpleNamespace(slots=slots, db=factory))
+    shown = {g["name"]: g for g in group_states(orchestrator, web_only=True)}
+    assert {name: g["state"] for name, g in shown.items()} == {
+        "failed": "failed",
+        "idle": "idle",
+        "running": "running",
+        "waiting": "queued",
+        "waking": "queued",
+    }
+    assert shown["waiting"]["last_activity"] == "2026-12-01T09:30:00Z"
+    assert shown["idle"]["last_activity"] is None
+    everyone = [g["name"] for g in group_states(orchestrator, web_only=False)]
+    assert "unbound" in everyone and len(everyone) == 6
+    engine.dispose()
+
+
+def test_live_steps_reach_only_their_groups_listeners() -> None:
+    from nanohost.bus import MessageBus
+
+    bus = MessageBus()
+    mine, theirs, everything = bus.subscribe(1), bus.subscribe(2), bus.subscribe_all()
+    bus.publish(1, {"type": "item", "turn": "t", "phase": "start"})
+    bus.publish(1, {"type": "message", "id": 3})
+    assert [mine.get_nowait()["type"], mine.get_nowait()["type"]] == ["item", "message"]
+    assert theirs.empty()
+    assert everything.get_nowait() == {"type": "message", "id": 3, "group_id": 1}  # delivery's queue
+    assert everything.empty()  # a flood of steps can never push another group's message out of it
+
+
+def test_search_finds_text_json_escapes_and_stops_at_its_budget(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    days = folder / "conversations" / "turns"
+    days.mkdir(parents=True)
+    lines = [turn_line(f"t{n}", f"question {n}") for n in range(300)]
+    lines[10] = json.dumps(json.loads(turn_line("quoted", 'say "Café" twice')), ensure_ascii=False) + "\n"
+    lines[20] = turn_line("escaped", "naïve")  # written with \\u escapes, as another writer might
+    (days / "2026-12-01.jsonl").write_text("".join(lines))
+    assert [t["turn"] for t in viewer.search(folder, "CAFÉ")["turns"]] == ["quoted"]
+    assert [t["turn"] for t in viewer.search(folder, '"café"')["turns"]] == ["quoted"]
+    assert [t["turn"] for t in viewer.search(folder, "question 299")["turns"]] == ["t299"]
+    page = viewer.search(folder, "question", limit=5)
+    assert [t["turn"] for t in page["turns"]] == ["t299", "t298", "t297", "t296", "t295"]
+    assert page["complete"] is False
+    assert viewer.list_turns(folder, limit=2)["turns"][1]["turn"] == "t298"
+    assert viewer.find_turn(folder, "t0") is not None and viewer.find_turn(folder, "t") is None
+    monkeypatch.setattr(viewer, "MAX_SEARCH_BYTES", len(lines[0]) * 50)
+    capped = viewer.search(folder, "question 27")
+    assert capped["complete"] is False  # only the newest ~50 lines were looked at: t27 is not found
+    assert [t["turn"] for t in capped["turns"]] == [f"t{n}" for n in range(279, 269, -1)]
+    monkeypatch.undo()
+    assert [t["turn"] for t in viewer.search(folder, "question 27")["turns"]][-1] == "t27"
+    assert [t["turn"] for t in viewer.search(folder, "NAÏVE")["turns"]] == ["escaped"]
