@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, web
+from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -97,6 +97,8 @@ _HOP_BY_HOP = frozenset(
         "expect",
     }
 )
+_NOT_FORWARDED_BACK = _HOP_BY_HOP | {"set-cookie", "set-cookie2"}
+"""Response headers never passed to a container: hop-by-hop ones, and the upstream's cookies."""
 _ACCOUNT_HEADERS = frozenset(
     {"openai-organization", "openai-project", "cookie", "x-api-key", "api-key", "chatgpt-account-id"}
 )
@@ -305,8 +307,11 @@ class Gateway:
     async def start(self) -> None:
         self.socket_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
+        # no cookie jar: a cookie an upstream sets while serving one group is never sent for another
         self._client = ClientSession(
-            timeout=ClientTimeout(total=None, sock_connect=30), auto_decompress=False
+            timeout=ClientTimeout(total=None, sock_connect=30),
+            auto_decompress=False,
+            cookie_jar=DummyCookieJar(),
         )
         # a stream in flight must not hold a stopping host for aiohttp's default 60 s: the runner
         # waits for the gateway to come back and Codex retries the request
@@ -381,7 +386,7 @@ class Gateway:
         async with upstream:
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in upstream.headers.items():
-                if key.lower() not in _HOP_BY_HOP:
+                if key.lower() not in _NOT_FORWARDED_BACK:
                     response.headers.add(key, value)
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():

@@ -29,7 +29,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from aiohttp import ClientSession
+from aiohttp import ClientSession, DummyCookieJar
 
 from nanohost.auth import oauth
 from nanohost.auth.store import TokenStore
@@ -114,7 +114,7 @@ class ChatGPTAuth:
 
     def _client(self) -> ClientSession:
         if self._session is None or self._session.closed:
-            self._session = ClientSession()
+            self._session = ClientSession(cookie_jar=DummyCookieJar())
         return self._session
 
     async def close(self) -> None:

@@ -42,7 +42,8 @@ TOKEN_PATH = "/v1/oauth/token"
 MAX_TOKEN_BODY = 64 * 1024
 
 
-_MODELS_CALL = re.compile(r"/v1/models\?client_version=\d{1,4}\.\d{1,4}\.\d{1,6}")
+_MODELS_CALL = re.compile(r"/v1/models\?client_version=[0-9]{1,4}\.[0-9]{1,4}\.[0-9]{1,6}", re.ASCII)
+"""ASCII digits only (``\\d`` would also take Arabic-Indic, fullwidth and other Unicode digits)."""
 
 
 def is_models_call(method: str, raw_target: str) -> bool:
@@ -117,7 +118,12 @@ class ChatGPTUpstream:
         raise AssertionError("unreachable")
 
 
-_SKIP_RESPONSE = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"})
+_SKIP_RESPONSE = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
+    | {"set-cookie", "set-cookie2"}
+)
+"""Never forwarded to a container: hop-by-hop headers, and the backend's cookies (the gateway's
+sessions keep no cookie either: ``aiohttp.DummyCookieJar``)."""
 
 
 async def dummy_refresh(request: web.Request, placeholder_auth: dict[str, str]) -> web.Response:

@@ -8,9 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+from pathlib import Path
+
+from aiohttp import ClientSession, DummyCookieJar, UnixConnector
 
 from nanohost.auth.refresher import ChatGPTAuth, describe
 from nanohost.auth.store import TokenStore
+from nanohost.auth.upstream import ChatGPTUpstream, is_models_call
+from nanohost.gateway import Gateway
 from tests.auth.conftest import Gw
 from tests.fakes.chatgpt import ACCOUNT, FakeChatGPTBackend, FakeIssuer
 from tests.fakes.model_server import ModelServer
@@ -256,3 +261,48 @@ def test_a_refresh_answer_with_an_unreadable_id_token_keeps_the_rotated_refresh_
     new = old.rotated("not-a-jwt", "new-access", "new-refresh")
     assert (new.access_token, new.refresh_token, new.account_id) == ("new-access", "new-refresh", ACCOUNT)
     assert new.id_token == old.id_token
+
+
+async def test_a_backend_cookie_reaches_neither_the_container_nor_another_group(
+    tmp_path: Path, store: TokenStore, issuer: FakeIssuer, backend: FakeChatGPTBackend
+) -> None:
+    """The backend's cookies stay out of the gateway: one group's are never sent upstream for
+    another (no shared cookie jar), and no Set-Cookie is forwarded to a container."""
+    auth = ChatGPTAuth(store, issuer.url)
+    # by name, not 127.0.0.1: a cookie jar keeps no cookie for an IP address
+    base = backend.url.replace("127.0.0.1", "localhost")
+    gateway = Gateway(tmp_path / "gw", "http://127.0.0.1:9/v1", None, chatgpt=ChatGPTUpstream(auth, base))
+    await gateway.start()
+    backend.set_cookie = "session=alpha-secret; Path=/; Max-Age=3600"
+    try:
+        async with ClientSession(
+            connector=UnixConnector(path=str(gateway.socket_path)), cookie_jar=DummyCookieJar()
+        ) as client:
+            gw = Gw(gateway, client, auth)
+            alpha = gateway.grant("alpha", 1, auth="chatgpt")
+            beta = gateway.grant("beta", 2, auth="chatgpt")
+            for target in ("/v1/models?client_version=0.138.0", "/v1/responses"):
+                method = "GET" if "models" in target else "POST"
+                async with client.request(
+                    method,
+                    f"http://gateway{target}",
+                    json=None if method == "GET" else {"model": "m", "input": "hi"},
+                    headers={"Authorization": f"Bearer {alpha}"},
+                ) as response:
+                    await response.read()
+                    assert "Set-Cookie" not in response.headers and "Set-Cookie2" not in response.headers
+            assert (await gw.ask(beta, "from beta"))[0] == 200
+    finally:
+        await gateway.stop()
+        await auth.close()
+    assert len(backend.seen_cookies) == 3 and backend.seen_cookies == ["", "", ""]
+
+
+def test_the_models_call_takes_ascii_digits_only() -> None:
+    assert is_models_call("GET", "/v1/models?client_version=0.138.0")
+    for target in (
+        "/v1/models?client_version=0.1\u0663\u0668.0",  # Arabic-Indic digits
+        "/v1/models?client_version=\u0660.138.0",
+        "/v1/models?client_version=0.138.\uff10",  # fullwidth zero
+    ):
+        assert not is_models_call("GET", target), target

@@ -144,7 +144,12 @@ class FakeChatGPTBackend:
         self._refusals = asyncio.Condition()
         self.seen_auth: list[tuple[str, str]] = []
         self.models_calls: list[tuple[str, str]] = []
+        self.set_cookie: str | None = None
+        """A ``Set-Cookie`` value every answer carries (a backend's session cookie)."""
+        self.seen_cookies: list[str] = []
+        """The ``Cookie`` header of every request (empty when none was sent)."""
         app = web.Application()
+        app.on_response_prepare.append(self._cookies)
         app.router.add_post("/backend-api/codex/responses", self._responses)
         app.router.add_get("/backend-api/codex/models", self._models)
         self._server = TestServer(app, host="127.0.0.1")
@@ -158,6 +163,13 @@ class FakeChatGPTBackend:
 
     async def close(self) -> None:
         await self._server.close()
+
+    async def _cookies(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer (streamed or not), as it is sent: record the request's cookies, set ours."""
+        self.seen_cookies.append(request.headers.get("Cookie", ""))
+        if self.set_cookie is not None:
+            response.headers.add("Set-Cookie", self.set_cookie)
+            response.headers.add("Set-Cookie2", self.set_cookie)
 
     async def _models(self, request: web.Request) -> web.Response:
         """Recorded; answered 404, as a backend without a list would (Codex then uses its own)."""

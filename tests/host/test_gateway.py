@@ -565,3 +565,38 @@ def test_egress_patterns() -> None:
         and grant.may_reach("API.GitHub.com.")
     )
     assert not grant.may_reach("github.com") and not grant.may_reach("pypi.org.evil.com")
+
+
+async def test_upstream_cookies_reach_neither_the_container_nor_another_group(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie", ""))
+        response = web.json_response({"ok": True})
+        response.headers.add("Set-Cookie", "lb=team-a; Path=/; Max-Age=3600")
+        response.headers.add("Set-Cookie2", "lb=team-a; Path=/")
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    # by name, not 127.0.0.1: a cookie jar keeps no cookie for an IP address
+    base = str(server.make_url("/v1")).replace("127.0.0.1", "localhost")
+    gw = Gateway(tmp_path / "gw", base, REAL_KEY)
+    await gw.start()
+    try:
+        async with _client(gw) as client:
+            for group in ("team-a", "team-b"):
+                placeholder = gw.grant(group, 1)
+                async with client.post(
+                    "http://gateway/v1/responses",
+                    json={"input": "hi"},
+                    headers={"Authorization": f"Bearer {placeholder}"},
+                ) as response:
+                    assert response.status == 200
+                    assert "Set-Cookie" not in response.headers and "Set-Cookie2" not in response.headers
+    finally:
+        await gw.stop()
+        await server.close()
+    assert seen == ["", ""]
