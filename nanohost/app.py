@@ -144,7 +144,11 @@ def _backend(backend_factory: Any) -> Step:
 async def _gateway(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-    chatgpt = ChatGPTAuth(TokenStore.for_settings(settings), settings.auth_issuer)  # nanohost/auth/
+    chatgpt = ChatGPTAuth(  # nanohost/auth/
+        TokenStore.for_settings(settings),
+        settings.auth_issuer,
+        min_refresh_interval=settings.chatgpt_refresh_interval,
+    )
     gateway = Gateway(
         settings.data_dir / "gateway",
         settings.model_base_url,

@@ -109,6 +109,11 @@ class Settings(BaseSettings):
         default="https://chatgpt.com/backend-api/codex",
         description="ChatGPT backend the gateway forwards chatgpt-auth groups to ({url}/responses).",
     )
+    chatgpt_refresh_interval: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds at least between two ChatGPT token refreshes (a 401 loop cannot rotate more).",
+    )
     auth_key_file: Path | None = Field(
         default=None,
         description="Key file encrypting the ChatGPT tokens at rest (made 0600 if missing); none: plain.",

@@ -26,7 +26,8 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import ClientSession, DummyCookieJar
@@ -50,6 +51,22 @@ class NotSignedIn(ChatGPTUnavailable):
 
 class SignInBroken(ChatGPTUnavailable):
     pass
+
+
+class RefreshTooSoon(ChatGPTUnavailable):
+    """A refresh was asked for within ``min_refresh_interval`` of the last one: not sent."""
+
+
+MIN_REFRESH_INTERVAL = 60.0
+"""Seconds at least between two refreshes this host sends (``NANOHOST_CHATGPT_REFRESH_INTERVAL``):
+a container that makes the backend answer 401 cannot make the host rotate the refresh token at
+the issuer once per request."""
+
+TOO_SOON = (
+    "the ChatGPT backend refused this host's sign-in, which was renewed less than a minute ago, "
+    "so it is not renewed again yet; if this keeps happening an operator should check the plan "
+    "(`nanohost auth status`) or sign in again"
+)
 
 
 def broken_message(reason: str) -> str:
@@ -103,7 +120,15 @@ def locked_save(store: TokenStore, tokens: ChatGPTTokens) -> None:
 class ChatGPTAuth:
     """The host's ChatGPT credentials for the gateway: read them, refresh them (once)."""
 
-    def __init__(self, store: TokenStore, issuer: str, session: ClientSession | None = None) -> None:
+    def __init__(
+        self,
+        store: TokenStore,
+        issuer: str,
+        session: ClientSession | None = None,
+        *,
+        min_refresh_interval: float = MIN_REFRESH_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.issuer = issuer.rstrip("/")
         self._session = session
@@ -111,6 +136,10 @@ class ChatGPTAuth:
         self._tasks: set[asyncio.Future[ChatGPTTokens]] = set()
         self.refreshes = 0
         """Refresh requests this object sent to the issuer."""
+        self.min_refresh_interval = min_refresh_interval
+        self.clock = clock
+        self._refreshed_at: float | None = None
+        """``clock()`` when the issuer last rotated the tokens for this object."""
 
     def _client(self) -> ClientSession:
         if self._session is None or self._session.closed:
@@ -168,6 +197,9 @@ class ChatGPTAuth:
         tokens = self._load()  # from disk: another process may have refreshed
         if tokens.access_token != stale_access_token and not tokens.expired():
             return tokens
+        if self._refreshed_at is not None and self.clock() - self._refreshed_at < self.min_refresh_interval:
+            log.warning("ChatGPT token refresh refused: the last one was less than a minute ago")
+            raise RefreshTooSoon(TOO_SOON)
         self.refreshes += 1
         try:
             got = await oauth.refresh(self._client(), self.issuer, tokens.refresh_token)
@@ -175,6 +207,7 @@ class ChatGPTAuth:
             log.error("ChatGPT sign-in refused at refresh (%s): %s", exc.code, LOGIN_HINT)
             await asyncio.to_thread(self.store.mark_broken, tokens, exc.code)
             raise SignInBroken(broken_message(exc.code)) from None
+        self._refreshed_at = self.clock()
         fresh = tokens.rotated(got.id_token, got.access_token, got.refresh_token)
         await asyncio.to_thread(self.store.save, fresh)  # durable before anyone uses it
         log.info("ChatGPT tokens refreshed for account %s", fresh.account_id)

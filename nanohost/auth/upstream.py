@@ -13,7 +13,10 @@ account headers). This route
 - when there is no usable sign-in (never signed in, or the refresh was refused for good) answers
   **400** with a plain-words message: Codex makes one attempt on a 400 and reports its body as
   the turn's error, so the chat is told at once and nothing loops. A second 401 after a fresh
-  refresh is answered the same way. The issuer unreachable: 502 (Codex and the runner retry).
+  refresh is answered the same way, and so is a 401 within ``NANOHOST_CHATGPT_REFRESH_INTERVAL``
+  (60 s) of the last refresh (``RefreshTooSoon``: no refresh is sent; a container looping 401s
+  cannot rotate the token at the issuer faster). The issuer unreachable: 502 (Codex and the
+  runner retry).
 
 And Codex's own refresh (``CODEX_REFRESH_TOKEN_URL_OVERRIDE`` points it at the gateway's
 ``/v1/oauth/token``; it calls it after a 401 or when its dummy ``last_refresh`` is 8 days old)

@@ -14,6 +14,7 @@ from aiohttp import ClientSession, DummyCookieJar, UnixConnector
 
 from nanohost.auth.refresher import ChatGPTAuth, describe
 from nanohost.auth.store import TokenStore
+from nanohost.auth.tokens import ChatGPTTokens
 from nanohost.auth.upstream import ChatGPTUpstream, is_models_call
 from nanohost.gateway import Gateway
 from tests.auth.conftest import Gw
@@ -193,16 +194,57 @@ async def test_a_backend_that_keeps_refusing_costs_one_refresh_per_request(
 ) -> None:
     from nanohost.auth.tokens import ChatGPTTokens
 
+    clock = FakeClock()
+    gw.auth.clock = clock
     backend.refuse_all = True
     placeholder = gw.gateway.grant("g1", 1, auth="chatgpt")
     status, body = await gw.ask(placeholder, "hello")
     assert status == 400 and "even after renewing it" in body
     assert issuer.refresh_requests == 1 and backend.refused == 2
     # an access token past its exp is refreshed before sending; a 401 then costs no second refresh
+    clock.now += 61  # (and no refresh at all within a minute of the last one)
     store.save(ChatGPTTokens.from_oauth(**issuer.issue(expires_in=-60)))
     assert (await gw.ask(placeholder, "again"))[0] == 400
     assert issuer.refresh_requests == 2 and backend.refused == 3
     assert describe(store)["state"] == "ok"  # the sign-in itself is fine: nothing marked broken
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_loop_of_401s_rotates_the_refresh_token_at_most_once_a_minute(
+    gw: Gw, issuer: FakeIssuer, backend: FakeChatGPTBackend, store: TokenStore
+) -> None:
+    """A container that makes the backend answer 401 (whatever it sends) cannot make the host
+    rotate the refresh token at the issuer once per request."""
+    clock = FakeClock()
+    gw.auth.clock = clock
+    backend.refuse_all = True
+    placeholder = gw.gateway.grant("g1", 1, auth="chatgpt")
+    assert (await gw.ask(placeholder, "first"))[0] == 400
+    assert issuer.refresh_requests == 1
+    for n in range(20):
+        clock.now += 2  # 40 s in all: still within the minute
+        status, body = await gw.ask(placeholder, f"again {n}")
+        assert status == 400, body
+        assert "less than a minute ago" in json.loads(body)["error"]["message"]
+    assert issuer.refresh_requests == 1
+    # past its exp too: not renewed again within the minute either
+    store.save(ChatGPTTokens.from_oauth(**issuer.issue(expires_in=-60)))
+    assert (await gw.ask(placeholder, "expired"))[0] == 400
+    assert issuer.refresh_requests == 1
+    clock.now += 21  # a minute after the refresh: one more, and again no more than that
+    for _ in range(5):
+        assert (await gw.ask(placeholder, "later"))[0] == 400
+    assert issuer.refresh_requests == 2
+    backend.refuse_all = False  # the backend takes the token again: no refresh needed
+    assert (await gw.ask(placeholder, "fine"))[0] == 200
+    assert issuer.refresh_requests == 2 and describe(store)["state"] == "ok"
 
 
 async def test_an_unreadable_store_is_said_plainly_not_retried(gw: Gw, store: TokenStore) -> None:

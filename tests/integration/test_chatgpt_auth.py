@@ -24,7 +24,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.codex]
 
 
 def signed_in(tmp_path: Path, issuer: FakeIssuer, backend: FakeChatGPTBackend) -> tuple[Any, TokenStore]:  # noqa: F811
-    settings = make_settings(tmp_path, auth_issuer=issuer.url, chatgpt_base_url=backend.url)
+    # two expiries a few seconds apart below: no minimum interval between refreshes here
+    # (the minimum: tests/auth, test_a_loop_of_401s_rotates_the_refresh_token_at_most_once_a_minute)
+    settings = make_settings(
+        tmp_path, auth_issuer=issuer.url, chatgpt_base_url=backend.url, chatgpt_refresh_interval=0
+    )
     store = TokenStore(settings.data_dir)
     store.save(ChatGPTTokens.from_oauth(**issuer.issue()))
     add_group(settings, "plan", provider="codex", auth="chatgpt")
