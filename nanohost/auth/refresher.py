@@ -11,7 +11,14 @@ ever refreshes: the host's gateway, through this object, and
   ``<data dir>/auth/refresh.lock``, under which the store is read again from disk: whoever got
   there first already saved new tokens, and they are used instead of refreshing again;
 - the new tokens (with the rotated refresh token) are saved atomically and fsynced *before*
-  the new access token is handed to anyone, so a crash right after a refresh loses nothing.
+  the new access token is handed to anyone, so a crash right after a refresh loses nothing;
+- everything that save needs (the directory, the key file loaded or made, a temporary file with
+  its room already written) is made ready *before* the issuer is asked: a store that cannot be
+  written costs no refresh, and is answered 400 in plain words (``StoreUnwritable``), never 502,
+  which Codex and the runner would retry. If the save still fails after the issuer rotated the
+  token, the new tokens (or the broken mark) are kept in memory, used instead of the store's
+  spent refresh token, and saved at the first request that can; only a restart before then
+  loses them (then: ``auth login``).
 
 A refresh the issuer refuses for good (``refresh_token_reused``, ``…_expired``,
 ``…_invalidated``, ``invalid_grant``, any 401) marks the sign-in broken in the store: no further
@@ -33,7 +40,7 @@ from typing import Any
 from aiohttp import ClientSession, DummyCookieJar
 
 from nanohost.auth import oauth
-from nanohost.auth.store import TokenStore
+from nanohost.auth.store import PreparedSave, TokenStore, marked_broken
 from nanohost.auth.tokens import ChatGPTTokens, TokenFormatError
 
 log = logging.getLogger(__name__)
@@ -51,6 +58,17 @@ class NotSignedIn(ChatGPTUnavailable):
 
 class SignInBroken(ChatGPTUnavailable):
     pass
+
+
+class StoreUnwritable(ChatGPTUnavailable):
+    """The token store cannot be written (its directory, the key file, a full disk): no refresh
+    is sent, since the rotated refresh token could not be kept."""
+
+
+UNWRITABLE = (
+    "this host cannot save its ChatGPT sign-in (its token store or key file cannot be written, or "
+    "the disk is full), so the sign-in was not renewed; an operator should check the host's log"
+)
 
 
 class RefreshTooSoon(ChatGPTUnavailable):
@@ -140,6 +158,12 @@ class ChatGPTAuth:
         self.clock = clock
         self._refreshed_at: float | None = None
         """``clock()`` when the issuer last rotated the tokens for this object."""
+        self._unsaved: ChatGPTTokens | None = None
+        """Tokens newer than the store's, whose save failed after the issuer rotated the refresh
+        token (or the broken mark whose save failed): used instead of the store while it still
+        holds ``_unsaved_over``, the refresh token they replaced, which is spent and must never
+        be sent again. Saved at the next request that can (``_persist_unsaved``)."""
+        self._unsaved_over: str | None = None
 
     def _client(self) -> ClientSession:
         if self._session is None or self._session.closed:
@@ -156,7 +180,13 @@ class ChatGPTAuth:
         try:
             tokens = self.store.load()
         except TokenFormatError as exc:  # encrypted without its key, or damaged: say so, never retry
+            if self._unsaved is not None:
+                return self._usable(self._unsaved)
             raise SignInBroken(f"this host's ChatGPT sign-in cannot be read ({exc}); {LOGIN_HINT}") from None
+        if self._unsaved is not None:
+            if tokens is not None and tokens.refresh_token == self._unsaved_over:
+                return self._usable(self._unsaved)  # the store still holds the spent token
+            self._unsaved = self._unsaved_over = None  # changed since: a new login (or logout)
         return self._usable(tokens)
 
     def _usable(self, tokens: ChatGPTTokens | None) -> ChatGPTTokens:
@@ -169,6 +199,8 @@ class ChatGPTAuth:
     async def credentials(self) -> tuple[ChatGPTTokens, bool]:
         """Tokens to use now, and whether this call refreshed them (it does when the access
         token's own expiry has passed)."""
+        if self._unsaved is not None:
+            await self._persist_unsaved()
         tokens = self._load()
         if tokens.expired():
             return await self.refresh(tokens.access_token), True
@@ -186,8 +218,52 @@ class ChatGPTAuth:
             task.add_done_callback(self._tasks.discard)
             return await asyncio.shield(task)
 
+    async def _persist_unsaved(self) -> None:
+        """Save tokens kept only in memory, once the store can take them (under both locks, and
+        only while the store still holds the refresh token they replaced)."""
+        async with self._lock:
+            unsaved, over = self._unsaved, self._unsaved_over
+            if unsaved is None:
+                return
+
+            def persist() -> None:
+                with _file_lock(self.store):
+                    current = self.store.load()
+                    if current is not None and current.refresh_token == over:
+                        self.store.save(unsaved)
+
+            try:
+                await asyncio.to_thread(persist)
+            except (OSError, TokenFormatError) as exc:
+                log.warning("the ChatGPT sign-in kept in memory still cannot be saved: %s", exc)
+                return
+            if self._unsaved is unsaved:
+                self._unsaved = self._unsaved_over = None
+                log.info("the ChatGPT sign-in kept in memory is saved")
+
+    async def _save_or_keep(self, prepared: PreparedSave, new: ChatGPTTokens, replaced: str) -> None:
+        """Save tokens the issuer has just rotated (or the broken mark); if that still fails, keep
+        them in memory: the refresh token ``replaced`` is spent and must never be sent again."""
+        try:
+            await asyncio.to_thread(self.store.commit, prepared, new)
+        except Exception as exc:  # a full disk, a vanished directory: kept, not lost
+            log.error(
+                "the renewed ChatGPT sign-in could not be saved (%s); it is kept in memory until it can "
+                "be (a restart before then loses it: then sign in again)",
+                exc,
+            )
+            if self._unsaved is None:
+                self._unsaved_over = replaced  # what the store holds
+            self._unsaved = new
+        else:
+            self._unsaved = self._unsaved_over = None
+
     async def _refresh_under_file_lock(self, stale_access_token: str) -> ChatGPTTokens:
-        fd = await asyncio.to_thread(_acquire, self.store)
+        try:
+            fd = await asyncio.to_thread(_acquire, self.store)
+        except OSError as exc:
+            log.error("cannot take the ChatGPT refresh lock: %s", exc)
+            raise StoreUnwritable(UNWRITABLE) from None
         try:
             return await self._refresh_locked(stale_access_token)
         finally:
@@ -200,16 +276,24 @@ class ChatGPTAuth:
         if self._refreshed_at is not None and self.clock() - self._refreshed_at < self.min_refresh_interval:
             log.warning("ChatGPT token refresh refused: the last one was less than a minute ago")
             raise RefreshTooSoon(TOO_SOON)
+        try:  # everything the save needs, before the issuer rotates anything
+            prepared = await asyncio.to_thread(self.store.prepare_save)
+        except (OSError, TokenFormatError) as exc:
+            log.error("ChatGPT token store cannot be written, so no refresh is sent: %s", exc)
+            raise StoreUnwritable(UNWRITABLE) from None
         self.refreshes += 1
         try:
             got = await oauth.refresh(self._client(), self.issuer, tokens.refresh_token)
         except oauth.RefreshRefused as exc:
             log.error("ChatGPT sign-in refused at refresh (%s): %s", exc.code, LOGIN_HINT)
-            await asyncio.to_thread(self.store.mark_broken, tokens, exc.code)
+            await self._save_or_keep(prepared, marked_broken(tokens, exc.code), tokens.refresh_token)
             raise SignInBroken(broken_message(exc.code)) from None
+        except BaseException:
+            self.store.discard(prepared)  # nothing was rotated
+            raise
         self._refreshed_at = self.clock()
         fresh = tokens.rotated(got.id_token, got.access_token, got.refresh_token)
-        await asyncio.to_thread(self.store.save, fresh)  # durable before anyone uses it
+        await self._save_or_keep(prepared, fresh, tokens.refresh_token)  # durable before use, or kept
         log.info("ChatGPT tokens refreshed for account %s", fresh.account_id)
         return fresh
 

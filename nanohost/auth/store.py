@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,22 @@ LOCK_FILE = "refresh.lock"
 
 
 ENCRYPTED_MAGIC = b"nanohost-encrypted-v1\n"
+RESERVE = 64 * 1024
+"""Bytes a prepared save writes ahead: more than any sign-in takes (tokens of a few KiB each,
+encrypted or not)."""
+
+
+@dataclass
+class PreparedSave:
+    """A save made ready before a refresh (``TokenStore.prepare_save``)."""
+
+    fernet: Fernet | None
+    fd: int
+    tmp: str
+
+
+def marked_broken(tokens: ChatGPTTokens, reason: str) -> ChatGPTTokens:
+    return ChatGPTTokens(**{**tokens.__dict__, "broken": Broken(reason, _now().isoformat())})
 
 
 class TokenStore:
@@ -99,24 +116,46 @@ class TokenStore:
                 f"{self.path} is unreadable ({exc}); run `nanohost auth login` again"
             ) from None
 
-    def save(self, tokens: ChatGPTTokens) -> None:
-        """Replace the stored sign-in atomically and durably (see the module docstring)."""
+    def prepare_save(self) -> PreparedSave:
+        """Everything a save needs, made ready before anything is sent to the issuer: the
+        directory, the key (loaded, or made when missing), and a temporary file beside the store
+        with room for the tokens already written (``RESERVE`` bytes, fsynced), so that the save
+        after a refresh, which must not fail, has nothing left to fail at but the write and the
+        rename. Raises ``OSError`` or ``TokenFormatError`` (a bad key) when the store cannot be
+        written; then no refresh may be sent. ``commit`` or ``discard`` it."""
         self.ensure_dir()
-        data = json.dumps(tokens.to_json(), indent=2).encode()
         fernet = self._fernet(create=True)
-        if fernet is not None:
-            data = ENCRYPTED_MAGIC + fernet.encrypt(data) + b"\n"
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".chatgpt.", suffix=".json")
         try:
             os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            written = 0
+            while written < RESERVE:  # blocks of our own, so a full disk fails here, not later
+                written += os.write(fd, bytes(min(65536, RESERVE - written)))
+            os.fsync(fd)
         except BaseException:
+            os.close(fd)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            raise
+        return PreparedSave(fernet, fd, tmp)
+
+    def commit(self, prepared: PreparedSave, tokens: ChatGPTTokens) -> None:
+        """Write ``tokens`` into the prepared file and put it in place of the store, atomically and
+        durably (see the module docstring)."""
+        data = json.dumps(tokens.to_json(), indent=2).encode()
+        if prepared.fernet is not None:
+            data = ENCRYPTED_MAGIC + prepared.fernet.encrypt(data) + b"\n"
+        try:
+            with os.fdopen(prepared.fd, "r+b") as handle:
+                handle.seek(0)
+                handle.write(data)
+                handle.truncate(len(data))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(prepared.tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(prepared.tmp)
             raise
         dir_fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -124,10 +163,23 @@ class TokenStore:
         finally:
             os.close(dir_fd)
 
-    def mark_broken(self, tokens: ChatGPTTokens, reason: str) -> ChatGPTTokens:
+    def discard(self, prepared: PreparedSave) -> None:
+        """A prepared save that will not be made (the refresh failed before rotating anything)."""
+        with contextlib.suppress(OSError):
+            os.close(prepared.fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(prepared.tmp)
+
+    def save(self, tokens: ChatGPTTokens) -> None:
+        """Replace the stored sign-in atomically and durably (see the module docstring)."""
+        self.commit(self.prepare_save(), tokens)
+
+    def mark_broken(
+        self, tokens: ChatGPTTokens, reason: str, prepared: PreparedSave | None = None
+    ) -> ChatGPTTokens:
         """Record that the issuer refused the refresh token for good (kept until the next login)."""
-        broken = ChatGPTTokens(**{**tokens.__dict__, "broken": Broken(reason, _now().isoformat())})
-        self.save(broken)
+        broken = marked_broken(tokens, reason)
+        self.commit(prepared or self.prepare_save(), broken)
         return broken
 
     def delete(self) -> bool:
