@@ -371,7 +371,7 @@ class Gateway:
             if self.chatgpt is None:
                 return _json_error(400, "this host has no ChatGPT route configured", "nanohost_chatgpt")
             path = request.raw_path.removeprefix(API_PREFIX)
-            return await self.chatgpt.forward(request, self._client, headers, path, grant.group)
+            return await self.chatgpt.forward(request, self._client, headers, path, grant.group, grant)
         headers["Authorization"] = f"Bearer {self._api_key}"
         if length is not None:
             headers["Content-Length"] = str(length)  # stream the body as sent, not re-chunked

@@ -6,6 +6,7 @@ and never retried."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import stat
 from pathlib import Path
@@ -15,11 +16,17 @@ from aiohttp import ClientSession, DummyCookieJar, UnixConnector
 from nanohost.auth.refresher import ChatGPTAuth, describe
 from nanohost.auth.store import TokenStore
 from nanohost.auth.tokens import ChatGPTTokens
-from nanohost.auth.upstream import ChatGPTUpstream, is_models_call
+from nanohost.auth.upstream import (
+    MAX_IN_FLIGHT,
+    MAX_RETAINED_BODY,
+    MAX_WAITING,
+    ChatGPTUpstream,
+    is_models_call,
+)
 from nanohost.gateway import Gateway
 from tests.auth.conftest import Gw
 from tests.fakes.chatgpt import ACCOUNT, FakeChatGPTBackend, FakeIssuer
-from tests.fakes.model_server import ModelServer
+from tests.fakes.model_server import ModelServer, Reply
 
 
 async def test_the_real_token_and_account_are_injected_and_the_placeholder_stays_home(
@@ -348,3 +355,76 @@ def test_the_models_call_takes_ascii_digits_only() -> None:
         "/v1/models?client_version=0.138.\uff10",  # fullwidth zero
     ):
         assert not is_models_call("GET", target), target
+
+
+def _big_ask(text: str, size: int) -> bytes:
+    padding = "x" * size
+    body = {
+        "model": "gpt-5.5",
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": padding}]},
+            {"role": "user", "content": [{"type": "input_text", "text": text}]},
+        ],
+    }
+    return json.dumps(body).encode()
+
+
+async def test_a_grant_has_four_requests_in_flight_and_a_bounded_queue(
+    gw: Gw, issuer: FakeIssuer, backend: FakeChatGPTBackend, model_server: ModelServer
+) -> None:
+    """Requests of one grant beyond four wait (their bodies unread) rather than fail, since Codex
+    does not retry a 429; past the waiting room a 429 says why. Other grants are not held up."""
+    upstream = gw.gateway.chatgpt
+    assert upstream is not None
+    hold = asyncio.Event()
+    model_server.script(*(Reply(text=f"held {n}", hold=hold) for n in range(MAX_IN_FLIGHT)))
+    placeholder = gw.gateway.grant("g1", 1, auth="chatgpt")
+    grant = gw.gateway._grants[placeholder]
+    full = MAX_IN_FLIGHT + MAX_WAITING
+    asks = [asyncio.create_task(gw.ask(placeholder, f"ask {n}")) for n in range(full)]
+    await model_server.wait_streaming(MAX_IN_FLIGHT)
+    await upstream.wait_users(grant, full)
+    assert len(model_server.requests) == MAX_IN_FLIGHT  # the rest wait at the gateway
+    status, body = await gw.ask(placeholder, "one too many")
+    assert status == 429 and "too many model requests at once" in json.loads(body)["error"]["message"]
+    other = gw.gateway.grant("g2", 2, auth="chatgpt")  # another group is not held up
+    assert (await gw.ask(other, "from g2"))[0] == 200
+    hold.set()
+    results = await asyncio.gather(*asks)
+    assert [status for status, _ in results] == [200] * full
+    assert len(model_server.requests) == full + 1
+    assert upstream.users(grant) == 0
+
+
+async def test_a_large_body_is_streamed_not_kept_and_a_401_is_renewed_then_resent_by_codex(
+    gw: Gw, issuer: FakeIssuer, backend: FakeChatGPTBackend, model_server: ModelServer
+) -> None:
+    placeholder = gw.gateway.grant("g1", 1, auth="chatgpt")
+    big = _big_ask("big one", MAX_RETAINED_BODY + 1024)
+    issuer.expire_access()
+
+    async def post(data: bytes) -> tuple[int, str]:
+        async with gw.client.post(
+            "http://gateway/v1/responses",
+            data=io.BytesIO(data),
+            headers={"Authorization": f"Bearer {placeholder}", "Content-Type": "application/json"},
+        ) as response:
+            return response.status, await response.text()
+
+    status, body = await post(big)
+    # not retried by the gateway (the body was streamed, not kept): renewed, then a 503 that
+    # Codex retries by itself (it retries 5xx answers, never a 429)
+    assert status == 503, body
+    assert "renewed" in json.loads(body)["error"]["message"]
+    assert issuer.refresh_requests == 1 and backend.refused_bytes == [len(big)]
+    assert model_server.requests == []
+    status, body = await post(big)  # Codex's retry
+    assert status == 200 and "echo: big one" in body
+    assert issuer.refresh_requests == 1
+    assert len(model_server.requests[0].all_text) > MAX_RETAINED_BODY  # arrived whole
+    # a small body is kept for the one retry, as before
+    issuer.expire_access()
+    gw.auth.min_refresh_interval = 0
+    status, body = await gw.ask(placeholder, "small one")
+    assert status == 200 and "echo: small one" in body
+    assert issuer.refresh_requests == 2

@@ -142,13 +142,15 @@ class FakeChatGPTBackend:
         self.refuse_all = False
         """Refuse every token (a plan without Codex access, say)."""
         self._refusals = asyncio.Condition()
+        self.refused_bytes: list[int] = []
+        """The body size of every refused request."""
         self.seen_auth: list[tuple[str, str]] = []
         self.models_calls: list[tuple[str, str]] = []
         self.set_cookie: str | None = None
         """A ``Set-Cookie`` value every answer carries (a backend's session cookie)."""
         self.seen_cookies: list[str] = []
         """The ``Cookie`` header of every request (empty when none was sent)."""
-        app = web.Application()
+        app = web.Application(client_max_size=128 * 1024 * 1024)  # the gateway forwards up to 64 MiB
         app.on_response_prepare.append(self._cookies)
         app.router.add_post("/backend-api/codex/responses", self._responses)
         app.router.add_get("/backend-api/codex/models", self._models)
@@ -186,6 +188,7 @@ class FakeChatGPTBackend:
         self.seen_auth.append((auth, account))
         if self.refuse_all or auth != f"Bearer {self.issuer.access_token}" or account != ACCOUNT:
             self.refused += 1
+            self.refused_bytes.append(len(await request.read()))  # read, as a real server would
             async with self._refusals:
                 self._refusals.notify_all()
             return web.json_response({"detail": "Could not validate your credentials"}, status=401)
