@@ -287,7 +287,12 @@ async def healthz(request: web.Request) -> web.Response:
     if ORCHESTRATOR in request.app:
         shown["wake_queue"] = request.app[ORCHESTRATOR].ctx.slots.stats()
     chatgpt = describe_chatgpt(TokenStore.for_settings(settings))  # the ChatGPT sign-in, if any
-    if chatgpt["state"] == "ok":
+    gateway = request.app.get(GATEWAY)
+    unsaved = gateway.chatgpt.auth.unsaved() if gateway is not None and gateway.chatgpt else None
+    if unsaved is not None:  # in use, but not on disk: a restart would lose it
+        ok = False
+        shown["chatgpt_auth"] = f"unsaved: {unsaved}"
+    elif chatgpt["state"] == "ok":
         shown["chatgpt_auth"] = "ok"
     elif chatgpt["state"] != "not signed in":
         ok = False

@@ -176,6 +176,14 @@ class ChatGPTAuth:
         if self._session is not None:
             await self._session.close()
 
+    def unsaved(self) -> str | None:
+        """What is wrong when the sign-in in use lives only in memory (its save failed), or None:
+        for ``/healthz``, since a restart before it is saved loses it."""
+        if self._unsaved is None:
+            return None
+        what = "the broken mark" if self._unsaved.broken is not None else "the renewed sign-in"
+        return f"{what} could not be saved to the token store and is kept in memory only (see the log)"
+
     def _load(self) -> ChatGPTTokens:
         try:
             tokens = self.store.load()

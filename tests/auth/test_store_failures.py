@@ -77,12 +77,14 @@ async def test_new_tokens_that_cannot_be_saved_are_kept_and_the_spent_token_neve
     assert backend.seen_auth[-1][0] == f"Bearer {issuer.access_token}"
     on_disk = store.load()
     assert on_disk is not None and on_disk.refresh_token == old.refresh_token  # the save failed
+    assert "kept in memory only" in (gw.auth.unsaved() or "")  # /healthz says so
     # the disk has room again: the kept tokens are saved at the next request
     monkeypatch.undo()
     assert (await gw.ask(placeholder, "fourth"))[0] == 200
     saved = store.load()
     assert saved is not None and saved.refresh_token in issuer.live_refresh
     assert saved.access_token == issuer.access_token and issuer.refresh_requests == 1
+    assert gw.auth.unsaved() is None
 
 
 async def test_a_refused_refresh_that_cannot_be_marked_is_kept_broken_in_memory(
