@@ -125,6 +125,29 @@ async def test_a_revoked_sign_in_is_told_in_the_chat_and_never_loops(
     assert health["ok"] is False and "broken" in health["chatgpt_auth"]
 
 
+async def test_codex_sends_a_request_again_after_the_503_of_a_renewed_large_body(
+    tmp_path: Path,
+    start_host: Any,
+    issuer: FakeIssuer,  # noqa: F811
+    backend: FakeChatGPTBackend,  # noqa: F811
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    """What the gateway's answer to a streamed body's 401 relies on (``nanohost.auth.upstream``):
+    real Codex on its ChatGPT path takes a 503 as transient and the same request is sent again
+    (Codex retries 5xx itself; the runner's transport retry is the backstop), so the turn is
+    answered and the chat never hears of it."""
+    from nanohost.auth.upstream import RESEND
+
+    settings, _ = signed_in(tmp_path, issuer, backend)
+    model_server.script(Reply(status=503, error_body=json.dumps({"error": {"message": RESEND}})))
+    host = await start_host(settings)
+    message_id = await host.send("plan", "resend me")
+    replies = await host.replies_after("plan", message_id, wait=120)
+    assert [r["text"] for r in replies] == ["echo: resend me"]
+    first, second = model_server.requests
+    assert first.body == second.body  # the same request, sent again
+
+
 async def test_an_auth_mode_written_behind_the_cli_stops_the_wake_and_says_so(
     tmp_path: Path, start_host: Any, docker_client: Any
 ) -> None:
