@@ -174,12 +174,10 @@ class TokenStore:
         """Replace the stored sign-in atomically and durably (see the module docstring)."""
         self.commit(self.prepare_save(), tokens)
 
-    def mark_broken(
-        self, tokens: ChatGPTTokens, reason: str, prepared: PreparedSave | None = None
-    ) -> ChatGPTTokens:
+    def mark_broken(self, tokens: ChatGPTTokens, reason: str) -> ChatGPTTokens:
         """Record that the issuer refused the refresh token for good (kept until the next login)."""
         broken = marked_broken(tokens, reason)
-        self.commit(prepared or self.prepare_save(), broken)
+        self.save(broken)
         return broken
 
     def delete(self) -> bool:
