@@ -21,8 +21,11 @@ segments (``//``) and absolute-form targets. Each refusal is logged once, with t
 
 A ``chatgpt``-auth grant (``groups config G --auth chatgpt``) is forwarded by
 ``nanohost.auth.upstream`` instead: to the ChatGPT backend, with the host's ChatGPT access token
-and account id, refreshed once on a 401; ``POST /v1/oauth/token`` (Codex's own refresh, pointed
-here) answers with the placeholder and never reaches the issuer.
+and account id, refreshed once on a 401 (a body of at most 8 MiB is kept in memory for that one
+retry, a larger one is streamed), at most 4 requests of a grant at once (16 more wait, then 429);
+``POST /v1/oauth/token`` (Codex's own refresh, pointed here) answers with the placeholder and
+never reaches the issuer. No upstream session keeps cookies (``DummyCookieJar``), and no
+``Set-Cookie`` is forwarded back on any route.
 
 Egress (off by default): a group with an allow-list of host patterns gets an HTTPS proxy on a
 second socket. Only ``CONNECT host:port`` to an allowed host is tunnelled; the client proves its
