@@ -110,6 +110,8 @@ class SessionRuntime:
         self.container_id: str | None = None
         self.placeholder: str | None = None
         self.started_at = 0.0
+        self.boot_marks: dict[str, float] = {}
+        """Wall-clock times of the last start's steps (nanohost.boot_phases.HOST_MARKS), for bench/."""
         self.last_activity = time.monotonic()
         self.next_attempt = 0.0
         self._holds_slot = False
@@ -320,6 +322,7 @@ class SessionRuntime:
 
     async def _start_container(self) -> None:
         settings = self.ctx.settings
+        self.boot_marks = {"wake": time.time()}
         with transaction(self.ctx.db) as db:
             session, group = self._load(db)
             config = group.config
@@ -391,7 +394,9 @@ class SessionRuntime:
             env={k: str(v) for k, v in spec.env.items()},
         )
         started = time.monotonic()
+        self.boot_marks["composed"] = time.time()
         self.container_id = await self.ctx.backend.run(container)
+        self.boot_marks["started"] = time.time()
         self.started_at = self.last_activity = time.monotonic()
         with transaction(self.ctx.db) as db:
             session, group = self._load(db)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent_runner import phases
 from agent_runner.codex.config import render, write_config
 from agent_runner.codex.env import codex_env
 from agent_runner.codex.errors import (
@@ -103,6 +104,7 @@ class CodexProvider:
         if self._server is not None and self._server.running:
             return self._server
         started = time.monotonic()
+        phases.mark("codex_spawn")
         server = AppServer([self.codex_bin], self._env, str(self.cwd), self._route, self._exited)
         await server.start()
         try:
@@ -114,6 +116,7 @@ class CodexProvider:
                 },
             )
             server.notify("initialized")
+            phases.mark("codex_initialized")
         except (AppServerExited, RpcError, TimeoutError) as exc:
             await server.close(grace=1)
             raise CodexStartError(f"codex app-server did not start: {server.exit_cause or exc}") from None
@@ -123,6 +126,8 @@ class CodexProvider:
         return server
 
     def _route(self, method: str, params: dict[str, Any]) -> None:
+        if method == "mcpServer/startupStatus/updated" and params.get("status") == "ready":
+            phases.mark(f"mcp_ready_{params.get('name')}")
         thread = params.get("threadId") or (params.get("thread") or {}).get("id")
         queue = self._routes.get(str(thread)) if thread else None
         if queue is not None:
@@ -255,6 +260,7 @@ class CodexQuery:
         try:
             server = await self.p._ensure_server()
             thread_id, fresh = await self._open_thread(server)
+            phases.mark("thread_open")
         except CodexStartError as exc:
             yield ErrorEvent(str(exc), kind="config")
             return
@@ -306,6 +312,7 @@ class CodexQuery:
             yield ResultEvent("", "failed", self._ids(), error=message, kind=kind)
             return
         self.active_turn = str(result["turn"]["id"])
+        phases.mark("turn_started")
         replies: list[str] = []
         status, error = "failed", None
         info: Any = None  # codexErrorInfo of the final error
