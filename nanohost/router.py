@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import Session, joinedload
 
 from nanohost.bus import MessageBus
 from nanohost.channels.base import FileTooLarge, InboundMessage
@@ -130,13 +130,18 @@ class Router:
             return (await self.commands.run(group, message, chat_key, command))[0]
         return await self._record(group, message, chat_key)
 
-    async def _record(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> int:
-        """Record the message in its session (one transaction), then queue it for the agent."""
+    async def _record(
+        self, group: AgentGroup, message: InboundMessage, chat_key: str | None, *, wait: bool = True
+    ) -> int:
+        """Record the message in its session (one transaction), then queue it for the agent;
+        ``wait``: until it is in the queue (see SessionRuntime.submit)."""
         message_id, session_id = await self._retrying(self._insert, group, message, chat_key)
         self.bus.publish(group.id, {"type": "message", "id": message_id})
         try:
             runtime = await self.orchestrator.runtime(session_id)
-            await runtime.submit(message_id, message.text, message.sender, list(message.attachments))
+            await runtime.submit(
+                message_id, message.text, message.sender, list(message.attachments), wait=wait
+            )
         except OperationalError as exc:  # recorded: the session's next wake queues it
             raise NotQueued(f"message {message_id} was recorded but not queued ({exc})") from exc
         except (sqlite3.Error, OSError) as exc:
@@ -211,7 +216,7 @@ class Router:
 
     async def _receive(self, message: InboundMessage) -> None:
         where = f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
-        found = await self._retrying(self._binding, message)
+        found, seen = await self._retrying(self._binding_and_seen, message)
         if found is None:
             return
         group, key = found
@@ -220,7 +225,7 @@ class Router:
                 "%s: sender %s is not on group %s's allow-list; ignored", where, message.sender, group.name
             )
             return
-        if await self._retrying(self._seen, message):
+        if seen:
             log.info("%s: already received; ignored", where)
             return
         if (command := command_of(message.text)) is not None:  # explicit, so in any engage mode
@@ -255,8 +260,8 @@ class Router:
             sender_id=message.sender_id,
             thread_id=message.thread_id,
         )
-        try:
-            await self._record(group, inbound, key)
+        try:  # recorded is what counts here: a failed queue write is handled by the runtime
+            await self._record(group, inbound, key, wait=False)
         except Duplicate:
             log.info("%s: already received; ignored", where)
 
@@ -278,26 +283,33 @@ class Router:
                 session.chat_key = chat_key(channel, new_chat_id)
         log.info("%s chat %s is now %s; its binding moved with it", channel, old_chat_id, new_chat_id)
 
-    def _binding(self, message: InboundMessage) -> tuple[AgentGroup, str | None] | None:
-        """The bound group and the session key, or None for an unbound chat (logged once)."""
+    def _binding_and_seen(
+        self, message: InboundMessage
+    ) -> tuple[tuple[AgentGroup, str | None] | None, bool]:
+        """``_binding`` and ``_seen`` in one transaction (each costs one on the routing path)."""
         with transaction(self.orchestrator.ctx.db) as db:
-            binding = db.scalar(
-                select(ChatBinding)
-                .options(joinedload(ChatBinding.group).joinedload(AgentGroup.config))
-                .where(ChatBinding.channel == message.channel, ChatBinding.chat_id == message.chat_id)
-            )
-            if binding is None:
-                chat = (message.channel, message.chat_id)
-                if chat not in self._unbound_logged:
-                    self._unbound_logged.add(chat)
-                    log.info(
-                        "%s chat %s is not bound to a group; ignoring it (bind it with "
-                        "`nanohost bind %s %s GROUP`)",
-                        *chat,
-                        *chat,
-                    )
-                return None
-            return binding.group, session_key(binding)
+            found = self._binding(message, db)
+            return found, found is not None and self._seen(message, db)
+
+    def _binding(self, message: InboundMessage, db: Session) -> tuple[AgentGroup, str | None] | None:
+        """The bound group and the session key, or None for an unbound chat (logged once)."""
+        binding = db.scalar(
+            select(ChatBinding)
+            .options(joinedload(ChatBinding.group).joinedload(AgentGroup.config))
+            .where(ChatBinding.channel == message.channel, ChatBinding.chat_id == message.chat_id)
+        )
+        if binding is None:
+            chat = (message.channel, message.chat_id)
+            if chat not in self._unbound_logged:
+                self._unbound_logged.add(chat)
+                log.info(
+                    "%s chat %s is not bound to a group; ignoring it (bind it with "
+                    "`nanohost bind %s %s GROUP`)",
+                    *chat,
+                    *chat,
+                )
+            return None
+        return binding.group, session_key(binding)
 
     @staticmethod
     def _sender_allowed(group: AgentGroup, message: InboundMessage) -> bool:
@@ -313,17 +325,17 @@ class Router:
         trigger = group.config.trigger_word or ""
         return bool(trigger) and starts_with_trigger(message.text, trigger)
 
-    def _seen(self, message: InboundMessage) -> bool:
+    @staticmethod
+    def _seen(message: InboundMessage, db: Session) -> bool:
         if message.platform_message_id is None:
             return False
-        with transaction(self.orchestrator.ctx.db) as db:
-            found = db.scalar(
-                select(Message.id).where(
-                    Message.direction == "in",
-                    Message.channel == message.channel,
-                    Message.platform_message_id == message.platform_message_id,
-                )
+        found = db.scalar(
+            select(Message.id).where(
+                Message.direction == "in",
+                Message.channel == message.channel,
+                Message.platform_message_id == message.platform_message_id,
             )
+        )
         return found is not None
 
     async def _save_files(

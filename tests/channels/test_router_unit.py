@@ -57,7 +57,7 @@ async def test_a_database_that_stays_locked_is_logged_as_lost(
         tries.append(message)
         raise _locked()
 
-    monkeypatch.setattr(router, "_binding", locked)
+    monkeypatch.setattr(router, "_binding_and_seen", locked)
     with caplog.at_level(logging.ERROR, logger="nanohost.router"):
         await router.receive(InboundMessage("telegram", "-1", "alice", "hi", platform_message_id="-1:2"))
     assert len(tries) == 3

@@ -1,0 +1,71 @@
+"""Group commit of inbound appends: one transaction for what arrives together; errors reach the
+waiting sender, or the runtime's handler when nobody waits."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from nanohost.group_commit import GroupCommit, Item
+from nanohost.transport import SessionQueues
+
+
+class Queues:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.error = error
+
+    def append_many(self, items: list[Item]) -> None:
+        if self.error is not None:
+            raise self.error
+        self.batches.append([item[0] for item in items])
+
+
+def item(n: int) -> Item:
+    return (n, f"text {n}", "alice", [])
+
+
+async def test_what_arrives_together_is_one_transaction_then_marked_once() -> None:
+    queues, marked = Queues(), []
+    commit = GroupCommit(cast(Any, queues), marked.append, lambda ids, exc: None)
+    await asyncio.gather(*(commit.add(item(n)) for n in range(1, 31)))
+    assert sorted(n for batch in queues.batches for n in batch) == list(range(1, 31))
+    assert len(queues.batches) <= 2  # the first write starts alone; the rest join the next one
+    assert marked == queues.batches
+
+
+async def test_a_waiting_sender_gets_the_write_error() -> None:
+    error = OSError(errno.ENOSPC, "No space left on device")
+    commit = GroupCommit(cast(Any, Queues(error)), lambda ids: None, lambda ids, exc: None)
+    with pytest.raises(OSError, match="No space"):
+        await commit.add(item(1))
+
+
+async def test_an_unwaited_failure_goes_to_the_handler() -> None:
+    error = OSError(errno.ENOSPC, "No space left on device")
+    failed: list[tuple[list[int], BaseException]] = []
+    done = asyncio.Event()
+
+    def handler(ids: list[int], exc: BaseException) -> None:
+        failed.append((ids, exc))
+        done.set()
+
+    commit = GroupCommit(cast(Any, Queues(error)), lambda ids: None, handler)
+    await commit.add(item(7), wait=False)
+    async with asyncio.timeout(10):
+        await done.wait()
+    assert failed == [([7], error)]
+
+
+def test_append_many_is_idempotent_by_message_id(tmp_path: Path) -> None:
+    queues = SessionQueues(tmp_path)
+    try:
+        queues.append_many([item(1), item(2)])
+        queues.append_many([item(2), item(3)])
+        assert queues.unconsumed() == [1, 2, 3]
+    finally:
+        queues.close()
