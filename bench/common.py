@@ -170,7 +170,7 @@ class Chat:
         return {"X-Nanohost": "1"} if self.web else AUTH
 
     async def __aenter__(self) -> Chat:
-        self.http = aiohttp.ClientSession()
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))  # 127.0.0.1
         if self.web:
             async with self.http.post(f"{self.base}/web/login", json={"password": self.password}) as r:
                 assert r.status == 200, await r.text()

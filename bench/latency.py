@@ -54,13 +54,18 @@ def remove_bench_containers(root: Path) -> None:
     remove_containers(root)
 
 
-def set_web_password(settings: Settings, password: str) -> None:
+def open_web_chat(settings: Settings, group: str, password: str) -> None:
+    """Bind ``group`` to the web chat and set the web chat's password."""
     from nanohost.channels.state import ChannelStore
     from nanohost.channels.web_auth import CHANNEL, WebAuth
     from nanohost.db import make_engine, make_session_factory
+    from nanohost.db.engine import transaction
+    from nanohost.groups import bind_chat, get_group
 
     engine = make_engine(settings.db_url)
     try:
+        with transaction(make_session_factory(engine)) as db:
+            bind_chat(db, CHANNEL, group, get_group(db, group), "shared")
         WebAuth(ChannelStore(make_session_factory(engine), CHANNEL)).set_password(password)
     finally:
         engine.dispose()
@@ -68,7 +73,7 @@ def set_web_password(settings: Settings, password: str) -> None:
 
 async def both_paths(settings: Settings, group: str, messages: int) -> dict[str, list[float]]:
     """Warm round trips through the API and the web chat (after one warm-up each)."""
-    set_web_password(settings, PASSWORD)
+    open_web_chat(settings, group, PASSWORD)
     out: dict[str, list[float]] = {}
     async with host(settings) as (base, _app):
         for path, web in (("api", False), ("web", True)):
