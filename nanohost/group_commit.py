@@ -46,6 +46,11 @@ class GroupCommit:
         else:
             done.add_done_callback(lambda f: self._unwaited(item[0], f))
 
+    async def settled(self) -> None:
+        """Return once every row added so far is written (or its write failed)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.wait({self._writer})
+
     def _unwaited(self, message_id: int, done: asyncio.Future[None]) -> None:
         if not done.cancelled() and (error := done.exception()) is not None:
             self.failed([message_id], error)

@@ -170,6 +170,11 @@ class SessionRuntime:
         await self._appends.add((message_id, text, sender, attachments), wait=wait)
         self.wake_soon()
 
+    async def settled(self) -> None:
+        """Return once every message submitted so far is in the queue (or refused); a chat
+        platform's message is routed without waiting for that (see ``submit``)."""
+        await self._appends.settled()
+
     def _queued(self, message_ids: list[int]) -> None:
         """A batch is in inbound.db: mark its rows queued and ring the runner's doorbell."""
         self._mark_queued(message_ids)

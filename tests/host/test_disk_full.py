@@ -190,8 +190,6 @@ async def test_a_chat_message_that_cannot_be_queued_for_a_full_disk_is_taken_bac
     router = client.app[ROUTER]
     await router.receive(InboundMessage("web", "team", "alice", "lost?", platform_message_id="w1"))
     (runtime,) = client.app[ORCHESTRATOR].runtimes.values()
-    writer = runtime._appends._writer  # the group commit's write, still under way after receive
-    assert writer is not None
     async with asyncio.timeout(10):
-        await writer
+        await runtime.settled()  # the group commit's write, still under way after receive
     assert stored(settings) == [("lost?", "refused")]

@@ -69,3 +69,13 @@ def test_append_many_is_idempotent_by_message_id(tmp_path: Path) -> None:
         assert queues.unconsumed() == [1, 2, 3]
     finally:
         queues.close()
+
+
+async def test_settled_returns_once_unwaited_rows_are_written() -> None:
+    queues = Queues()
+    commit = GroupCommit(cast(Any, queues), lambda ids: None, lambda ids, exc: None)
+    for n in range(5):
+        await commit.add(item(n), wait=False)
+    assert queues.batches == []  # nothing written yet: the writer has not run
+    await commit.settled()
+    assert sorted(n for batch in queues.batches for n in batch) == [0, 1, 2, 3, 4]
