@@ -15,24 +15,21 @@ is given.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
-import socket
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-SESSION = Path(os.environ.get("NANOHOST_SESSION_DIR", "/workspace/session"))
-WORKSPACE = Path(os.environ.get("NANOHOST_WORKSPACE", "/workspace/agent"))
+if TYPE_CHECKING:  # imported where used: every module imported here is on the cold-start path
+    from collections.abc import Callable
+    from pathlib import Path
+
+SESSION = os.environ.get("NANOHOST_SESSION_DIR", "/workspace/session")
+WORKSPACE = os.environ.get("NANOHOST_WORKSPACE", "/workspace/agent")
 MAX_MESSAGE = 40_000
 MAX_LINE = 4 * 1024 * 1024
 """A request longer than this is refused (the tools take short strings)."""
-_INTERVAL = re.compile(r"^every\s+(\d+)\s*([smhd])$", re.IGNORECASE)
+_INTERVAL = r"^every\s+(\d+)\s*([smhd])$"
 
 PROTOCOL_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 """MCP versions this server speaks, newest first (Codex 0.138 asks for 2025-06-18). A client asking
@@ -46,22 +43,31 @@ class ToolError(Exception):
 
 
 def _queue(kind: str, payload: dict[str, Any]) -> int:
+    import socket
+    from pathlib import Path
+
     from agent_runner.queues import RunnerQueues  # sqlite3 only when a tool writes
 
-    queues = RunnerQueues(SESSION)
+    queues = RunnerQueues(Path(SESSION))
     try:
         row_id = queues.add(kind, payload)
     finally:
         queues.close()
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as bell:
-        bell.settimeout(1)
-        bell.connect(str(SESSION / "doorbell.sock"))
-        bell.sendall(b"outbound\n")
+    try:
+        with socket.socket(socket.AF_UNIX) as bell:
+            bell.settimeout(1)
+            bell.connect(os.path.join(SESSION, "doorbell.sock"))
+            bell.sendall(b"outbound\n")
+    except OSError:
+        pass  # the host's slow poll finds the row
     return row_id
 
 
-def resolve_inside(path: str, root: Path = WORKSPACE) -> Path:
+def resolve_inside(path: str, root: Path | str = WORKSPACE) -> Path:
     """The real path of ``path`` (relative to the workspace or absolute) if it is a file inside ``root``."""
+    from pathlib import Path
+
+    root = Path(root)
     candidate = Path(path)
     if not candidate.is_absolute():
         candidate = root / candidate
@@ -75,8 +81,11 @@ def resolve_inside(path: str, root: Path = WORKSPACE) -> Path:
 
 def check_schedule(schedule: str) -> str:
     """A cron expression, "every N[smhd]", or one ISO-8601 time."""
+    import re
+    from datetime import datetime
+
     text = schedule.strip()
-    if _INTERVAL.match(text):
+    if re.match(_INTERVAL, text, re.IGNORECASE):
         return text.lower()
     from croniter import croniter
 
@@ -122,7 +131,8 @@ def schedule_task(prompt: str, schedule: str) -> str:
 def list_tasks() -> str:
     """The scheduled tasks of this group (as the host last reported them)."""
     try:
-        tasks = json.loads((SESSION / "tasks.json").read_text())
+        with open(os.path.join(SESSION, "tasks.json"), encoding="utf-8") as handle:
+            tasks = json.load(handle)
     except (OSError, ValueError):
         tasks = []
     return json.dumps(tasks, indent=2) if tasks else "no scheduled tasks"
@@ -136,12 +146,12 @@ def cancel_task(task_id: str) -> str:
     return f"cancel requested for task {task_id}"
 
 
-@dataclass(frozen=True)
 class Tool:
     """One tool: its function and its string parameters (name → default, ``None`` if required)."""
 
-    function: Callable[..., str]
-    params: dict[str, str | None]
+    def __init__(self, function: Callable[..., str], params: dict[str, str | None]) -> None:
+        self.function = function
+        self.params = params
 
     @property
     def name(self) -> str:
