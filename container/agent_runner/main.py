@@ -31,7 +31,6 @@ import time
 from typing import Any
 
 from agent_runner import phases
-from agent_runner.archive import archive_exchange
 from agent_runner.codex.errors import plain_words, scrub
 from agent_runner.config import ConfigError, Paths, RunnerConfig
 from agent_runner.doorbell import RunnerDoorbell
@@ -338,6 +337,8 @@ class _Burst:
             runner.attempts.pop(i, None)
             runner.transport_tries.pop(i, None)
         if event.status == "completed":
+            from agent_runner.archive import archive_exchange  # after the reply: off the cold start
+
             archive_exchange(
                 runner.paths.workspace / "conversations",
                 provider=runner.provider.name,
