@@ -5,10 +5,11 @@ fsyncs, ~1-5 ms on a busy disk). One commit per message, on the event loop, capp
 ~110 messages/s and stalled every other group meanwhile (``python -m bench router``). Here each
 ``add`` joins the batch being collected; the batch is written in one transaction in a worker
 thread, then ``after(ids)`` runs on the event loop (the runtime marks the rows queued in one
-host-database transaction). ``add`` returns when its row is committed, or raises what the write
-raised, so a full disk still reaches the sender of that message (507) and nothing is assumed
-queued that is not. ``add(..., wait=False)`` (chat platforms: nobody to answer 507 to) returns at
-once; a failed write is handed to ``failed(ids, error)`` instead.
+host-database transaction); a failed write is handed to ``failed(ids, error)``. That is for chat
+platforms (``add(..., wait=False)``): nobody waits there for an answer to a full disk. The HTTP
+API and the web chat (``wait=True``) write their row at once, on the event loop, and raise what
+the write raised, so a full disk still reaches that sender (507) and nothing is assumed queued
+that is not.
 """
 
 from __future__ import annotations
@@ -35,16 +36,18 @@ class GroupCommit:
         self._writer: asyncio.Task[None] | None = None
 
     async def add(self, item: Item, *, wait: bool = True) -> None:
-        """Queue ``item`` with whatever else arrives meanwhile; returns once it is committed
-        (``wait``), or at once."""
+        """``wait``: write ``item`` now and return once it is committed (a sender waits for its
+        answer: no thread hop, which costs more latency than the commit on a busy machine).
+        Otherwise queue it with whatever else arrives meanwhile and return at once."""
+        if wait:
+            self.queues.append_many([item])
+            self.after([item[0]])
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.append((item, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write())
-        if wait:
-            await asyncio.shield(done)  # a caller that gives up does not take its batch down with it
-        else:
-            done.add_done_callback(lambda f: self._unwaited(item[0], f))
+        done.add_done_callback(lambda f: self._unwaited(item[0], f))
 
     async def settled(self) -> None:
         """Return once every row added so far is written (or its write failed)."""

@@ -32,10 +32,18 @@ def item(n: int) -> Item:
 async def test_what_arrives_together_is_one_transaction_then_marked_once() -> None:
     queues, marked = Queues(), []
     commit = GroupCommit(cast(Any, queues), marked.append, lambda ids, exc: None)
-    await asyncio.gather(*(commit.add(item(n)) for n in range(1, 31)))
-    assert sorted(n for batch in queues.batches for n in batch) == list(range(1, 31))
-    assert len(queues.batches) <= 2  # the first write starts alone; the rest join the next one
+    for n in range(1, 31):
+        await commit.add(item(n), wait=False)
+    await commit.settled()
+    assert queues.batches == [list(range(1, 31))]
     assert marked == queues.batches
+
+
+async def test_a_waiting_sender_is_written_at_once() -> None:
+    queues, marked = Queues(), []
+    commit = GroupCommit(cast(Any, queues), marked.append, lambda ids, exc: None)
+    await commit.add(item(5))
+    assert queues.batches == [[5]] and marked == [[5]]
 
 
 async def test_a_waiting_sender_gets_the_write_error() -> None:
