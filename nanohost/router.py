@@ -20,7 +20,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, joinedload
 
@@ -135,12 +135,18 @@ class Router:
     ) -> int:
         """Record the message in its session (one transaction), then queue it for the agent;
         ``wait``: until it is in the queue (see SessionRuntime.submit)."""
-        message_id, session_id = await self._retrying(self._insert, group, message, chat_key)
+        message_id, session_id, revived = await self._retrying(self._insert, group, message, chat_key)
         self.bus.publish(group.id, {"type": "message", "id": message_id})
         try:
             runtime = await self.orchestrator.runtime(session_id)
             await runtime.submit(
-                message_id, message.text, message.sender, list(message.attachments), wait=wait
+                message_id,
+                message.text,
+                message.sender,
+                list(message.attachments),
+                wait=wait,
+                marked=True,
+                revived=revived,
             )
         except OperationalError as exc:  # recorded: the session's next wake queues it
             raise NotQueued(f"message {message_id} was recorded but not queued ({exc})") from exc
@@ -156,7 +162,7 @@ class Router:
         try:
             with transaction(self.orchestrator.ctx.db) as db:
                 row = db.get(Message, message_id)
-                if row is not None and row.status == "pending":
+                if row is not None and row.status in ("pending", "queued"):
                     row.status, row.error = "refused", why
         except OperationalError as exc:
             log.error(
@@ -167,14 +173,26 @@ class Router:
             return
         self.bus.publish(group.id, {"type": "message", "id": message_id})
 
-    def _insert(self, group: AgentGroup, message: InboundMessage, chat_key: str | None) -> tuple[int, int]:
+    def _insert(
+        self, group: AgentGroup, message: InboundMessage, chat_key: str | None
+    ) -> tuple[int, int, bool]:
+        """Record the message as queued, in one transaction with what else routing changes: its
+        session (made when missing), revived when it had failed (a new message is the way out).
+        Returns the message id, the session id and whether the session was revived. The runtime
+        appends it to the queue next; a host that stops in between queues it at the next wake
+        (pending and queued are both waiting), and one held back puts it back to pending."""
         try:
             with transaction(self.orchestrator.ctx.db) as db:
                 session_id = self.orchestrator.session_for(group, chat_key, db)
-                row = inbound_row(group.id, session_id, message, status="pending")
+                row = inbound_row(group.id, session_id, message, status="queued")
                 db.add(row)
                 db.flush()
-                return row.id, session_id
+                revived = db.execute(
+                    update(AgentSession)
+                    .where(AgentSession.id == session_id, AgentSession.status == "failed")
+                    .values(status="idle", crash_count=0, failure_notified=False)
+                )
+                return row.id, session_id, bool(revived.rowcount)  # type: ignore[attr-defined]
         except IntegrityError:
             raise Duplicate(
                 f"{message.channel} message {message.platform_message_id} was already received"

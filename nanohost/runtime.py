@@ -111,6 +111,8 @@ class SessionRuntime:
         """Set when the session was quarantined: the fresh session that took over."""
         self.doorbell = Doorbell(self.dir / "doorbell.sock", self._rung, self._hung_up)
         self._appends = GroupCommit(self.queues, self._queued, self._not_queued)
+        self._premarked: set[int] = set()
+        """Messages being appended that the router recorded as queued already."""
         self.container_id: str | None = None
         self.placeholder: str | None = None
         self.started_at = 0.0
@@ -152,23 +154,52 @@ class SessionRuntime:
         self._release_slot()
 
     async def submit(
-        self, message_id: int, text: str, sender: str | None, attachments: list[str], *, wait: bool = True
+        self,
+        message_id: int,
+        text: str,
+        sender: str | None,
+        attachments: list[str],
+        *,
+        wait: bool = True,
+        marked: bool = False,
+        revived: bool = False,
     ) -> None:
         """Queue a message for the agent and make sure its container is up. ``wait``: return once
-        it is in the queue (raising what the write raised), else at once (see group_commit)."""
+        it is in the queue (raising what the write raised), else at once (see group_commit).
+        ``marked``: the router recorded it as queued already (and revived a failed session:
+        ``revived``), so no further database write is needed here."""
         if self.replaced_by is not None:  # quarantined meanwhile: the sweeper moves it on
             self.ctx.sweep_now.set()
             return
         # held back (slots.py, rule 3): the message stays "pending"; the next wake queues it
         held_back = self._held_back and self.container_id is not None
         self.last_activity = time.monotonic()
+        if revived:
+            self.next_attempt = 0.0
         if held_back:
-            self._mark_queued([message_id], queued=False)
+            if marked:
+                self._mark_waiting(message_id)
+            else:
+                self._mark_queued([message_id], queued=False)
             log.info("session %s: message %s waits for the next wake", self.session_id, message_id)
             return
-        # with whatever else arrives meanwhile: one inbound.db commit, one marking, one ring
-        await self._appends.add((message_id, text, sender, attachments), wait=wait)
+        if marked:
+            self._premarked.add(message_id)
+        try:  # with whatever else arrives meanwhile: one inbound.db commit, one marking, one ring
+            await self._appends.add((message_id, text, sender, attachments), wait=wait)
+        except BaseException:
+            self._premarked.discard(message_id)
+            raise
         self.wake_soon()
+
+    def _mark_waiting(self, message_id: int) -> None:
+        """A message the router recorded as queued stays pending: the session is held back."""
+        with transaction(self.ctx.db) as db:
+            db.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.status == "queued")
+                .values(status="pending")
+            )
 
     async def settled(self) -> None:
         """Return once every message submitted so far is in the queue (or refused); a chat
@@ -176,21 +207,26 @@ class SessionRuntime:
         await self._appends.settled()
 
     def _queued(self, message_ids: list[int]) -> None:
-        """A batch is in inbound.db: mark its rows queued and ring the runner's doorbell."""
-        self._mark_queued(message_ids)
+        """A batch is in inbound.db: mark its rows queued (unless recorded so) and ring the
+        runner's doorbell."""
+        unmarked = [i for i in message_ids if i not in self._premarked]
+        self._premarked.difference_update(message_ids)
+        if unmarked:
+            self._mark_queued(unmarked)
         self.doorbell.ring()
 
     def _not_queued(self, message_ids: list[int], error: BaseException) -> None:
         """A batch nobody waited for failed to reach inbound.db: a full disk takes its messages
         back (refused: never answered beside a resend); otherwise they stay pending for the next
         wake."""
+        self._premarked.difference_update(message_ids)
         if isinstance(error, (sqlite3.Error, OSError)) and is_disk_full(error):
             log.error("session %s: messages %s refused: the disk was full", self.session_id, message_ids)
             try:
                 with transaction(self.ctx.db) as db:
                     db.execute(
                         update(Message)
-                        .where(Message.id.in_(message_ids), Message.status == "pending")
+                        .where(Message.id.in_(message_ids), Message.status.in_(("pending", "queued")))
                         .values(status="refused", error="the host's disk was full")
                     )
             except Exception as exc:  # the next wake queues them: they are still pending
