@@ -87,3 +87,48 @@ async def test_settled_returns_once_unwaited_rows_are_written() -> None:
     assert queues.batches == []  # nothing written yet: the writer has not run
     await commit.settled()
     assert sorted(n for batch in queues.batches for n in batch) == [0, 1, 2, 3, 4]
+
+
+async def test_routed_messages_are_queued_once_and_a_held_back_session_keeps_them_pending(
+    host_env: Path,
+) -> None:
+    """The router records a message as queued in its own transaction; when the session is held
+    back (slots.py, rule 3) the message goes back to pending and stays out of the queue."""
+    from aiohttp.test_utils import TestClient, TestServer
+    from sqlalchemy import select
+
+    from nanohost.app import ORCHESTRATOR, build_app
+    from nanohost.db import Message, make_engine, make_session_factory, migrate
+    from nanohost.db.engine import transaction
+    from nanohost.groups import create_group
+    from nanohost.settings import load_settings
+    from tests.fakes.container_engine import RecordingBackend
+
+    settings = load_settings(api_token="t", sweep_interval=3600)
+    engine = make_engine(settings.db_url)
+    migrate.upgrade(engine)
+    with transaction(make_session_factory(engine)) as db:
+        create_group(db, settings, "team", provider="mock")
+    fake = RecordingBackend()
+    auth = {"Authorization": "Bearer t"}
+
+    def statuses() -> list[str]:
+        with make_session_factory(engine)() as db:
+            return [m.status for m in db.scalars(select(Message).where(Message.direction == "in"))]
+
+    try:
+        async with TestClient(TestServer(build_app(settings, backend_factory=lambda: fake))) as client:
+            first = await client.post("/api/groups/team/messages", json={"text": "one"}, headers=auth)
+            assert first.status == 201
+            assert statuses() == ["queued"]
+            (runtime,) = client.app[ORCHESTRATOR].runtimes.values()
+            async with asyncio.timeout(10):
+                await fake.started.wait()
+            assert runtime.container_id is not None
+            runtime._held_back = True  # its slot's quantum is over while other wakes wait
+            second = await client.post("/api/groups/team/messages", json={"text": "two"}, headers=auth)
+            assert second.status == 201
+            assert statuses() == ["queued", "pending"]
+            assert runtime.queues.unconsumed() == [(await first.json())["id"]]
+    finally:
+        engine.dispose()
