@@ -53,6 +53,16 @@ class NotQueued(Exception):
     """The message was recorded, but the database failed before it reached the session's queue."""
 
 
+def _plain(message: InboundMessage) -> bool:
+    """Text only, no chat command, within the size limit: what ``receive_many`` records in bulk."""
+    return (
+        not message.attachments
+        and bool(message.text.strip())
+        and len(message.text) <= MAX_TEXT
+        and command_of(message.text) is None
+    )
+
+
 def chat_key(channel: str, chat_id: str) -> str:
     """The session key of a per-chat session."""
     return f"{channel}:{chat_id}"
@@ -220,6 +230,98 @@ class Router:
         except NotQueued as exc:
             log.error("%s; it is queued at the session's next wake", exc)
 
+    async def receive_many(self, messages: list[InboundMessage]) -> None:
+        """Route a platform's batch of messages (Telegram's ``getUpdates`` returns up to 100) by
+        the same rules as ``receive``, in order. Consecutive plain messages (text only, no chat
+        command) are checked and recorded in one transaction and queued by one group commit per
+        session; any other message goes through ``receive`` where it stands. Never raises for a
+        refused message."""
+        run: list[InboundMessage] = []
+        for message in messages:
+            if _plain(message):
+                run.append(message)
+                continue
+            await self._receive_run(run)
+            run = []
+            await self.receive(message)
+        await self._receive_run(run)
+
+    async def _receive_run(self, run: list[InboundMessage]) -> None:
+        if len(run) <= 1:
+            for message in run:
+                await self.receive(message)
+            return
+        try:
+            recorded = await self._retrying(self._insert_run, run)
+        except (OperationalError, Duplicate):  # locked for good, or a race on a platform id:
+            for message in run:  # each on its own, where those cases are handled one by one
+                await self.receive(message)
+            return
+        for group_id, message_id, session_id, revived, message in recorded:
+            self.bus.publish(group_id, {"type": "message", "id": message_id})
+            try:
+                runtime = await self.orchestrator.runtime(session_id)
+                await runtime.submit(
+                    message_id, message.text, message.sender, [], wait=False, marked=True, revived=revived
+                )
+            except OperationalError as exc:  # recorded: the session's next wake queues it
+                log.error("message %s recorded but not queued (%s); queued at the next wake", message_id, exc)
+
+    def _insert_run(
+        self, run: list[InboundMessage]
+    ) -> list[tuple[int, int, int, bool, InboundMessage]]:
+        """``_binding_and_seen`` and ``_insert`` for plain messages, all in one transaction:
+        (group id, message id, session id, session revived, message) of each one recorded."""
+        kept: list[tuple[int, Message, int, bool, InboundMessage]] = []
+        try:
+            with transaction(self.orchestrator.ctx.db) as db, db.no_autoflush:
+                bindings: dict[tuple[str, str], tuple[AgentGroup, str | None] | None] = {}
+                sessions: dict[tuple[int, str | None], tuple[int, bool]] = {}
+                ids = self._seen_of(run, db)  # one query for the batch, not one each
+                for message in run:
+                    chat = (message.channel, message.chat_id)
+                    if chat not in bindings:
+                        bindings[chat] = self._binding(message, db)
+                    found = bindings[chat]
+                    if found is None:
+                        continue
+                    group, key = found
+                    where = f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
+                    if not self._sender_allowed(group, message):
+                        log.info(
+                            "%s: sender %s is not on group %s's allow-list; ignored",
+                            where,
+                            message.sender,
+                            group.name,
+                        )
+                        continue
+                    if message.platform_message_id is not None:
+                        platform_id = (message.channel, message.platform_message_id)
+                        if platform_id in ids:
+                            log.info("%s: already received; ignored", where)
+                            continue
+                        ids.add(platform_id)
+                    if not self._engaged(group, message):
+                        log.debug("%s: not addressed to the bot; ignored", where)
+                        continue
+                    if (group.id, key) not in sessions:
+                        session_id = self.orchestrator.session_for(group, key, db)
+                        revived = db.execute(
+                            update(AgentSession)
+                            .where(AgentSession.id == session_id, AgentSession.status == "failed")
+                            .values(status="idle", crash_count=0, failure_notified=False)
+                        )
+                        sessions[(group.id, key)] = (session_id, bool(revived.rowcount))  # type: ignore[attr-defined]
+                    session_id, revived_now = sessions[(group.id, key)]
+                    row = inbound_row(group.id, session_id, message, status="queued")
+                    db.add(row)
+                    kept.append((group.id, row, session_id, revived_now, message))
+                    sessions[(group.id, key)] = (session_id, False)  # revived once is enough
+                db.flush()
+                return [(g, row.id, sid, rev, m) for g, row, sid, rev, m in kept]
+        except IntegrityError:
+            raise Duplicate("a message of this batch was already received") from None
+
     async def _retrying(self, step: Callable[..., T], *args: Any) -> T:
         """Run one database step, waiting out a locked database ``DB_ATTEMPTS`` times."""
         for attempt in range(DB_ATTEMPTS):
@@ -342,6 +444,25 @@ class Router:
             return message.mentions_bot
         trigger = group.config.trigger_word or ""
         return bool(trigger) and starts_with_trigger(message.text, trigger)
+
+    @staticmethod
+    def _seen_of(run: list[InboundMessage], db: Session) -> set[tuple[str, str]]:
+        """The (channel, platform message id) of the messages in ``run`` recorded before."""
+        wanted: dict[str, set[str]] = {}
+        for message in run:
+            if message.platform_message_id is not None:
+                wanted.setdefault(message.channel, set()).add(message.platform_message_id)
+        seen: set[tuple[str, str]] = set()
+        for channel, platform_ids in wanted.items():
+            for found in db.scalars(
+                select(Message.platform_message_id).where(
+                    Message.direction == "in",
+                    Message.channel == channel,
+                    Message.platform_message_id.in_(sorted(platform_ids)),
+                )
+            ):
+                seen.add((channel, str(found)))
+        return seen
 
     @staticmethod
     def _seen(message: InboundMessage, db: Session) -> bool:
