@@ -53,10 +53,21 @@ class NotQueued(Exception):
     """The message was recorded, but the database failed before it reached the session's queue."""
 
 
+def _lost(message: InboundMessage, exc: Exception) -> None:
+    log.error(
+        "%s chat %s message %s LOST: the database stayed unavailable (%s)",
+        message.channel,
+        message.chat_id,
+        message.platform_message_id,
+        exc,
+    )
+
+
 def _plain(message: InboundMessage) -> bool:
     """Text only, no chat command, within the size limit: what ``receive_many`` records in bulk."""
     return (
         not message.attachments
+        and not message.files
         and bool(message.text.strip())
         and len(message.text) <= MAX_TEXT
         and command_of(message.text) is None
@@ -217,16 +228,16 @@ class Router:
         times; when it never frees up, the message is logged as lost (the platform will not send
         it again), or, if it was already recorded, as waiting for the session's next wake.
         """
+        if _plain(message):  # checked and recorded in one transaction (as in a batch)
+            await self._receive_run([message])
+        else:
+            await self._receive_one(message)
+
+    async def _receive_one(self, message: InboundMessage) -> None:
         try:
             await self._receive(message)
         except OperationalError as exc:
-            log.error(
-                "%s chat %s message %s LOST: the database stayed unavailable (%s)",
-                message.channel,
-                message.chat_id,
-                message.platform_message_id,
-                exc,
-            )
+            _lost(message, exc)
         except NotQueued as exc:
             log.error("%s; it is queued at the session's next wake", exc)
 
@@ -243,19 +254,21 @@ class Router:
                 continue
             await self._receive_run(run)
             run = []
-            await self.receive(message)
+            await self._receive_one(message)
         await self._receive_run(run)
 
     async def _receive_run(self, run: list[InboundMessage]) -> None:
-        if len(run) <= 1:
-            for message in run:
-                await self.receive(message)
+        if not run:
             return
         try:
             recorded = await self._retrying(self._insert_run, run)
-        except (OperationalError, Duplicate):  # locked for good, or a race on a platform id:
-            for message in run:  # each on its own, where those cases are handled one by one
-                await self.receive(message)
+        except OperationalError as exc:  # the database stayed locked: nothing was recorded
+            for message in run:
+                _lost(message, exc)
+            return
+        except Duplicate:  # a race on a platform id: each on its own, where that is handled
+            for message in run:
+                await self._receive_one(message)
             return
         for group_id, message_id, session_id, revived, message in recorded:
             self.bus.publish(group_id, {"type": "message", "id": message_id})

@@ -46,20 +46,24 @@ async def test_a_locked_database_is_waited_out(monkeypatch: pytest.MonkeyPatch) 
     assert attempts == [21, 21, 21]
 
 
+@pytest.mark.parametrize(
+    ("text", "step"),
+    [("hi", "_insert_run"), ("/help", "_binding_and_seen")],  # plain: one routing transaction
+)
 async def test_a_database_that_stays_locked_is_logged_as_lost(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, text: str, step: str
 ) -> None:
     monkeypatch.setattr("nanohost.router.DB_RETRY_BASE", 0)
     router = Router(cast(Any, None))
-    tries: list[InboundMessage] = []
+    tries: list[object] = []
 
-    def locked(message: InboundMessage) -> None:
-        tries.append(message)
+    def locked(what: object) -> None:
+        tries.append(what)
         raise _locked()
 
-    monkeypatch.setattr(router, "_binding_and_seen", locked)
+    monkeypatch.setattr(router, step, locked)
     with caplog.at_level(logging.ERROR, logger="nanohost.router"):
-        await router.receive(InboundMessage("telegram", "-1", "alice", "hi", platform_message_id="-1:2"))
+        await router.receive(InboundMessage("telegram", "-1", "alice", text, platform_message_id="-1:2"))
     assert len(tries) == 3
     assert "telegram chat -1 message -1:2 LOST" in caplog.text
 

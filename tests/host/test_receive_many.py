@@ -89,3 +89,19 @@ async def test_a_batch_is_routed_in_order_by_the_same_rules(client: Client, sett
         "team": [ids["seen before"], ids["first"], ids["second"], ids["third"]],
         "other": [ids["to the other group"]],
     }
+
+
+async def test_a_message_with_files_in_a_batch_goes_through_the_full_path(
+    client: Client, settings: Settings
+) -> None:
+    from nanohost.channels.base import IncomingFile
+
+    async def fetch(limit: int) -> bytes:
+        return b"numbers"
+
+    with_file = chat("-100", "see attached", "2")
+    with_file.files.append(IncomingFile("report.txt", 7, fetch))
+    batch = [chat("-100", "before", "1"), with_file, chat("-100", "after", "3")]
+    await client.app[ROUTER].receive_many(batch)
+    assert [text for _, text, _ in inbound(settings)] == ["before", "see attached", "after"]
+    assert (settings.groups_dir / "team" / "inbox" / "report.txt").read_bytes() == b"numbers"
