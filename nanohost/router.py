@@ -228,10 +228,7 @@ class Router:
         times; when it never frees up, the message is logged as lost (the platform will not send
         it again), or, if it was already recorded, as waiting for the session's next wake.
         """
-        if _plain(message):  # checked and recorded in one transaction (as in a batch)
-            await self._receive_run([message])
-        else:
-            await self._receive_one(message)
+        await self._receive_one(message)
 
     async def _receive_one(self, message: InboundMessage) -> None:
         try:
@@ -258,7 +255,9 @@ class Router:
         await self._receive_run(run)
 
     async def _receive_run(self, run: list[InboundMessage]) -> None:
-        if not run:
+        if len(run) <= 1:  # one alone: as ``receive`` (measured no faster through the batch path)
+            for message in run:
+                await self._receive_one(message)
             return
         try:
             recorded = await self._retrying(self._insert_run, run)
