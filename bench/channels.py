@@ -93,9 +93,9 @@ async def main() -> None:
     tag = Settings(image_name="nanohost-bench-agent").image_tag  # the tag settings_for() runs
     build_image(tag=tag, codex_version=probe.codex_version, ca_file=probe.image_ca_file)
     fake = await FakeTelegram().start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="nanohost-bench-") as tmp:
-            root = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="nanohost-bench-") as tmp:
+        root = Path(tmp)
+        try:
             settings = settings_for(root / "tg", telegram_token=TOKEN, telegram_api_base=fake.url)
             add_group(settings, "bench", "mock")
             bind(settings, "telegram", str(CHAT), "bench")
@@ -114,9 +114,9 @@ async def main() -> None:
             )
             rate = await router_throughput(settings, args.burst)
             print(f"router: {rate:,.0f} messages/s through Router.receive over {args.burst} messages")
-    finally:
-        await fake.close()
-        remove_bench_containers()
+        finally:
+            await fake.close()
+            remove_bench_containers(root)
 
 
 if __name__ == "__main__":

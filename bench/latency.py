@@ -1,18 +1,17 @@
-"""Reply latency through the whole host: API message in → agent in its real container → reply out.
+"""Warm reply latency through the whole host: message in → agent in its real container → reply out.
 
-Prints, for the mock agent (pure nanohost plumbing) and for real Codex with a model server that
-answers instantly: warm round trip p50/p99 over N messages, and cold start (no container → reply).
-For Codex, "overhead" subtracts the time Codex itself spends on a turn, measured the same way
-with Codex driven directly (no host, no container): what remains is nanohost's own cost.
+For the mock agent (pure nanohost plumbing) and for real Codex with a model server on 127.0.0.1
+that answers at once: the warm round trip over ``--messages`` messages, through the public API
+(bearer token, ``POST /api/groups/G/messages``, reply on ``/api/groups/G/stream``) and through the
+web chat (login cookie, ``POST /web/groups/G/messages``, reply on its websocket): p50/p95/p99.
+"Plumbing" is what nanohost adds: the round trip minus the model server's own time (for Codex:
+minus Codex's own turn time, measured by driving the same binary directly, no host, no container).
 
-Needs a Docker engine and the agent image (built here if missing, with the layer cache).
-Run: .venv/bin/python bench/latency.py [--messages 200]
+Run: python -m bench latency [--messages 500]
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import statistics
 import sys
 import tempfile
@@ -20,64 +19,72 @@ import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
+from bench.common import (
+    AUTH,
+    ROOT,
+    TOKEN,
+    Chat,
+    Result,
+    add_group,
+    check,
+    ensure_image,
+    host,
+    ms,
+    pct,
+    remove_containers,
+    settings_for,
+)
+from nanohost.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nanohost.app import build_app  # noqa: E402
-from nanohost.containers.image import build_image  # noqa: E402
-from nanohost.db import make_engine, make_session_factory, migrate  # noqa: E402
-from nanohost.db.engine import transaction  # noqa: E402
-from nanohost.groups import create_group  # noqa: E402
-from nanohost.settings import Settings, load_settings  # noqa: E402
-from tests.fakes.model_server import ModelServer  # noqa: E402
-
-TOKEN = "bench-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-async def round_trip(
-    http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, base: str, group: str, text: str
-) -> float:
-    started = time.perf_counter()
-    async with http.post(
-        f"{base}/api/groups/{group}/messages", json={"text": text}, headers=AUTH
-    ) as response:
-        assert response.status == 201, await response.text()
-    while True:
-        event = await asyncio.wait_for(ws.receive_json(), 120)
-        if event.get("type") == "message" and event.get("direction") == "out":
-            return (time.perf_counter() - started) * 1000
+__all__ = ["AUTH", "TOKEN", "add_group", "measure", "pct", "remove_bench_containers", "settings_for"]
+PASSWORD = "bench-password"
+PLUMBING_P50, PLUMBING_P99 = 20.0, 60.0
 
 
 async def measure(settings: Settings, group: str, messages: int) -> tuple[float, list[float]]:
-    app = build_app(settings)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"{base}/api/groups/{group}/stream", headers=AUTH) as ws,
-        ):
-            cold = await round_trip(http, ws, base, group, "cold start")
-            warm = [await round_trip(http, ws, base, group, f"message {i}") for i in range(messages)]
-    finally:
-        await runner.cleanup()
+    """Cold start then ``messages`` warm round trips through the API (used by bench/channels.py)."""
+    async with host(settings) as (base, _app), Chat(base, group) as chat:
+        cold = await chat.round_trip("cold start")
+        warm = [await chat.round_trip(f"message {i}") for i in range(messages)]
     return cold, warm
 
 
-async def codex_turn_times(model: ModelServer, root: Path, messages: int) -> list[float]:
+def remove_bench_containers(root: Path) -> None:
+    """Kept for the extra benchmarks: removes the containers that mount ``root``."""
+    remove_containers(root)
+
+
+def open_web_chat(settings: Settings, group: str, password: str) -> None:
+    """Bind ``group`` to the web chat and set the web chat's password."""
+    from nanohost.channels.state import ChannelStore
+    from nanohost.channels.web_auth import CHANNEL, WebAuth
+    from nanohost.db import make_engine, make_session_factory
+    from nanohost.db.engine import transaction
+    from nanohost.groups import bind_chat, get_group
+
+    engine = make_engine(settings.db_url)
+    try:
+        with transaction(make_session_factory(engine)) as db:
+            bind_chat(db, CHANNEL, group, get_group(db, group), "shared")
+        WebAuth(ChannelStore(make_session_factory(engine), CHANNEL)).set_password(password)
+    finally:
+        engine.dispose()
+
+
+async def both_paths(settings: Settings, group: str, messages: int) -> dict[str, list[float]]:
+    """Warm round trips through the API and the web chat (after one warm-up each)."""
+    open_web_chat(settings, group, PASSWORD)
+    out: dict[str, list[float]] = {}
+    async with host(settings) as (base, _app):
+        for path, web in (("api", False), ("web", True)):
+            async with Chat(base, group, web=web, password=PASSWORD) as chat:
+                for i in range(3):
+                    await chat.round_trip(f"warm-up {i}")
+                out[path] = [await chat.round_trip(f"{path} message {i}") for i in range(messages)]
+    return out
+
+
+async def codex_turn_times(model: Any, root: Path, messages: int) -> list[float]:
     """The time Codex alone takes per trivial turn (same binary, no host, no container)."""
     sys.path.insert(0, str(ROOT / "container"))
     from agent_runner.codex.provider import CodexProvider
@@ -111,78 +118,59 @@ async def codex_turn_times(model: ModelServer, root: Path, messages: int) -> lis
     return times
 
 
-def settings_for(root: Path, **extra: Any) -> Settings:
-    settings = load_settings(
-        data_dir=root / "data",
-        groups_dir=root / "groups",
-        api_token=TOKEN,
-        image_name="nanohost-bench-agent",
-        **extra,
+def summarise(result: Result, label: str, times: list[float], subtract: float, targets: bool) -> None:
+    key = label.replace(" ", "_")
+    result.figures[key] = {
+        "n": len(times),
+        "p50": pct(times, 0.5),
+        "p95": pct(times, 0.95),
+        "p99": pct(times, 0.99),
+        "mean": statistics.fmean(times),
+        "subtracted": subtract,
+    }
+    result.row(
+        f"{label}: round trip p50/p95/p99 (n={len(times)})",
+        f"{ms(pct(times, 0.5))} / {ms(pct(times, 0.95))} / {ms(pct(times, 0.99))}",
     )
-    engine = make_engine(settings.db_url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    return settings
-
-
-def add_group(settings: Settings, name: str, provider: str) -> None:
-    engine = make_engine(settings.db_url)
-    with transaction(make_session_factory(engine)) as db:
-        create_group(db, settings, name, provider=provider)
-    engine.dispose()
-
-
-def report(label: str, cold: float, warm: list[float], subtract: float = 0.0) -> None:
-    print(
-        f"{label}: cold start {cold:.0f} ms; warm round trip p50 {pct(warm, 0.5):.1f} ms, "
-        f"p99 {pct(warm, 0.99):.1f} ms, mean {statistics.fmean(warm):.1f} ms over {len(warm)} messages"
+    over = [t - subtract for t in times]
+    p50, p99 = pct(over, 0.5), pct(over, 0.99)
+    result.figures[key]["plumbing_p50"], result.figures[key]["plumbing_p99"] = p50, p99
+    what = f"minus {subtract:.1f} ms of Codex's own turn" if subtract else "nothing subtracted: mock"
+    result.row(
+        f"{label}: plumbing p50 / p99 ({what})",
+        f"{ms(p50)} / {ms(p99)}",
+        f"≤ {PLUMBING_P50:g} / ≤ {PLUMBING_P99:g} ms" if targets else "",
+        check(p50, PLUMBING_P50) and check(p99, PLUMBING_P99) if targets else None,
     )
-    if subtract:
-        over = [w - subtract for w in warm]
-        print(
-            f"{label}: overhead beyond Codex's own turn time ({subtract:.1f} ms median): "
-            f"p50 {pct(over, 0.5):.1f} ms, p99 {pct(over, 0.99):.1f} ms"
-        )
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--messages", type=int, default=200)
-    args = parser.parse_args()
-    probe = Settings()
-    tag = Settings(image_name="nanohost-bench-agent").image_tag  # the tag settings_for() runs
-    started = time.perf_counter()
-    build_image(tag=tag, codex_version=probe.codex_version, ca_file=probe.image_ca_file)
-    print(f"image {tag} ready in {time.perf_counter() - started:.1f} s (layer cache)")
+async def run(opts: Any) -> Result:
+    from tests.fakes.model_server import ModelServer
+
+    messages = int(getattr(opts, "messages", 500))
+    result = Result("latency")
+    ensure_image()
     with tempfile.TemporaryDirectory(prefix="nanohost-bench-") as tmp:
         root = Path(tmp)
-        settings = settings_for(root / "mock")
-        add_group(settings, "bench", "mock")
-        cold, warm = await measure(settings, "bench", args.messages)
-        report("mock agent (plumbing only)", cold, warm)
-
-        model = ModelServer()
-        await model.start()
         try:
-            settings = settings_for(root / "codex", openai_api_key="sk-bench", model_base_url=model.url)
-            add_group(settings, "bench", "codex")
-            cold, warm = await measure(settings, "bench", args.messages)
-            direct = await codex_turn_times(model, root, min(args.messages, 50))
-            report("codex agent", cold, warm, subtract=statistics.median(direct))
+            settings = settings_for(root / "mock")
+            add_group(settings, "bench", "mock")
+            for path, times in (await both_paths(settings, "bench", messages)).items():
+                summarise(result, f"mock via {path}", times, 0.0, targets=True)
+            model = ModelServer()
+            await model.start()
+            try:
+                settings = settings_for(root / "codex", openai_api_key="sk-bench", model_base_url=model.url)
+                add_group(settings, "bench", "codex")
+                paths = await both_paths(settings, "bench", messages)
+                direct = await codex_turn_times(model, root, min(messages, 100))
+            finally:
+                await model.close()
+            codex_own = statistics.median(direct)
+            result.figures["codex_direct_turn_p50"] = codex_own
+            result.row("Codex alone (no host, no container): trivial turn p50", ms(codex_own))
+            for path, times in paths.items():
+                summarise(result, f"codex via {path}", times, codex_own, targets=True)
         finally:
-            await model.close()
-        remove_bench_containers()
-
-
-def remove_bench_containers() -> None:
-    """The benchmark's containers outlive its host; remove them."""
-    import docker
-
-    client = docker.from_env()
-    for container in client.containers.list(all=True, filters={"label": "nanohost.group=bench"}):
-        container.remove(force=True)
-    client.close()
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+            remove_containers(root)
+    return result

@@ -36,6 +36,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import remove_containers  # noqa: E402
 from bench.latency import AUTH, TOKEN, add_group, pct, settings_for  # noqa: E402
 from nanohost.containers.image import build_image  # noqa: E402
 from nanohost.settings import Settings  # noqa: E402
@@ -239,17 +240,8 @@ async def main() -> int:
             await chat.close()
             host.terminate()
             host.wait(30)
-            remove_bench_containers()
+            remove_containers(root)
     return 0 if report(start, end, took, end.messages) else 1
-
-
-def remove_bench_containers() -> None:
-    import docker
-
-    client = docker.from_env()
-    for container in client.containers.list(all=True, filters={"label": f"nanohost.group={GROUP}"}):
-        container.remove(force=True)
-    client.close()
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from nanohost import container_logs
@@ -32,7 +33,9 @@ from nanohost.containers.backend import (
 from nanohost.containers.mounts import check_extra_mount
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
+from nanohost.disk import is_disk_full
 from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway
+from nanohost.group_commit import GroupCommit
 from nanohost.importer import KeptFiles, OutboundImport, ReplyTarget
 from nanohost.installation import container_name
 from nanohost.limits import check_limits
@@ -120,9 +123,14 @@ class SessionRuntime:
         self.replaced_by: int | None = None
         """Set when the session was quarantined: the fresh session that took over."""
         self.doorbell = Doorbell(self.dir / "doorbell.sock", self._rung, self._hung_up)
+        self._appends = GroupCommit(self.queues, self._queued, self._not_queued)
+        self._premarked: set[int] = set()
+        """Messages being appended that the router recorded as queued already."""
         self.container_id: str | None = None
         self.placeholder: str | None = None
         self.started_at = 0.0
+        self.boot_marks: dict[str, float] = {}
+        """Wall-clock times of the last start's steps (nanohost.boot_phases.HOST_MARKS), for bench/."""
         self.last_activity = time.monotonic()
         self.next_attempt = 0.0
         self._holds_slot = False
@@ -158,30 +166,111 @@ class SessionRuntime:
         self.queues.close()
         self._release_slot()
 
-    async def submit(self, message_id: int, text: str, sender: str | None, attachments: list[str]) -> None:
-        """Queue a message for the agent and make sure its container is up."""
+    async def submit(
+        self,
+        message_id: int,
+        text: str,
+        sender: str | None,
+        attachments: list[str],
+        *,
+        wait: bool = True,
+        marked: bool = False,
+        revived: bool = False,
+    ) -> None:
+        """Queue a message for the agent and make sure its container is up. ``wait``: return once
+        it is in the queue (raising what the write raised), else at once (see group_commit).
+        ``marked``: the router recorded it as queued already (and revived a failed session:
+        ``revived``), so no further database write is needed here."""
         if self.replaced_by is not None:  # quarantined meanwhile: the sweeper moves it on
             self.ctx.sweep_now.set()
             return
         # held back (slots.py, rule 3): the message stays "pending"; the next wake queues it
         held_back = self._held_back and self.container_id is not None
-        if not held_back:
-            self.queues.append(message_id, text, sender, attachments)
-        with transaction(self.ctx.db) as db:
-            message = db.get(Message, message_id)
-            if message is not None and message.status == "pending" and not held_back:
-                message.status = "queued"
-            session = db.get(AgentSession, self.session_id)
-            if session is not None and session.status == "failed":
-                # a new message is the operator-free way out of "failed": try again from scratch
-                session.status, session.crash_count, session.failure_notified = "idle", 0, False
-                self.next_attempt = 0.0
         self.last_activity = time.monotonic()
+        if revived:
+            self.next_attempt = 0.0
         if held_back:
+            if marked:
+                self._mark_waiting(message_id)
+            else:
+                self._mark_queued([message_id], queued=False)
             log.info("session %s: message %s waits for the next wake", self.session_id, message_id)
             return
-        self.doorbell.ring()
+        if marked:
+            self._premarked.add(message_id)
+        try:  # with whatever else arrives meanwhile: one inbound.db commit, one marking, one ring
+            await self._appends.add((message_id, text, sender, attachments), wait=wait)
+        except BaseException:
+            self._premarked.discard(message_id)
+            raise
         self.wake_soon()
+
+    def _mark_waiting(self, message_id: int) -> None:
+        """A message the router recorded as queued stays pending: the session is held back."""
+        with transaction(self.ctx.db) as db:
+            db.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.status == "queued")
+                .values(status="pending")
+            )
+
+    async def settled(self) -> None:
+        """Return once every message submitted so far is in the queue (or refused); a chat
+        platform's message is routed without waiting for that (see ``submit``)."""
+        await self._appends.settled()
+
+    def _queued(self, message_ids: list[int]) -> None:
+        """A batch is in inbound.db: mark its rows queued (unless recorded so) and ring the
+        runner's doorbell."""
+        unmarked = [i for i in message_ids if i not in self._premarked]
+        self._premarked.difference_update(message_ids)
+        if unmarked:
+            self._mark_queued(unmarked)
+        self.doorbell.ring()
+
+    def _not_queued(self, message_ids: list[int], error: BaseException) -> None:
+        """A batch nobody waited for failed to reach inbound.db: a full disk takes its messages
+        back (refused: never answered beside a resend); otherwise they stay pending for the next
+        wake."""
+        self._premarked.difference_update(message_ids)
+        if isinstance(error, (sqlite3.Error, OSError)) and is_disk_full(error):
+            log.error("session %s: messages %s refused: the disk was full", self.session_id, message_ids)
+            try:
+                with transaction(self.ctx.db) as db:
+                    db.execute(
+                        update(Message)
+                        .where(Message.id.in_(message_ids), Message.status.in_(("pending", "queued")))
+                        .values(status="refused", error="the host's disk was full")
+                    )
+            except Exception as exc:  # the next wake queues them: they are still pending
+                log.error("session %s: messages %s not taken back: %s", self.session_id, message_ids, exc)
+            for message_id in message_ids:
+                self.ctx.bus.publish(self.group_id, {"type": "message", "id": message_id})
+        else:
+            log.error(
+                "session %s: messages %s recorded but not queued (%s); queued at the next wake",
+                self.session_id,
+                message_ids,
+                error,
+            )
+
+    def _mark_queued(self, message_ids: list[int], *, queued: bool = True) -> None:
+        """Mark messages now in the queue as queued, and give a failed session a fresh start."""
+        with transaction(self.ctx.db) as db:  # two UPDATEs: this runs for every routed message
+            if queued:
+                db.execute(
+                    update(Message)
+                    .where(Message.id.in_(message_ids), Message.status == "pending")
+                    .values(status="queued")
+                )
+            # a new message is the operator-free way out of "failed": try again from scratch
+            revived = db.execute(
+                update(AgentSession)
+                .where(AgentSession.id == self.session_id, AgentSession.status == "failed")
+                .values(status="idle", crash_count=0, failure_notified=False)
+            )
+            if revived.rowcount:  # type: ignore[attr-defined]
+                self.next_attempt = 0.0
 
     def wake_soon(self) -> None:
         """Start waking now, in the background: a wake may wait for a container slot, and neither
@@ -345,6 +434,7 @@ class SessionRuntime:
 
     async def _start_container(self) -> None:
         settings = self.ctx.settings
+        self.boot_marks = {"wake": time.time()}
         with transaction(self.ctx.db) as db:
             session, group = self._load(db)
             config = group.config
@@ -419,7 +509,9 @@ class SessionRuntime:
             env={k: str(v) for k, v in spec.env.items()},
         )
         started = time.monotonic()
+        self.boot_marks["composed"] = time.time()
         self.container_id = await self.ctx.backend.run(container)
+        self.boot_marks["started"] = time.time()
         self.started_at = self.last_activity = time.monotonic()
         with transaction(self.ctx.db) as db:
             session, group = self._load(db)

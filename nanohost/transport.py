@@ -149,6 +149,27 @@ class SessionQueues:
                 (message_id, payload, time.time()),
             )
 
+    def append_many(self, items: list[tuple[int, str, str | None, list[str]]]) -> None:
+        """Queue several messages in one transaction (nanohost.group_commit)."""
+        rows = [
+            (message_id, json.dumps({"text": text, "sender": sender or "", "attachments": attachments}))
+            for message_id, text, sender, attachments in items
+        ]
+        now = time.time()
+        with self._in_lock:
+            self._inbound.execute("BEGIN IMMEDIATE")
+            try:
+                self._inbound.executemany(
+                    "INSERT OR IGNORE INTO inbound (id, kind, payload, created_at)"
+                    " VALUES (?, 'message', ?, ?)",
+                    [(message_id, payload, now) for message_id, payload in rows],
+                )
+                self._inbound.execute("COMMIT")
+            except BaseException:
+                if self._inbound.in_transaction:
+                    self._inbound.execute("ROLLBACK")
+                raise
+
     def _out(self) -> sqlite3.Connection | None:
         if self._outbound is None:
             path = self.dir / "outbound.db"

@@ -31,7 +31,7 @@ import sys
 import time
 from typing import Any
 
-from agent_runner.archive import archive_exchange
+from agent_runner import phases
 from agent_runner.codex.errors import plain_words, scrub
 from agent_runner.config import ConfigError, Paths, RunnerConfig
 from agent_runner.doorbell import RunnerDoorbell
@@ -396,11 +396,15 @@ class _Burst:
         status = "done" if event.status == "completed" else "failed"
         runner.queues.commit_turn(rows, [(i, status, event.error) for i in ids])
         runner.doorbell.ring()
+        phases.mark("replied")
+        phases.flush()
         self.pending.difference_update(ids)
         for i in ids:
             runner.attempts.pop(i, None)
             runner.transport_tries.pop(i, None)
         if event.status == "completed":
+            from agent_runner.archive import archive_exchange  # after the reply: off the cold start
+
             archive_exchange(
                 runner.paths.workspace / "conversations",
                 provider=runner.provider.name,
@@ -512,6 +516,7 @@ def build_provider(config: RunnerConfig, paths: Paths, base_url: str) -> Provide
 
 
 async def amain(paths: Paths) -> int:
+    phases.mark("main")
     queues = RunnerQueues(paths.session)
     doorbell = RunnerDoorbell(paths.session / "doorbell.sock")
     doorbell.start()
@@ -540,7 +545,9 @@ async def amain(paths: Paths) -> int:
                 os.environ[name] = proxy
             os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
         provider = build_provider(config, paths, base_url)
+        phases.mark("configured")
         await provider.start()
+        phases.mark("provider_ready")
         runner = Runner(paths, provider, queues, doorbell, host_away_timeout=config.host_away_timeout)
         await runner.run(stopping)
         return 0

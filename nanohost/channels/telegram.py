@@ -42,6 +42,7 @@ from nanohost.channels.base import (
     ChannelStartError,
     ChatTarget,
     FileTooLarge,
+    InboundMessage,
     PermanentError,
     TransientError,
 )
@@ -217,6 +218,9 @@ class TelegramChannel(ChannelAdapter):
                 await asyncio.sleep(wait)
                 continue
             backoff.reset()
+            if len(updates) > 1 and getattr(self._sink, "receive_many", None) is not None:
+                await self._handle_batch(updates)
+                continue
             for update in updates:
                 try:
                     await self._handle(update)
@@ -224,6 +228,62 @@ class TelegramChannel(ChannelAdapter):
                     raise
                 except Exception:  # _handle does not raise; this is the last line of defence
                     log.exception("telegram update %s: skipped", update_id_of(update))
+
+    async def _handle_batch(self, updates: list[Any]) -> None:
+        """A poll's updates handed over at once to a sink that routes a batch (the router's
+        ``receive_many``: one transaction for the plain messages), chat moves in their place;
+        then the offset moves past the last one. If the batch fails, each message is handed
+        over on its own (the router drops any it recorded already as a duplicate)."""
+        assert self.bot is not None and self._sink is not None
+        sink = self._sink
+        batch: list[tuple[int, InboundMessage]] = []
+        last: int | None = None
+
+        async def deliver() -> None:
+            if not batch:
+                return
+            try:
+                await sink.receive_many([message for _, message in batch])  # type: ignore[attr-defined]
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("telegram: %d updates could not be routed together; one by one", len(batch))
+                for uid, message in batch:
+                    try:
+                        await sink.receive(message)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception("telegram update %s: handling failed; skipped", uid)
+            batch.clear()
+
+        for update in updates:
+            uid = update_id_of(update)
+            if uid is None:
+                log.warning("telegram: an update without an update_id was skipped")
+                continue
+            if self._offset is not None and uid < self._offset:
+                continue  # already handled: Telegram resent it before seeing our offset
+            last = uid
+            try:
+                parsed = parse_update(update, self.bot, self._fetch_file)
+            except Exception:
+                log.exception("telegram update %s: handling failed; skipped", uid)
+                continue
+            if isinstance(parsed, ChatMove):
+                await deliver()
+                self._moved[parsed.old_chat_id] = parsed.new_chat_id
+                try:
+                    await sink.chat_moved(self.name, parsed.old_chat_id, parsed.new_chat_id)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("telegram update %s: handling failed; skipped", uid)
+            elif parsed is not None:
+                batch.append((uid, parsed))
+        await deliver()
+        if last is not None:
+            self._advance(last + 1)
 
     async def _get_updates(self) -> list[Any]:
         # Telegram takes whole seconds; 0 would be short polling, a busy loop against the API.

@@ -163,15 +163,10 @@ class DockerBackend:
         return await asyncio.to_thread(self._run, spec)
 
     def _run(self, spec: ContainerSpec) -> str:
+        """Create and start, with the engine's API directly: three calls on the path of every
+        cold start (the SDK's ``containers.run`` adds an image lookup and an inspect)."""
         from docker.errors import ImageNotFound, NotFound
         from docker.types import Mount as DockerMount
-
-        try:
-            self.client.images.get(spec.image)
-        except ImageNotFound:
-            raise InvalidInput(
-                f"the agent image {spec.image} is missing; run `nanohost image build`"
-            ) from None
 
         try:
             old = self.client.containers.get(spec.name)
@@ -181,18 +176,12 @@ class DockerBackend:
             self._replace(old, spec)
         memory = parse_memory(spec.memory)
         uid, gid = container_user()
-        container = self.client.containers.run(
-            spec.image,
-            name=spec.name,
-            detach=True,
-            user=f"{uid}:{gid}",
-            environment=spec.env,
-            labels=spec.labels,
+        api = self.client.api
+        host_config = api.create_host_config(
             mounts=[
                 DockerMount(m.target, str(m.source), type="bind", read_only=m.read_only) for m in spec.mounts
             ],
             network_mode="none",
-            hostname=CONTAINER_HOSTNAME,
             extra_hosts={CONTAINER_HOSTNAME: "127.0.0.1"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -203,7 +192,24 @@ class DockerBackend:
             pids_limit=spec.pids,
             log_config={"type": "json-file", "config": {"max-size": "1m", "max-file": "2"}},
         )
-        return str(container.id)
+        try:
+            created = api.create_container(
+                spec.image,
+                name=spec.name,
+                user=f"{uid}:{gid}",
+                environment=spec.env,
+                labels=spec.labels,
+                hostname=CONTAINER_HOSTNAME,
+                host_config=host_config,
+                detach=True,
+            )
+        except ImageNotFound:
+            raise InvalidInput(
+                f"the agent image {spec.image} is missing; run `nanohost image build`"
+            ) from None
+        container_id = str(created["Id"])
+        api.start(container_id)
+        return container_id
 
     def _replace(self, old: Any, spec: ContainerSpec) -> None:
         """A container already has the name: remove it when it is this installation's (one still

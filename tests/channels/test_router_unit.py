@@ -46,20 +46,24 @@ async def test_a_locked_database_is_waited_out(monkeypatch: pytest.MonkeyPatch) 
     assert attempts == [21, 21, 21]
 
 
+@pytest.mark.parametrize(
+    ("text", "step"),
+    [("hi", "_binding_and_seen"), ("/help", "_binding_and_seen")],
+)
 async def test_a_database_that_stays_locked_is_logged_as_lost(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, text: str, step: str
 ) -> None:
     monkeypatch.setattr("nanohost.router.DB_RETRY_BASE", 0)
     router = Router(cast(Any, None))
-    tries: list[InboundMessage] = []
+    tries: list[object] = []
 
-    def locked(message: InboundMessage) -> None:
-        tries.append(message)
+    def locked(what: object) -> None:
+        tries.append(what)
         raise _locked()
 
-    monkeypatch.setattr(router, "_binding", locked)
+    monkeypatch.setattr(router, step, locked)
     with caplog.at_level(logging.ERROR, logger="nanohost.router"):
-        await router.receive(InboundMessage("telegram", "-1", "alice", "hi", platform_message_id="-1:2"))
+        await router.receive(InboundMessage("telegram", "-1", "alice", text, platform_message_id="-1:2"))
     assert len(tries) == 3
     assert "telegram chat -1 message -1:2 LOST" in caplog.text
 
@@ -89,3 +93,22 @@ def test_the_allow_list_matches_ids_and_user_names_never_display_names(
     entries: list[str], message: InboundMessage, allowed: bool
 ) -> None:
     assert sender_allowed(entries, message) is allowed
+
+
+async def test_a_batch_the_database_refuses_for_good_is_logged_as_lost(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("nanohost.router.DB_RETRY_BASE", 0)
+    router = Router(cast(Any, None))
+    tries: list[object] = []
+
+    def locked(run: object) -> None:
+        tries.append(run)
+        raise _locked()
+
+    monkeypatch.setattr(router, "_insert_run", locked)
+    batch = [InboundMessage("telegram", "-1", "a", f"hi {i}", platform_message_id=f"-1:{i}") for i in "12"]
+    with caplog.at_level(logging.ERROR, logger="nanohost.router"):
+        await router.receive_many(batch)
+    assert len(tries) == 3
+    assert "message -1:1 LOST" in caplog.text and "message -1:2 LOST" in caplog.text

@@ -533,3 +533,34 @@ async def test_the_token_is_never_logged(
     ours = [r.getMessage() for r in caplog.records if r.name.startswith("nanohost")]
     assert any("getUpdates failed" in line for line in ours)
     assert not any(TOKEN in line for line in ours)
+
+
+class BatchSink(Sink):
+    """A sink that routes a poll's batch at once (as the router's ``receive_many`` does)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.batches: list[list[str]] = []
+        self.fail = fail
+
+    async def receive_many(self, messages: list[InboundMessage]) -> None:
+        self.batches.append([m.text for m in messages])
+        if self.fail:
+            raise RuntimeError("router blew up")
+        for message in messages:
+            await self.messages.put(message)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_poll_of_several_updates_is_routed_as_one_batch(
+    fake: FakeTelegram, channel: Factory, store: ChannelStore, fail: bool
+) -> None:
+    """Updates waiting before the first poll come back together; a sink that routes batches
+    gets them in one call, in order, and the stored offset moves past the last. If the batch
+    fails, each message is handed over on its own."""
+    batch_sink = BatchSink(fail=fail)
+    sent = [fake.inject_message(GROUP, text) for text in ("one", "two", "three")]
+    await channel(sink=batch_sink)
+    assert [(await batch_sink.next()).text for _ in sent] == ["one", "two", "three"]
+    assert batch_sink.batches == [["one", "two", "three"]]
+    assert store.get("offset") == str(sent[-1]["update_id"] + 1)

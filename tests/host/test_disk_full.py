@@ -114,6 +114,7 @@ async def test_a_full_disk_under_the_session_queue_answers_507_and_the_message_i
         raise error
 
     monkeypatch.setattr(SessionQueues, "append", full)
+    monkeypatch.setattr(SessionQueues, "append_many", full)  # the router's group commit
     response = await post(client, "lost?")
     assert response.status == 507
     assert "disk is full" in (await response.json())["error"]
@@ -178,3 +179,23 @@ async def test_the_low_threshold_is_a_setting(host_env: Path, monkeypatch: pytes
     async with TestClient(TestServer(build_app(settings, backend_factory=RecordingBackend))) as client:
         health = await client.get("/healthz")
         assert health.status == 200 and (await health.json())["disk"] == "ok"
+
+
+async def test_a_chat_message_that_cannot_be_queued_for_a_full_disk_is_taken_back(
+    client: Client, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chat platform's message is routed without waiting for the queue write (group commit);
+    a full disk found by that write still takes the message back, as the API path does."""
+    from nanohost.channels.api import ROUTER
+    from nanohost.channels.base import InboundMessage
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SessionQueues, "append_many", full)
+    router = client.app[ROUTER]
+    await router.receive(InboundMessage("web", "team", "alice", "lost?", platform_message_id="w1"))
+    (runtime,) = client.app[ORCHESTRATOR].runtimes.values()
+    async with asyncio.timeout(10):
+        await runtime.settled()  # the group commit's write, still under way after receive
+    assert stored(settings) == [("lost?", "refused")]

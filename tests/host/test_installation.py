@@ -144,17 +144,24 @@ class _Client:
     def __init__(self, existing: _Container | None) -> None:
         self.existing = existing
         self.started: list[str] = []
-        self.images = self
         self.containers = self
+        self.api = self
+        self._created: dict[str, str] = {}
 
     def get(self, name: str) -> Any:
         if name.startswith("nanohost-") and self.existing is None:
             raise NotFound("no such container")
         return self.existing
 
-    def run(self, image: str, **kwargs: Any) -> Any:
-        self.started.append(kwargs["name"])
-        return type("Started", (), {"id": "new"})()
+    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
+        return kwargs
+
+    def create_container(self, image: str, **kwargs: Any) -> dict[str, str]:
+        self._created["new"] = kwargs["name"]
+        return {"Id": "new"}
+
+    def start(self, container_id: str) -> None:
+        self.started.append(self._created[container_id])
 
 
 def _spec(installation: str) -> ContainerSpec:

@@ -160,6 +160,8 @@ async def test_oversized_files_and_messages_are_refused_with_a_reply(tmp_path: P
     assert "longer than 100,000 characters" in notices[1]
     assert "'huge.iso'" in notices[2]
     assert all(r.status == "pending" and r.chat_id == "-100" for r in rows)  # delivery sends them
+    for runtime in host.orchestrator.runtimes.values():
+        await runtime.settled()  # routed without waiting for the queue write (group commit)
     with transaction(host.orchestrator.ctx.db) as db:
         inbound = [
             (m.text[:9], m.status) for m in db.scalars(select(Message).where(Message.direction == "in"))

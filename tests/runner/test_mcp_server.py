@@ -112,3 +112,61 @@ async def test_schedule_list_and_cancel(tmp_path: Path) -> None:
         assert (await call(session, "cancel_task", task_id="four"))[0]
         kinds = [(k, p["op"]) for k, p in rows(session_dir)]
         assert kinds == [("task", "schedule")] * 3 + [("task", "cancel")]
+
+
+def raw_exchange(tmp_path: Path, lines: list[bytes]) -> list[dict[str, object]]:
+    """What the server answers to raw lines on stdin (the wire, without an SDK in between)."""
+    import subprocess
+
+    env = {
+        **os.environ,
+        "NANOHOST_SESSION_DIR": str(tmp_path),
+        "NANOHOST_WORKSPACE": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_runner.mcp_server"],
+        input=b"".join(lines),
+        capture_output=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_codex_protocol_version_is_answered_in_kind(tmp_path: Path) -> None:
+    init = {"protocolVersion": "2025-06-18", "capabilities": {"elicitation": {}}, "clientInfo": {"name": "c"}}
+    answers = raw_exchange(
+        tmp_path,
+        [
+            json.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": init}).encode() + b"\n",
+            b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n',
+            b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"1999-01-01"}}\n',
+        ],
+    )
+    assert [a["result"]["protocolVersion"] for a in answers] == ["2025-06-18", "2025-11-25"]  # type: ignore[index]
+
+
+def test_bad_requests_get_errors_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    from agent_runner.mcp_server import MAX_LINE
+
+    answers = raw_exchange(
+        tmp_path,
+        [
+            b"not json\n",
+            b'{"jsonrpc":"2.0","id":1,"method":"resources/list"}\n',
+            b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"nope","arguments":{}}}\n',
+            b'{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"send_message","arguments":{"text":7}}}\n',
+            b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"list_tasks","arguments":{"x":"1"}}}\n',
+            b"x" * (MAX_LINE + 10) + b"\n",
+            b'{"jsonrpc":"2.0","id":5,"method":"ping"}\n',
+        ],
+    )
+    assert [a.get("id") for a in answers] == [None, 1, 2, 3, 4, None, 5]
+    errors = [a["error"]["code"] if "error" in a else None for a in answers]  # type: ignore[index]
+    assert errors == [-32700, -32601, -32602, None, None, -32600, None]
+    assert answers[3]["result"]["isError"] and "must be a string" in json.dumps(answers[3])  # type: ignore[index]
+    assert answers[4]["result"]["isError"] and "no argument x" in json.dumps(answers[4])  # type: ignore[index]
+    assert answers[6]["result"] == {}
+    assert not (tmp_path / "outbound.db").exists() or rows(tmp_path) == []

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from agent_runner import phases
 from agent_runner.codex.chatgpt import REFRESH_URL_ENV, write_auth_json
 from agent_runner.codex.config import render, write_config
 from agent_runner.codex.env import codex_env
@@ -133,6 +134,7 @@ class CodexProvider:
         if self._server is not None and self._server.running:
             return self._server
         started = time.monotonic()
+        phases.mark("codex_spawn")
         server = AppServer([self.codex_bin], self._env, str(self.cwd), self._route, self._exited)
         await server.start()
         try:
@@ -144,6 +146,7 @@ class CodexProvider:
                 },
             )
             server.notify("initialized")
+            phases.mark("codex_initialized")
         except (AppServerExited, RpcError, TimeoutError) as exc:
             await server.close(grace=1)
             raise CodexStartError(f"codex app-server did not start: {server.exit_cause or exc}") from None
@@ -153,6 +156,8 @@ class CodexProvider:
         return server
 
     def _route(self, method: str, params: dict[str, Any]) -> None:
+        if method == "mcpServer/startupStatus/updated" and params.get("status") == "ready":
+            phases.mark(f"mcp_ready_{params.get('name')}")
         thread = params.get("threadId") or (params.get("thread") or {}).get("id")
         queue = self._routes.get(str(thread)) if thread else None
         if queue is not None:
@@ -293,6 +298,7 @@ class CodexQuery:
         try:
             server = await self.p._ensure_server()
             thread_id, fresh = await self._open_thread(server)
+            phases.mark("thread_open")
         except CodexStartError as exc:
             yield ErrorEvent(str(exc), kind="config")
             return
@@ -344,6 +350,7 @@ class CodexQuery:
             yield ResultEvent("", "failed", self._ids(), error=message, kind=kind)
             return
         self.active_turn = str(result["turn"]["id"])
+        phases.mark("turn_started")
         yield TurnInfoEvent(self.active_turn, model=self.model)
         gathered: dict[str, str] = {}  # command output streamed so far, by item id
         open_commands: dict[str, dict[str, Any]] = {}  # started, not completed yet
