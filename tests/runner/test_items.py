@@ -226,3 +226,32 @@ def test_hostile_item_rows_are_refused_at_the_boundary() -> None:
         {**good, "phase": "end", "duration_ms": 1.5},
     ):
         assert isinstance(row(bad), BadRow), bad
+
+
+def test_a_running_commands_output_is_shown_on_its_first_output_then_per_kib() -> None:
+    from agent_runner.codex.items import MAX_GATHERED, CommandSteps
+
+    steps = CommandSteps()
+    started = {"type": "commandExecution", "id": "c1", "command": "seq", "status": "inProgress"}
+    first = steps.item("item/started", started)
+    assert first is not None and (first["status"], first["output"]) == ("inProgress", "")
+
+    shown = steps.delta("c1", "1\n2\n")
+    assert shown is not None and (shown["status"], shown["output"]) == ("inProgress", "1\n2\n")
+    assert steps.delta("c1", "x" * 100) is None  # still within the first KiB: no new look
+    grown = steps.delta("c1", "y" * 1024)
+    assert grown is not None and grown["output"] == "1\n2\n" + "x" * 100 + "y" * 1024
+    assert steps.delta("other", "output of a command never started") is None
+
+    steps.delta("c1", "z" * (2 * MAX_GATHERED))  # bounded however much comes
+    assert len(steps.gathered["c1"]) == MAX_GATHERED
+    assert steps.delta("c1", "more") is None
+
+    assert list(steps.open) == ["c1"]  # still open when the turn ends: shown completed as it was
+    late = steps.completed({**started, "status": "completed"})
+    assert late is not None and late["status"] == "completed" and len(late["output"]) == MAX_GATHERED
+
+    done = steps.item(
+        "item/completed", {**started, "status": "completed", "aggregatedOutput": "all", "exitCode": 0}
+    )
+    assert done is not None and (done["output"], done["exit_code"]) == ("all", 0) and steps.open == {}

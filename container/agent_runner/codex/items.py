@@ -80,3 +80,42 @@ def neutral(item: dict[str, Any], gathered: str = "") -> dict[str, Any] | None:
     if kind == "webSearch":
         return {**base, "type": "web_search", "text": str(item.get("query") or "")}
     return {**base, "type": "other", "text": str(kind)}
+
+
+class CommandSteps:
+    """A turn's commands as steps: each command's output as it streams in
+    (``item/commandExecution/outputDelta``), shown on its first output and then once per KiB, and
+    the commands not completed yet. Codex 0.138 sends deltas only when it reads a running
+    command's output (a command that ends within its yield window gets its output only at the
+    end), so a step may go from started straight to completed."""
+
+    def __init__(self) -> None:
+        self.gathered: dict[str, str] = {}
+        self.open: dict[str, dict[str, Any]] = {}
+
+    def item(self, method: str, item: dict[str, Any]) -> dict[str, Any] | None:
+        """``item/started`` or ``item/completed`` of any item: the step to show, or None."""
+        item_id = str(item.get("id") or "")
+        if item.get("type") == "commandExecution":
+            if method == "item/started":
+                self.open[item_id] = item
+            else:
+                self.open.pop(item_id, None)
+        return neutral(item, self.gathered.get(item_id, ""))
+
+    def delta(self, item_id: str, text: str) -> dict[str, Any] | None:
+        """Output of a running command: its step with the output so far, when that is worth a
+        new look (the first output, each further KiB); None otherwise."""
+        so_far = self.gathered.get(item_id, "")
+        if len(so_far) >= MAX_GATHERED:
+            return None
+        now = self.gathered[item_id] = so_far + text[: MAX_GATHERED - len(so_far)]
+        started = self.open.get(item_id)
+        if started is None or (so_far and len(now) // 1024 == len(so_far) // 1024):
+            return None
+        return neutral(started, now)
+
+    def completed(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """A command open when the turn ended, as completed (its real ``item/completed`` if it came
+        late, else its started item marked completed), with the output gathered."""
+        return neutral(item, self.gathered.get(str(item.get("id") or ""), ""))

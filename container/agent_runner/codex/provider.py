@@ -33,7 +33,7 @@ from agent_runner.codex.errors import (
     failure,
     is_stale_thread,
 )
-from agent_runner.codex.items import MAX_GATHERED, neutral
+from agent_runner.codex.items import CommandSteps
 from agent_runner.codex.rpc import AppServer
 from agent_runner.provider import (
     ActivityEvent,
@@ -79,6 +79,11 @@ def _usage(usage: dict[str, Any]) -> dict[str, int]:
 
 def _text_input(text: str) -> list[dict[str, Any]]:
     return [{"type": "text", "text": text, "text_elements": []}]
+
+
+LATE_ITEMS = 0.5
+"""Seconds to wait after a turn for the ``item/completed`` of commands still open (see
+``CodexQuery._late_completions``)."""
 
 
 class CodexProvider:
@@ -329,6 +334,32 @@ class CodexQuery:
             for task in self._steers:
                 task.cancel()
 
+    async def _late_completions(
+        self, open_commands: dict[str, dict[str, Any]]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The commands still open when the turn completed, completed: Codex 0.138 may send a
+        command's ``item/completed`` (with its exit code and output) just after ``turn/completed``,
+        so wait for those a moment (``LATE_ITEMS``); one that does not come is shown completed as
+        it was. Other notes seen meanwhile are kept, in order, for whoever reads next."""
+        deadline = time.monotonic() + LATE_ITEMS
+        kept: list[tuple[str, dict[str, Any]]] = []
+        while open_commands and (left := deadline - time.monotonic()) > 0:
+            try:
+                method, params = await asyncio.wait_for(self.notes.get(), left)
+            except TimeoutError:
+                break
+            item = params.get("item") or {}
+            item_id = str(item.get("id") or "")
+            if method == "item/completed" and item_id in open_commands:
+                open_commands.pop(item_id)
+                yield item
+            else:
+                kept.append((method, params))
+        for note in kept:
+            self.notes.put_nowait(note)
+        for item in open_commands.values():
+            yield {**item, "status": "completed"}
+
     async def _turn(self, server: AppServer, inputs: list[Input]) -> AsyncIterator[Event]:
         self.turn_inputs = list(inputs)
         self._interrupt_sent = False
@@ -352,8 +383,7 @@ class CodexQuery:
         self.active_turn = str(result["turn"]["id"])
         phases.mark("turn_started")
         yield TurnInfoEvent(self.active_turn, model=self.model)
-        gathered: dict[str, str] = {}  # command output streamed so far, by item id
-        open_commands: dict[str, dict[str, Any]] = {}  # started, not completed yet
+        commands = CommandSteps()
         turn_usage: dict[str, int] = {}  # the turn's model calls, summed
         replies: list[str] = []
         status, error = "failed", None
@@ -380,14 +410,7 @@ class CodexQuery:
                 if params.get("turnId") not in (None, self.active_turn) and method != "turn/completed":
                     continue
                 if method in ("item/started", "item/completed"):
-                    item = params.get("item") or {}
-                    item_id = str(item.get("id") or "")
-                    if item.get("type") == "commandExecution":
-                        if method == "item/started":
-                            open_commands[item_id] = item
-                        else:
-                            open_commands.pop(item_id, None)
-                    shown = neutral(item, gathered.get(item_id, ""))
+                    shown = commands.item(method, params.get("item") or {})
                     if shown is not None:
                         yield ItemEvent(self.active_turn, shown)
                 if method == "item/completed":
@@ -395,19 +418,9 @@ class CodexQuery:
                     if item.get("type") == "agentMessage" and item.get("text"):
                         replies.append(str(item["text"]))
                 elif method == "item/commandExecution/outputDelta":
-                    item_id = str(params.get("itemId") or "")
-                    so_far = gathered.get(item_id, "")
-                    if len(so_far) < MAX_GATHERED:
-                        gathered[item_id] = (
-                            so_far + str(params.get("delta") or "")[: MAX_GATHERED - len(so_far)]
-                        )
-                        started = open_commands.get(item_id)
-                        if started is not None and (
-                            not so_far or len(gathered[item_id]) // 1024 > len(so_far) // 1024
-                        ):
-                            shown = neutral(started, gathered[item_id])  # the output so far, per KiB
-                            if shown is not None:
-                                yield ItemEvent(self.active_turn, shown)
+                    shown = commands.delta(str(params.get("itemId") or ""), str(params.get("delta") or ""))
+                    if shown is not None:
+                        yield ItemEvent(self.active_turn, shown)
                 elif method == "thread/tokenUsage/updated":  # after each model call: "last" is its usage
                     usage = (params.get("tokenUsage") or {}).get("last") or {}
                     if isinstance(usage, dict):
@@ -441,8 +454,8 @@ class CodexQuery:
                         info = turn_error.get("codexErrorInfo", info)
                         details = turn_error.get("additionalDetails") or details
                     break
-            for item_id, item in open_commands.items():  # 0.138: completed after the turn
-                shown = neutral({**item, "status": "completed"}, gathered.get(item_id, ""))
+            async for completed in self._late_completions(commands.open):  # 0.138: after the turn
+                shown = commands.completed(completed)
                 if shown is not None and self.active_turn is not None:
                     yield ItemEvent(self.active_turn, shown)
         finally:
