@@ -88,14 +88,19 @@ async function loadTurns(older) {
   const generation = state.generation;
   try {
     const suffix = older && state.oldest ? `turns?before=${encodeURIComponent(state.oldest)}` : "turns";
-    const { turns, more } = await call(groupUrl(suffix));
+    const { turns, more, complete } = await call(groupUrl(suffix));
     if (generation !== state.generation) return;
     if (!older) $("turns").replaceChildren();
     state.searching = false;
     for (const turn of turns) addTurnEntry(turn);
     if (turns.length) state.oldest = turns[turns.length - 1].turn;
     $("more").hidden = !more;
-    $("list-note").textContent = $("turns").children.length ? "" : "No turns archived yet.";
+    $("list-note").textContent =
+      complete === false
+        ? "The listing stopped at its read limit: older turns are in the download."
+        : $("turns").children.length
+          ? ""
+          : "No turns archived yet.";
     if (state.live && state.live.status === "running") liveEntry();
   } catch (error) {
     showError(`Could not load the turns: ${error.message}`);

@@ -425,10 +425,100 @@ def test_search_finds_text_json_escapes_and_stops_at_its_budget(
     assert page["complete"] is False
     assert viewer.list_turns(folder, limit=2)["turns"][1]["turn"] == "t298"
     assert viewer.find_turn(folder, "t0") is not None and viewer.find_turn(folder, "t") is None
-    monkeypatch.setattr(viewer, "MAX_SEARCH_BYTES", len(lines[0]) * 50)
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", len(lines[0]) * 50)
     capped = viewer.search(folder, "question 27")
     assert capped["complete"] is False  # only the newest ~50 lines were looked at: t27 is not found
     assert [t["turn"] for t in capped["turns"]] == [f"t{n}" for n in range(279, 269, -1)]
     monkeypatch.undo()
     assert [t["turn"] for t in viewer.search(folder, "question 27")["turns"]][-1] == "t27"
     assert [t["turn"] for t in viewer.search(folder, "NAÏVE")["turns"]] == ["escaped"]
+
+
+def test_listing_and_lookup_stop_at_the_read_budget_and_parse_only_turn_lines(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many days of big valid-JSON-but-not-a-turn lines: a listing, a lookup of a missing turn
+    and a search each read at most the budget (newest days first), parse none of the junk, and
+    say that they stopped early."""
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    days = folder / "conversations" / "turns"
+    days.mkdir(parents=True)
+    (days / "2026-01-01.jsonl").write_text(turn_line("oldest"))
+    junk = json.dumps({"junk": "x" * 100_000, "turn": "nope"}) + "\n"
+    marked = '{"v": 1, "junk": "' + "y" * 100_000 + '"}\n'  # passes the marker, is not a turn
+    for day in range(2, 22):
+        (days / f"2026-01-{day:02}.jsonl").write_text(junk * 4 + marked)
+    day_bytes = len(junk) * 4 + len(marked)
+    read: list[int] = []
+    parsed: list[int] = []
+    real_read, real_parse = viewer.read_day, viewer.parse_line
+    monkeypatch.setattr(viewer, "read_day", lambda f, n: read.append(len(data := real_read(f, n))) or data)
+    monkeypatch.setattr(viewer, "parse_line", lambda line: parsed.append(len(line)) or real_parse(line))
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", 3 * day_bytes)
+    monkeypatch.setattr(viewer, "MAX_PARSE_BYTES", 10 * day_bytes)
+
+    listed = viewer.list_turns(folder)
+    assert listed == {"turns": [], "more": False, "complete": False}
+    assert sum(read) <= 4 * day_bytes  # the budget, and at most the day it ran out in
+    assert sum(parsed) <= 4 * len(marked)  # the junk without the marker was never parsed
+
+    read.clear(), parsed.clear()
+    assert viewer.lookup(folder, "missing") == (None, False)
+    assert sum(read) <= 4 * day_bytes
+    assert parsed == []  # no line holds the id
+
+    read.clear(), parsed.clear()
+    assert viewer.search(folder, "y")["complete"] is False
+    assert sum(read) <= 4 * day_bytes
+
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", 100 * day_bytes)
+    monkeypatch.setattr(viewer, "MAX_PARSE_BYTES", 2 * len(marked))
+    parsed.clear()
+    assert viewer.list_turns(folder)["complete"] is False  # the parse budget stops it too
+    assert sum(parsed) <= 3 * len(marked)
+    monkeypatch.setattr(viewer, "MAX_PARSE_BYTES", 100 * day_bytes)
+    assert [t["turn"] for t in viewer.list_turns(folder)["turns"]] == ["oldest"]
+    assert viewer.lookup(folder, "oldest")[0] is not None
+
+
+async def test_archive_reads_take_turns_and_a_cut_lookup_says_so(
+    web_settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from nanohost import viewer
+    from nanohost.channels.webviewer import ARCHIVE_READS
+
+    days = turns_dir(web_settings)
+    (days / "2026-12-01.jsonl").write_text(turn_line("t1") * 20)
+    await logged_in(client)
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", len(turn_line("t1")) * 2)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert listed["complete"] is False  # the answer says the budget cut it short
+    missing = await client.get("/web/groups/team/turns/elsewhere")
+    assert missing.status == 404 and "limit" in (await missing.json())["error"]
+    monkeypatch.undo()
+
+    entered, release = threading.Event(), threading.Event()
+    active, most = [0], [0]
+    real = viewer.list_turns
+
+    def slow_listing(*args: Any) -> dict[str, Any]:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        entered.set()
+        release.wait()
+        active[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(viewer, "list_turns", slow_listing)
+    first = asyncio.ensure_future(client.get("/web/groups/team/turns"))
+    second = asyncio.ensure_future(client.get("/web/groups/team/turns"))
+    await asyncio.to_thread(entered.wait)
+    assert client.app is not None and client.app[ARCHIVE_READS].locked()  # the second one waits
+    release.set()
+    assert [(await first).status, (await second).status] == [200, 200]
+    assert most[0] == 1
