@@ -44,9 +44,10 @@ MAX_DIR_ENTRIES = 10_000
 PAGE = 50
 MAX_QUERY = 200
 MAX_DOWNLOAD_BYTES = 512 * 1024 * 1024
-"""Bytes of files one archive download carries; files past it are listed in ``SKIPPED.txt``."""
+"""Bytes of files one archive download carries; files past it are listed in ``NANOHOST-SKIPPED.txt``."""
 MAX_DOWNLOAD_FILE = 64 * 1024 * 1024
 MAX_DOWNLOAD_ENTRIES = 100_000
+"""Entries one download visits: files, directories and what it leaves out alike."""
 MAX_DEPTH = 16
 
 
@@ -297,18 +298,60 @@ def search(folder: Path, query: str, limit: int = PAGE) -> dict[str, Any]:
     return {"turns": found, "complete": True}
 
 
+SKIPPED_NAME = "NANOHOST-SKIPPED.txt"
+"""The host's list of what a download left out: at the zip's root, beside ``conversations/``,
+where no agent file can be (everything the agent wrote is under ``conversations/``)."""
+MAX_SKIPPED = 1_000
+"""Lines of that list; past it, one line says how many more were left out."""
+_WINDOWS_UNSAFE = re.compile(r'[\\/:*?"<>|\x00-\x1f\x7f]|[. ]$')
+_WINDOWS_DEVICES = re.compile(r"^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$", re.IGNORECASE)
+
+
 @dataclass
 class Packed:
     files: int = 0
     bytes: int = 0
+    entries: int = 0
+    """Entries visited (files, directories, and what was left out) against ``MAX_DOWNLOAD_ENTRIES``."""
     skipped: list[str] | None = None
+    skipped_more: int = 0
+    """Left out past ``MAX_SKIPPED`` lines (counted, not listed)."""
+
+    def skip(self, member: str, why: str) -> None:
+        assert self.skipped is not None
+        if len(self.skipped) >= MAX_SKIPPED:
+            self.skipped_more += 1
+        else:
+            self.skipped.append(f"{_shown(member)}: {why}")
+
+
+def _shown(member: str) -> str:
+    """A member's name as the skip list shows it: one line, whatever the agent named it."""
+    return member if member.isprintable() else ascii(member)
+
+
+def safe_member_name(name: str) -> bool:
+    """Whether one path component extracts as itself everywhere: valid UTF-8, no separator or
+    character Windows refuses or reads as a path (``\\``, ``:``, ``*``…), no control character, no
+    trailing dot or space, no device name (``CON``, ``NUL.txt``…), not ``.`` or ``..``."""
+    try:
+        name.encode()
+    except UnicodeError:  # a name that is not UTF-8 (read with surrogate escapes)
+        return False
+    return (
+        name not in ("", ".", "..")
+        and _WINDOWS_UNSAFE.search(name) is None
+        and _WINDOWS_DEVICES.match(name) is None
+        and len(name) <= 255
+    )
 
 
 def write_zip(folder: Path, out: IO[bytes]) -> Packed:
     """The group's ``conversations/`` (Markdown and JSON lines) as a zip written to ``out``.
 
-    Walked by directory descriptors without following a link: links, FIFOs, devices and anything
-    past the caps are left out and listed in ``SKIPPED.txt``; what is read is what was opened."""
+    Walked by directory descriptors without following a link: links, FIFOs, devices, names
+    unsafe to extract, and anything past the caps are left out and listed in
+    ``NANOHOST-SKIPPED.txt`` at the zip's root; what is read is what was opened."""
     packed = Packed(skipped=[])
     try:
         root = open_root(folder)
@@ -327,43 +370,58 @@ def write_zip(folder: Path, out: IO[bytes]) -> Packed:
                     _pack(archive, fd, CONVERSATIONS, 0, packed)
                 finally:
                     os.close(fd)
+        assert packed.skipped is not None
         if packed.skipped:
-            archive.writestr(f"{CONVERSATIONS}/SKIPPED.txt", "\n".join(packed.skipped) + "\n")
+            lines = packed.skipped + (
+                [f"… and {packed.skipped_more:,} more left out"] if packed.skipped_more else []
+            )
+            archive.writestr(SKIPPED_NAME, "\n".join(lines) + "\n")
     return packed
 
 
 def _pack(archive: zipfile.ZipFile, dir_fd: int, prefix: str, depth: int, packed: Packed) -> None:
-    assert packed.skipped is not None
-    with os.scandir(dir_fd) as entries:
-        names = sorted(entry.name for entry in entries)
-    for name in names:
+    if packed.entries >= MAX_DOWNLOAD_ENTRIES:
+        return
+    names = _bounded_names(dir_fd, MAX_DIR_ENTRIES + 1)
+    if len(names) > MAX_DIR_ENTRIES:
+        names = names[:MAX_DIR_ENTRIES]
+        packed.skip(f"{prefix}/", f"more than {MAX_DIR_ENTRIES:,} entries: the rest left out")
+    for name in sorted(names):
         member = f"{prefix}/{name}"
-        if packed.files >= MAX_DOWNLOAD_ENTRIES:
-            packed.skipped.append(f"{member}: more than {MAX_DOWNLOAD_ENTRIES} files")
+        packed.entries += 1
+        if packed.entries > MAX_DOWNLOAD_ENTRIES:
+            packed.skip(
+                f"{prefix}/", f"more than {MAX_DOWNLOAD_ENTRIES:,} entries in the download: the rest left out"
+            )
+            return
+        if not safe_member_name(name):
+            packed.skip(member, "a name unsafe to extract, left out")
             continue
         try:  # look before opening: only directories and regular files are ever opened
             kind = stat.S_IFMT(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
             if kind == stat.S_IFLNK:
                 raise OSError(errno.ELOOP, "a link")
             if kind not in (stat.S_IFDIR, stat.S_IFREG):
-                packed.skipped.append(f"{member}: not a regular file, left out")
+                packed.skip(member, "not a regular file, left out")
                 continue
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
         except OSError as exc:
             why = "a link" if exc.errno == errno.ELOOP else os.strerror(exc.errno or 0)
-            packed.skipped.append(f"{member}: {why}, left out")
+            packed.skip(member, f"{why}, left out")
             continue
         try:
             info = os.fstat(fd)
             if stat.S_ISDIR(info.st_mode):
                 if depth >= MAX_DEPTH:
-                    packed.skipped.append(f"{member}: nested too deep")
+                    packed.skip(member, "nested too deep")
                     continue
                 _pack(archive, fd, member, depth + 1, packed)  # the directory opened, not a new lookup
+                if packed.entries > MAX_DOWNLOAD_ENTRIES:
+                    return
             elif not stat.S_ISREG(info.st_mode):
-                packed.skipped.append(f"{member}: not a regular file, left out")
+                packed.skip(member, "not a regular file, left out")
             elif info.st_size > MAX_DOWNLOAD_FILE or packed.bytes + info.st_size > MAX_DOWNLOAD_BYTES:
-                packed.skipped.append(f"{member}: {info.st_size:,} bytes, over the download's limits")
+                packed.skip(member, f"{info.st_size:,} bytes, over the download's limits")
             else:
                 _copy(archive, fd, member, info, packed)
         finally:

@@ -10,7 +10,8 @@ API token (``api.require_token``) and see every group.
   newest first (``complete`` False: the read stopped at its budget, older turns were not reached)
 - ``GET /web/groups/{group}/turns/{turn}`` → the archived turn (``viewer.ArchivedTurn``)
 - ``GET /web/groups/{group}/search?q=`` → ``{"turns": [summary], "complete"}``
-- ``GET /web/groups/{group}/archive.zip`` → the group's ``conversations/`` folder (safe reads)
+- ``GET /web/groups/{group}/archive.zip`` → the group's ``conversations/`` folder (safe reads;
+  one download at a time per group, a second answers 429)
 - the live feed: ``{"type": "item", "turn", "phase": "start"|"item"|"end", …}`` events on the
   chat's websocket ``/web/groups/{group}/stream``
 - ``GET /web/operator/groups`` → ``{"groups": [{name, state, last_activity, …}]}``;
@@ -87,6 +88,10 @@ ARCHIVE_READS: web.AppKey[asyncio.Lock] = web.AppKey("viewer_archive_reads", asy
 concurrent reads would only multiply what a hostile archive costs."""
 
 
+DOWNLOADS: web.AppKey[set[int]] = web.AppKey("viewer_downloads", set)
+"""Groups whose archive download is under way (one at a time per group; a second gets 429)."""
+
+
 async def _read_archive(request: web.Request, read: Callable[..., Any], *args: Any) -> Any:
     async with request.app[ARCHIVE_READS]:
         return await asyncio.to_thread(read, *args)
@@ -132,11 +137,26 @@ async def download(request: web.Request) -> web.StreamResponse:
     temporary file (so the response's length is known and no agent file is read twice)."""
     group = web_group(request)
     settings = _orchestrator(request).ctx.settings
-    with tempfile.TemporaryFile(dir=settings.data_dir) as spool:
-        await asyncio.to_thread(viewer.write_zip, _folder(request, group), spool)
+    downloading = request.app[DOWNLOADS]
+    if group.id in downloading:  # each spools up to 512 MiB on the host's disk: one at a time
+        return _error(
+            429, "a download of this group's archive is already under way; try again when it is done"
+        )
+    downloading.add(group.id)
+    try:
+        return await _send_zip(request, group.name, _folder(request, group), settings.data_dir)
+    finally:
+        downloading.discard(group.id)
+
+
+async def _send_zip(
+    request: web.Request, group_name: str, folder: Path, data_dir: Path
+) -> web.StreamResponse:
+    with tempfile.TemporaryFile(dir=data_dir) as spool:
+        await asyncio.to_thread(viewer.write_zip, folder, spool)
         size = spool.tell()
         spool.seek(0)
-        name = f"{group.name}-conversations.zip"
+        name = f"{group_name}-conversations.zip"
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/zip",
@@ -297,6 +317,7 @@ async def api_snapshot(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     """Register the viewer's and the operator view's pages and endpoints."""
     app[ARCHIVE_READS] = asyncio.Lock()
+    app[DOWNLOADS] = set()
     app.router.add_get("/viewer", _page("viewer.html"))
     app.router.add_get("/operator", _page("operator.html"))
     app.router.add_get("/web/groups/{group}/turns", guarded(turns))

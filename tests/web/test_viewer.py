@@ -187,12 +187,12 @@ async def test_the_download_carries_the_archive_and_lists_what_it_left_out(
     assert "team-conversations.zip" in response.headers["Content-Disposition"]
     archive = zipfile.ZipFile(io.BytesIO(await response.read()))
     assert sorted(archive.namelist()) == [
+        "NANOHOST-SKIPPED.txt",
         "conversations/2026-12-01T10-00-00Z-abcd.md",
-        "conversations/SKIPPED.txt",
         "conversations/turns/2026-12-01.jsonl",
     ]
     assert archive.read("conversations/turns/2026-12-01.jsonl").decode() == turn_line("t1")
-    skipped = archive.read("conversations/SKIPPED.txt").decode()
+    skipped = archive.read("NANOHOST-SKIPPED.txt").decode()
     assert "conversations/stolen.md: a link, left out" in skipped
     assert "conversations/pipe: not a regular file, left out" in skipped
     assert b"HOST FILE" not in await (await client.get("/web/groups/team/archive.zip")).read()
@@ -518,7 +518,105 @@ async def test_archive_reads_take_turns_and_a_cut_lookup_says_so(
     first = asyncio.ensure_future(client.get("/web/groups/team/turns"))
     second = asyncio.ensure_future(client.get("/web/groups/team/turns"))
     await asyncio.to_thread(entered.wait)
-    assert client.app is not None and client.app[ARCHIVE_READS].locked()  # the second one waits
-    release.set()
+    try:
+        assert client.app is not None and client.app[ARCHIVE_READS].locked()  # the second one waits
+    finally:
+        release.set()
     assert [(await first).status, (await second).status] == [200, 200]
     assert most[0] == 1
+
+
+def test_the_download_counts_every_entry_caps_its_skip_list_and_refuses_unsafe_names(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Directories and left-out entries count against the entry cap, the skip list is capped (with
+    how many more), a huge directory is read only up to its cap, names a Windows extractor would
+    read as a path are left out, and an agent file named like the host's list is packed as itself."""
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    conversations = folder / "conversations"
+    (conversations / "turns").mkdir(parents=True)
+    (conversations / "SKIPPED.txt").write_text("the agent's own file")
+    (conversations / "..\\..\\evil.txt").write_text("escape on Windows")
+    (conversations / "a:b.md").write_text("a stream on NTFS")
+    (conversations / "NUL.md").write_text("a device")
+    (conversations / "dots.").write_text("trailing dot")
+    (conversations / "new\nline.md").write_text("a second line in the list")
+    links = conversations / "links"
+    links.mkdir()
+    for n in range(40):
+        os.symlink("/etc/passwd", links / f"l{n:03}")
+    dirs = conversations / "dirs"
+    for n in range(30):
+        (dirs / f"d{n:03}").mkdir(parents=True)
+
+    def pack() -> tuple[zipfile.ZipFile, viewer.Packed]:
+        out = io.BytesIO()
+        packed = viewer.write_zip(folder, out)
+        return zipfile.ZipFile(out), packed
+
+    archive, packed = pack()
+    names = archive.namelist()
+    assert len(names) == len(set(names))  # no duplicate member
+    assert archive.read("conversations/SKIPPED.txt") == b"the agent's own file"
+    assert all("\\" not in n and ":" not in n and "NUL" not in n and not n.endswith(".") for n in names)
+    assert not any("new" in n for n in names)
+    skipped = archive.read(viewer.SKIPPED_NAME).decode()
+    assert "conversations/..\\..\\evil.txt: a name unsafe to extract" in skipped
+    assert "'conversations/new\\nline.md': a name unsafe to extract" in skipped  # one line, escaped
+
+    monkeypatch.setattr(viewer, "MAX_DIR_ENTRIES", 35)
+    archive, packed = pack()
+    lines = archive.read(viewer.SKIPPED_NAME).decode().splitlines()
+    assert "conversations/links/: more than 35 entries: the rest left out" in lines
+    assert sum(line.startswith("conversations/links/l") for line in lines) == 35  # read up to the cap
+
+    monkeypatch.setattr(viewer, "MAX_SKIPPED", 10)
+    archive, packed = pack()
+    lines = archive.read(viewer.SKIPPED_NAME).decode().splitlines()
+    assert len(lines) == 11 and lines[-1] == f"… and {packed.skipped_more} more left out"
+    assert packed.skipped_more > 20
+
+    monkeypatch.setattr(viewer, "MAX_DIR_ENTRIES", 10_000)
+    monkeypatch.setattr(viewer, "MAX_DOWNLOAD_ENTRIES", 20)
+    archive, packed = pack()
+    assert packed.entries <= 21  # directories and skipped links count too
+    assert len(archive.namelist()) <= 21
+
+
+async def test_one_download_at_a_time_per_group(
+    web_settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from nanohost import viewer
+
+    (turns_dir(web_settings) / "2026-12-01.jsonl").write_text(turn_line("t1"))
+    await logged_in(client)
+    entered, release = threading.Event(), threading.Event()
+    real = viewer.write_zip
+
+    def held_zip(folder: Path, out: Any) -> Any:
+        if not entered.is_set():  # the first download is held; any other goes straight through
+            entered.set()
+            release.wait()
+        return real(folder, out)
+
+    monkeypatch.setattr(viewer, "write_zip", held_zip)
+    first = asyncio.ensure_future(client.get("/web/groups/team/archive.zip"))
+    await asyncio.to_thread(entered.wait)
+    try:
+        second = await client.get("/web/groups/team/archive.zip")
+        assert second.status == 429
+        assert "already under way" in (await second.json())["error"]
+    finally:
+        release.set()
+    response = await first
+    assert response.status == 200
+    assert (
+        "conversations/turns/2026-12-01.jsonl"
+        in zipfile.ZipFile(io.BytesIO(await response.read())).namelist()
+    )
+    assert (await client.get("/web/groups/team/archive.zip")).status == 200  # and after it, again
