@@ -620,3 +620,31 @@ async def test_one_download_at_a_time_per_group(
         in zipfile.ZipFile(io.BytesIO(await response.read())).namelist()
     )
     assert (await client.get("/web/groups/team/archive.zip")).status == 200  # and after it, again
+
+
+def test_a_stalled_listener_holds_a_bounded_number_of_bytes_and_keeps_every_message() -> None:
+    """A hostile agent's steps flood a listener that never reads: its queue stays within its
+    byte cap, drops the oldest steps (never a chat message's hint) and tells it it missed some."""
+    import json as _json
+
+    from nanohost.bus import MAX_SUBSCRIBER_BYTES, MessageBus
+
+    bus = MessageBus()
+    stalled = bus.subscribe(1)
+    step = {
+        "type": "item",
+        "turn": "t",
+        "phase": "item",
+        "item": {"id": "s", "type": "other", "text": "x" * 30_000},
+    }
+    for n in range(2000):
+        bus.publish(1, {**step, "item": {**step["item"], "id": f"s{n}"}})
+        if n % 100 == 0:
+            bus.publish(1, {"type": "message", "id": n})
+    held = []
+    while not stalled.empty():
+        held.append(stalled.get_nowait())
+    assert sum(len(_json.dumps(e)) for e in held) <= MAX_SUBSCRIBER_BYTES + 100
+    assert held[0] == {"type": "missed"}
+    assert [e["id"] for e in held if e["type"] == "message"] == list(range(0, 2000, 100))
+    assert held[-1]["item"]["id"] == "s1999"  # the newest steps are the ones kept
