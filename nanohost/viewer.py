@@ -31,7 +31,8 @@ TURNS = "turns"
 DAY_FILE = re.compile(r"^\d{4}-\d{2}-\d{2}\.jsonl$")
 MAX_DAY_BYTES = 32 * 1024 * 1024
 """Bytes read of one day's file; a larger one is read up to here (its later turns are not shown)."""
-MAX_LINE_BYTES = 4 * 1024 * 1024
+MAX_LINE_BYTES = 1024 * 1024
+"""A longer line is not parsed (the runner keeps a turn's line under 512 KiB)."""
 MAX_DAYS = 3660
 """Day files looked at, newest first (ten years of daily use)."""
 MAX_READ_BYTES = 256 * 1024 * 1024

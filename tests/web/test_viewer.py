@@ -648,3 +648,19 @@ def test_a_stalled_listener_holds_a_bounded_number_of_bytes_and_keeps_every_mess
     assert held[0] == {"type": "missed"}
     assert [e["id"] for e in held if e["type"] == "message"] == list(range(0, 2000, 100))
     assert held[-1]["item"]["id"] == "s1999"  # the newest steps are the ones kept
+
+
+def test_a_line_over_the_line_cap_is_never_parsed(host_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    days = folder / "conversations" / "turns"
+    days.mkdir(parents=True)
+    huge = '{"v": 1, "turn": "huge", "junk": "' + "z" * (viewer.MAX_LINE_BYTES + 10) + '"}\n'
+    (days / "2026-12-01.jsonl").write_text(turn_line("t1") + huge)
+    parsed: list[int] = []
+    real = json.loads
+    monkeypatch.setattr(viewer.json, "loads", lambda text: parsed.append(len(text)) or real(text))
+    assert [t["turn"] for t in viewer.list_turns(folder)["turns"]] == ["t1"]
+    assert viewer.lookup(folder, "huge") == (None, True)
+    assert max(parsed) < viewer.MAX_LINE_BYTES and viewer.MAX_LINE_BYTES <= 1024 * 1024
