@@ -164,23 +164,26 @@ _HEADLINE = ("id", "type", "status", "exit_code", "duration_ms", "server", "tool
 
 def live_event(row: ItemRow) -> dict[str, Any]:
     """The live feed's event for an ``item`` row: texts cut to ``MAX_LIVE_TEXT``, lists to
-    ``MAX_LIVE_LIST``, at most ``MAX_LIVE_EVENT_BYTES`` (else only its headline); ``cut`` says
-    something was left out (the archive has it once the turn ends)."""
+    ``MAX_LIVE_LIST`` (then smaller), at most ``MAX_LIVE_EVENT_BYTES`` (else only its headline);
+    ``cut`` says something was left out (the archive has it once the turn ends)."""
     cut = [False]
 
-    def shrink(value: Any) -> Any:
-        if isinstance(value, str) and len(value) > MAX_LIVE_TEXT:
+    def shrink(value: Any, text: int, items: int) -> Any:
+        if isinstance(value, str) and len(value) > text:
             cut[0] = True
-            return value[:MAX_LIVE_TEXT] + "…"
+            return value[:text] + "…"
         if isinstance(value, list):
-            if len(value) > MAX_LIVE_LIST:
+            if len(value) > items:
                 cut[0] = True
-            return [shrink(v) for v in value[:MAX_LIVE_LIST]]
+            return [shrink(v, text, items) for v in value[:items]]
         if isinstance(value, dict):
-            return {k: shrink(v) for k, v in value.items()}
+            return {k: shrink(v, text, items) for k, v in value.items()}
         return value
 
-    event: dict[str, Any] = {"type": "item", **shrink(row.model_dump(exclude={"kind"}, exclude_none=True))}
+    full = row.model_dump(exclude={"kind"}, exclude_none=True)
+    event: dict[str, Any] = {"type": "item", **shrink(full, MAX_LIVE_TEXT, MAX_LIVE_LIST)}
+    if live_bytes(event) > MAX_LIVE_EVENT_BYTES:
+        event = {"type": "item", **shrink(full, MAX_LIVE_TEXT // 4, MAX_LIVE_LIST // 2)}
     if live_bytes(event) > MAX_LIVE_EVENT_BYTES:
         cut[0] = True
         event["prompts"] = [p[:200] for p in event.get("prompts", [])[:1]]

@@ -270,3 +270,30 @@ def test_the_live_feed_is_bounded_in_bytes_per_event_and_per_batch(
         False,
     )
     assert [e["turn"] for e in published if e["phase"] == "start"][-1] == "t39"
+
+
+def test_a_live_step_keeps_what_fits_before_falling_back_to_its_headline() -> None:
+    from nanohost.boundary import MAX_LIVE_EVENT_BYTES, ItemRow, live_bytes, live_event
+
+    changes = [{"path": f"f{n}.py", "kind": "update", "diff": "+" * 4_000} for n in range(50)]
+    row = ItemRow.model_validate(
+        {
+            "kind": "item",
+            "turn": "t",
+            "phase": "item",
+            "item": {"id": "c", "type": "file_change", "changes": changes},
+        }
+    )
+    event = live_event(row)
+    assert live_bytes(event) <= MAX_LIVE_EVENT_BYTES and event["cut"] is True
+    assert 0 < len(event["item"]["changes"]) < 50  # some diffs still shown live
+    small = ItemRow.model_validate(
+        {"kind": "item", "turn": "t", "phase": "item", "item": {"id": "r", "type": "reasoning", "text": "hi"}}
+    )
+    assert live_event(small) == {
+        "type": "item",
+        "turn": "t",
+        "phase": "item",
+        "prompts": [],
+        "item": {"id": "r", "type": "reasoning", "status": "completed", "text": "hi"},
+    }
