@@ -150,6 +150,55 @@ class ItemRow(_Row):
     duration_ms: Count | None = None
 
 
+MAX_LIVE_TEXT = 4_000
+"""Characters of one text of a live event (the runner sends at most that; the archive keeps the
+turn's full, bounded text, and the viewer reads it from there)."""
+MAX_LIVE_LIST = 10
+"""Prompts or file changes of one live event."""
+MAX_LIVE_EVENT_BYTES = 32 * 1024
+"""A live event larger than this, once its texts are cut, keeps only its headline."""
+MAX_LIVE_BATCH_BYTES = 256 * 1024
+"""Live event bytes published per import batch (the newest steps; the last start and end)."""
+_HEADLINE = ("id", "type", "status", "exit_code", "duration_ms", "server", "tool")
+
+
+def live_event(row: ItemRow) -> dict[str, Any]:
+    """The live feed's event for an ``item`` row: texts cut to ``MAX_LIVE_TEXT``, lists to
+    ``MAX_LIVE_LIST`` (then smaller), at most ``MAX_LIVE_EVENT_BYTES`` (else only its headline);
+    ``cut`` says something was left out (the archive has it once the turn ends)."""
+    cut = [False]
+
+    def shrink(value: Any, text: int, items: int) -> Any:
+        if isinstance(value, str) and len(value) > text:
+            cut[0] = True
+            return value[:text] + "…"
+        if isinstance(value, list):
+            if len(value) > items:
+                cut[0] = True
+            return [shrink(v, text, items) for v in value[:items]]
+        if isinstance(value, dict):
+            return {k: shrink(v, text, items) for k, v in value.items()}
+        return value
+
+    full = row.model_dump(exclude={"kind"}, exclude_none=True)
+    event: dict[str, Any] = {"type": "item", **shrink(full, MAX_LIVE_TEXT, MAX_LIVE_LIST)}
+    if live_bytes(event) > MAX_LIVE_EVENT_BYTES:
+        event = {"type": "item", **shrink(full, MAX_LIVE_TEXT // 4, MAX_LIVE_LIST // 2)}
+    if live_bytes(event) > MAX_LIVE_EVENT_BYTES:
+        cut[0] = True
+        event["prompts"] = [p[:200] for p in event.get("prompts", [])[:1]]
+        if "item" in event:
+            event["item"] = {k: v for k, v in event["item"].items() if k in _HEADLINE}
+    if cut[0]:
+        event["cut"] = True
+    return event
+
+
+def live_bytes(event: dict[str, Any]) -> int:
+    """An event's size as a websocket sends it."""
+    return len(json.dumps(event))
+
+
 Row = MessageRow | FileRow | ProgressRow | StatusRow | ScheduleTask | CancelTask | ItemRow
 _TASK = TypeAdapter(Annotated[ScheduleTask | CancelTask, Field(discriminator="op")])
 _BY_KIND: dict[str, TypeAdapter[Any]] = {

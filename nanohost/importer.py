@@ -24,6 +24,7 @@ from nanohost.agent_files import MAX_FILE_BYTES, keep_copy
 from nanohost.boundary import (
     MAX_FILE_BYTES_PER_TURN,
     MAX_FILES_PER_TURN,
+    MAX_LIVE_BATCH_BYTES,
     MAX_MESSAGES_PER_TURN,
     BadRow,
     CancelTask,
@@ -34,6 +35,8 @@ from nanohost.boundary import (
     ScheduleTask,
     StatusRow,
     cap_text,
+    live_bytes,
+    live_event,
 )
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
@@ -45,6 +48,24 @@ log = logging.getLogger(__name__)
 MAX_ITEM_EVENTS = 50
 """Live viewer steps published per import batch (the runner sends far fewer; the rest of a flood
 is never shown: steps are hints, the archive is the record)."""
+
+
+def live_feed(events: list[dict[str, Any]]) -> set[int]:
+    """Which of a batch's live events are published: the last start and the last end, and the
+    newest steps (``MAX_ITEM_EVENTS`` at most), all within ``MAX_LIVE_BATCH_BYTES``."""
+    items = [i for i, e in enumerate(events) if e["type"] == "item"]
+    starts = [i for i in items if events[i].get("phase") == "start"][-1:]
+    ends = [i for i in items if events[i].get("phase") == "end"][-1:]
+    kept = set(starts + ends)
+    budget = MAX_LIVE_BATCH_BYTES - sum(live_bytes(events[i]) for i in kept)
+    steps = [i for i in items if events[i].get("phase") == "item"]
+    for i in reversed(steps[-MAX_ITEM_EVENTS:]):  # a flood of steps: the newest are shown
+        budget -= live_bytes(events[i])
+        if budget < 0:
+            break
+        kept.add(i)
+    return kept
+
 
 WORKSPACE = PurePosixPath("/workspace/agent")
 KeptFiles = dict[int, tuple[Path, str] | str]
@@ -189,9 +210,8 @@ class OutboundImport:
         self.queues.mark_imported(cursor)  # the runner may prune what the host has imported
         self.queues.prune()  # and the host the inbound rows the runner has answered
         progress = [e for e in events if e["type"] == "progress"]
-        steps = [i for i, e in enumerate(events) if e["type"] == "item" and e.get("phase") == "item"]
-        dropped = set(steps[:-MAX_ITEM_EVENTS])  # a flood of steps: the newest are shown
-        kept = [e for i, e in enumerate(events) if e["type"] != "progress" and i not in dropped]
+        live = live_feed(events)
+        kept = [e for i, e in enumerate(events) if e["type"] not in ("progress", "item") or i in live]
         return kept + progress[-1:]  # the latest progress only
 
     def _refuse(self, session: AgentSession, row_id: int, reason: str) -> None:
@@ -219,7 +239,7 @@ class OutboundImport:
         if isinstance(item, ProgressRow):
             return [{"type": "progress", "text": item.text}], False
         if isinstance(item, ItemRow):  # the viewer's live feed: shown, never stored
-            return [{"type": "item", **item.model_dump(exclude={"kind"}, exclude_none=True)}], False
+            return [live_event(item)], False
         if isinstance(item, StatusRow):
             if item.error:
                 session.last_error = f"{item.error_kind or 'error'}: {item.error}"

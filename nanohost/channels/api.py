@@ -280,7 +280,7 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
                         for message in _messages_after(request, group, last, prefix):
                             await ws.send_json({"type": "message", **message})
                             last = message["id"]
-                    elif event.get("type") in ("progress", "item"):  # item: the viewer's live feed
+                    elif event.get("type") in ("progress", "item", "missed"):  # item: the viewer's live feed
                         await ws.send_json(event)
                 if receiver in done:
                     if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):

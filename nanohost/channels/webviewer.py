@@ -6,10 +6,12 @@ chat's login (same cookie, same CSRF rules: ``webchat.guarded``) and see only gr
 API token (``api.require_token``) and see every group.
 
 - ``GET /viewer`` (``?group=&turn=`` is a permalink to a turn), ``GET /operator``: the pages
-- ``GET /web/groups/{group}/turns?before=<turn>`` → ``{"turns": [summary], "more"}`` newest first
+- ``GET /web/groups/{group}/turns?before=<turn>`` → ``{"turns": [summary], "more", "complete"}``
+  newest first (``complete`` False: the read stopped at its budget, older turns were not reached)
 - ``GET /web/groups/{group}/turns/{turn}`` → the archived turn (``viewer.ArchivedTurn``)
 - ``GET /web/groups/{group}/search?q=`` → ``{"turns": [summary], "complete"}``
-- ``GET /web/groups/{group}/archive.zip`` → the group's ``conversations/`` folder (safe reads)
+- ``GET /web/groups/{group}/archive.zip`` → the group's ``conversations/`` folder (safe reads;
+  one download at a time per group, a second answers 429)
 - the live feed: ``{"type": "item", "turn", "phase": "start"|"item"|"end", …}`` events on the
   chat's websocket ``/web/groups/{group}/stream``
 - ``GET /web/operator/groups`` → ``{"groups": [{name, state, last_activity, …}]}``;
@@ -81,12 +83,26 @@ def _page(name: str) -> Handler:
 # --- the viewer -----------------------------------------------------------------------------
 
 
+ARCHIVE_READS: web.AppKey[asyncio.Lock] = web.AppKey("viewer_archive_reads", asyncio.Lock)
+"""One archive read (a listing, a lookup, a search) at a time per host: parsing holds the GIL, so
+concurrent reads would only multiply what a hostile archive costs."""
+
+
+DOWNLOADS: web.AppKey[set[int]] = web.AppKey("viewer_downloads", set)
+"""Groups whose archive download is under way (one at a time per group; a second gets 429)."""
+
+
+async def _read_archive(request: web.Request, read: Callable[..., Any], *args: Any) -> Any:
+    async with request.app[ARCHIVE_READS]:
+        return await asyncio.to_thread(read, *args)
+
+
 async def turns(request: web.Request) -> web.Response:
     group = web_group(request)
     before = request.query.get("before") or None
     if before is not None and not TURN_ID.match(before):
         return _error(400, "before must be a turn id")
-    found = await asyncio.to_thread(viewer.list_turns, _folder(request, group), before)
+    found = await _read_archive(request, viewer.list_turns, _folder(request, group), before)
     return web.json_response(found)
 
 
@@ -95,8 +111,14 @@ async def turn(request: web.Request) -> web.Response:
     turn_id = request.match_info["turn"]
     if not TURN_ID.match(turn_id):
         return _error(404, "no such turn")
-    found = await asyncio.to_thread(viewer.find_turn, _folder(request, group), turn_id)
+    found, complete = await _read_archive(request, viewer.lookup, _folder(request, group), turn_id)
     if found is None:
+        if not complete:
+            return _error(
+                404,
+                "no such turn in the newest part of the archive (the lookup stopped at its "
+                f"{viewer.MAX_READ_BYTES // 2**20} MiB limit; older turns are in the download)",
+            )
         return _error(404, "no such turn")
     return web.json_response(found.model_dump(exclude_none=True))
 
@@ -106,7 +128,7 @@ async def search(request: web.Request) -> web.Response:
     query = request.query.get("q", "")
     if len(query) > viewer.MAX_QUERY:
         return _error(400, f"the search is longer than {viewer.MAX_QUERY} characters")
-    found = await asyncio.to_thread(viewer.search, _folder(request, group), query)
+    found = await _read_archive(request, viewer.search, _folder(request, group), query)
     return web.json_response(found)
 
 
@@ -115,11 +137,26 @@ async def download(request: web.Request) -> web.StreamResponse:
     temporary file (so the response's length is known and no agent file is read twice)."""
     group = web_group(request)
     settings = _orchestrator(request).ctx.settings
-    with tempfile.TemporaryFile(dir=settings.data_dir) as spool:
-        await asyncio.to_thread(viewer.write_zip, _folder(request, group), spool)
+    downloading = request.app[DOWNLOADS]
+    if group.id in downloading:  # each spools up to 512 MiB on the host's disk: one at a time
+        return _error(
+            429, "a download of this group's archive is already under way; try again when it is done"
+        )
+    downloading.add(group.id)
+    try:
+        return await _send_zip(request, group.name, _folder(request, group), settings.data_dir)
+    finally:
+        downloading.discard(group.id)
+
+
+async def _send_zip(
+    request: web.Request, group_name: str, folder: Path, data_dir: Path
+) -> web.StreamResponse:
+    with tempfile.TemporaryFile(dir=data_dir) as spool:
+        await asyncio.to_thread(viewer.write_zip, folder, spool)
         size = spool.tell()
         spool.seek(0)
-        name = f"{group.name}-conversations.zip"
+        name = f"{group_name}-conversations.zip"
         response = web.StreamResponse(
             headers={
                 "Content-Type": "application/zip",
@@ -279,6 +316,8 @@ async def api_snapshot(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register the viewer's and the operator view's pages and endpoints."""
+    app[ARCHIVE_READS] = asyncio.Lock()
+    app[DOWNLOADS] = set()
     app.router.add_get("/viewer", _page("viewer.html"))
     app.router.add_get("/operator", _page("operator.html"))
     app.router.add_get("/web/groups/{group}/turns", guarded(turns))

@@ -116,6 +116,10 @@ function connect(generation) {
     const data = JSON.parse(event.data);
     if (data.type === "message") addMessage(data);
     else if (data.type === "item") onItem(data, generation);
+    else if (data.type === "missed" && state.live) {
+      state.live.missed = true; // the host dropped live steps: the archive has them at the end
+      scheduleSteps();
+    }
     else if (data.type === "progress") {
       state.progress = data.text || "";
       $("thinking").dataset.progress = "1";
@@ -158,18 +162,46 @@ async function loadSteps(generation) {
   }
 }
 
+const MAX_LIVE_ITEMS = 200; // the live map keeps the newest steps; the archive has them all
+let stepsQueued = false;
+
+// The steps panel is re-rendered whole: at most once a frame, however fast steps arrive.
+function scheduleSteps() {
+  if (stepsQueued) return;
+  stepsQueued = true;
+  requestAnimationFrame(() => {
+    stepsQueued = false;
+    const live = state.live;
+    if (!live || live.status !== "running") return;
+    showSteps({
+      turn: live.turn,
+      started_at: live.started,
+      status: live.status,
+      items: [...live.items.values()],
+      missed: !!live.missed,
+      live: true,
+    });
+  });
+}
+
 function onItem(event, generation) {
   if (event.phase === "start") {
     state.live = { turn: event.turn, items: new Map(), status: "running", started: new Date().toISOString() };
   }
   const live = state.live;
   if (!live || live.turn !== event.turn) return;
-  if (event.phase === "item" && event.item) live.items.set(event.item.id, event.item);
+  if (event.phase === "item" && event.item) {
+    live.items.set(event.item.id, event.item);
+    while (live.items.size > MAX_LIVE_ITEMS) {
+      live.items.delete(live.items.keys().next().value);
+      live.missed = true;
+    }
+  }
   if (event.phase === "end") {
     live.status = event.status;
     return loadSteps(generation);
   }
-  showSteps({ turn: live.turn, started_at: live.started, status: live.status, items: [...live.items.values()], live: true });
+  scheduleSteps();
 }
 
 function toggleSteps(open) {

@@ -140,6 +140,8 @@ const Turns = (() => {
       steps.append(renderItem(item));
     }
     if (turn.items_left_out) steps.append(el("li", "step hint", `${turn.items_left_out} more steps were not archived`));
+    if (turn.missed)
+      steps.append(el("li", "step hint", "Some steps were not shown live; the archived turn has them once it ends."));
     article.append(steps);
     if (turn.error) article.append(el("p", "error", turn.error));
     if (turn.reply && !options.compact) {

@@ -88,14 +88,19 @@ async function loadTurns(older) {
   const generation = state.generation;
   try {
     const suffix = older && state.oldest ? `turns?before=${encodeURIComponent(state.oldest)}` : "turns";
-    const { turns, more } = await call(groupUrl(suffix));
+    const { turns, more, complete } = await call(groupUrl(suffix));
     if (generation !== state.generation) return;
     if (!older) $("turns").replaceChildren();
     state.searching = false;
     for (const turn of turns) addTurnEntry(turn);
     if (turns.length) state.oldest = turns[turns.length - 1].turn;
     $("more").hidden = !more;
-    $("list-note").textContent = $("turns").children.length ? "" : "No turns archived yet.";
+    $("list-note").textContent =
+      complete === false
+        ? "The listing stopped at its read limit: older turns are in the download."
+        : $("turns").children.length
+          ? ""
+          : "No turns archived yet.";
     if (state.live && state.live.status === "running") liveEntry();
   } catch (error) {
     showError(`Could not load the turns: ${error.message}`);
@@ -189,6 +194,7 @@ function renderLive() {
     prompts: live.prompts,
     reply: "",
     items: [...live.items.values()],
+    missed: !!live.missed,
     live: true,
   });
 }
@@ -224,6 +230,7 @@ function connect(generation) {
     if (generation !== state.generation) return;
     const data = JSON.parse(event.data);
     if (data.type === "item") onItem(data);
+    else if (data.type === "missed") onMissed();
   });
   socket.addEventListener("close", () => {
     if (generation !== state.generation) return;
@@ -232,6 +239,39 @@ function connect(generation) {
     state.backoff = Math.min(state.backoff * 2, 10000);
     setTimeout(() => generation === state.generation && connect(generation), delay);
   });
+}
+
+const MAX_LIVE_ITEMS = 200; // the live map keeps the newest steps; the archive has them all
+let renderQueued = false;
+
+// Rendering a turn is a full re-render: at most once a frame, however fast steps arrive.
+function scheduleRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(() => {
+    renderQueued = false;
+    const live = state.live;
+    if (!live) return;
+    if (!state.searching) liveEntry();
+    if (state.turn === live.turn && live.status === "running") renderLive();
+  });
+}
+
+function keepItem(live, item) {
+  live.items.set(item.id, item);
+  while (live.items.size > MAX_LIVE_ITEMS) {
+    live.items.delete(live.items.keys().next().value);
+    live.missed = true;
+  }
+}
+
+// The host dropped live steps for this socket (it fell behind): the turn shown live is missing
+// some; the archived turn, read when the turn ends, has them all.
+function onMissed() {
+  if (state.live) {
+    state.live.missed = true;
+    scheduleRender();
+  }
 }
 
 function onItem(event) {
@@ -250,9 +290,8 @@ function onItem(event) {
   const live = state.live;
   if (!live || live.turn !== event.turn) return;
   if (event.phase === "item" && event.item) {
-    live.items.set(event.item.id, event.item);
-    if (!state.searching) liveEntry();
-    if (state.turn === live.turn) renderLive();
+    keepItem(live, event.item);
+    scheduleRender();
   } else if (event.phase === "end") {
     Object.assign(live, { status: event.status, model: event.model, usage: event.usage, duration_ms: event.duration_ms });
     if (!state.searching) loadTurns(false).then(() => state.turn === live.turn && openTurn(live.turn, false));

@@ -220,3 +220,80 @@ def test_a_flood_of_live_steps_is_cut_and_never_stored(
     assert shown == [f"s{n}" for n in range(150 - MAX_ITEM_EVENTS, 150)]  # the newest
     with transaction(factory) as db:
         assert db.scalars(select(Message).where(Message.direction == "out")).all() == []
+
+
+def test_the_live_feed_is_bounded_in_bytes_per_event_and_per_batch(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    """Endless near-1 MB start rows and huge steps: each event is cut to a few KB, one batch
+    publishes only its last start (and end), and the live bytes of a batch stay within the cap."""
+    from nanohost.boundary import MAX_LIVE_BATCH_BYTES, MAX_LIVE_EVENT_BYTES, live_bytes
+
+    importer, _, session_dir = session_import
+    writer = hostile_writer(session_dir)
+    big = "x" * 19_000
+    for n in range(40):
+        start = {"turn": f"t{n}", "phase": "start", "prompts": [big] * 20}
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES ('item', ?, 0)", (json.dumps(start),)
+        )
+    changes = [{"path": "p" * 4000, "kind": "add", "diff": "\u0001" * 19_000} for _ in range(50)]
+    for n in range(40):
+        step = {
+            "turn": "t39",
+            "phase": "item",
+            "item": {"id": f"s{n}", "type": "file_change", "text": big, "output": big, "changes": changes},
+        }
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES ('item', ?, 0)", (json.dumps(step),)
+        )
+    for _n in range(3):
+        end = {"turn": "t39", "phase": "end", "status": "completed"}
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES ('item', ?, 0)", (json.dumps(end),)
+        )
+    writer.close()
+    published: list[dict[str, Any]] = []
+    while True:
+        events, read = importer.batch()
+        if not read:
+            break
+        live = [e for e in events if e["type"] == "item"]
+        assert sum(live_bytes(e) for e in live) <= MAX_LIVE_BATCH_BYTES
+        assert [e["phase"] for e in live].count("start") <= 1 and [e["phase"] for e in live].count("end") <= 1
+        published += live
+    assert published and all(live_bytes(e) <= MAX_LIVE_EVENT_BYTES for e in published)
+    assert all(e.get("cut") for e in published if e["phase"] != "end")  # the client knows to read the archive
+    assert (published[-1]["phase"], published[-1]["status"], "cut" in published[-1]) == (
+        "end",
+        "completed",
+        False,
+    )
+    assert [e["turn"] for e in published if e["phase"] == "start"][-1] == "t39"
+
+
+def test_a_live_step_keeps_what_fits_before_falling_back_to_its_headline() -> None:
+    from nanohost.boundary import MAX_LIVE_EVENT_BYTES, ItemRow, live_bytes, live_event
+
+    changes = [{"path": f"f{n}.py", "kind": "update", "diff": "+" * 4_000} for n in range(50)]
+    row = ItemRow.model_validate(
+        {
+            "kind": "item",
+            "turn": "t",
+            "phase": "item",
+            "item": {"id": "c", "type": "file_change", "changes": changes},
+        }
+    )
+    event = live_event(row)
+    assert live_bytes(event) <= MAX_LIVE_EVENT_BYTES and event["cut"] is True
+    assert 0 < len(event["item"]["changes"]) < 50  # some diffs still shown live
+    small = ItemRow.model_validate(
+        {"kind": "item", "turn": "t", "phase": "item", "item": {"id": "r", "type": "reasoning", "text": "hi"}}
+    )
+    assert live_event(small) == {
+        "type": "item",
+        "turn": "t",
+        "phase": "item",
+        "prompts": [],
+        "item": {"id": "r", "type": "reasoning", "status": "completed", "text": "hi"},
+    }

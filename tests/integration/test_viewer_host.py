@@ -132,7 +132,7 @@ async def test_a_hostile_agents_item_rows_and_archive_links_get_nowhere(
     assert download.status == 200
     archive = zipfile.ZipFile(io.BytesIO(await download.read()))
     assert not any("2099" in name and not name.endswith("SKIPPED.txt") for name in archive.namelist())
-    skipped = archive.read("conversations/SKIPPED.txt").decode()
+    skipped = archive.read("NANOHOST-SKIPPED.txt").decode()
     assert "2099-01-01.jsonl: a link, left out" in skipped and "2099-01-02.jsonl: a link, left out" in skipped
     assert b"stolen" not in b"".join(archive.read(n) for n in archive.namelist())
     second = await host.send("team", "still there?")

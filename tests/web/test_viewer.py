@@ -187,12 +187,12 @@ async def test_the_download_carries_the_archive_and_lists_what_it_left_out(
     assert "team-conversations.zip" in response.headers["Content-Disposition"]
     archive = zipfile.ZipFile(io.BytesIO(await response.read()))
     assert sorted(archive.namelist()) == [
+        "NANOHOST-SKIPPED.txt",
         "conversations/2026-12-01T10-00-00Z-abcd.md",
-        "conversations/SKIPPED.txt",
         "conversations/turns/2026-12-01.jsonl",
     ]
     assert archive.read("conversations/turns/2026-12-01.jsonl").decode() == turn_line("t1")
-    skipped = archive.read("conversations/SKIPPED.txt").decode()
+    skipped = archive.read("NANOHOST-SKIPPED.txt").decode()
     assert "conversations/stolen.md: a link, left out" in skipped
     assert "conversations/pipe: not a regular file, left out" in skipped
     assert b"HOST FILE" not in await (await client.get("/web/groups/team/archive.zip")).read()
@@ -425,10 +425,242 @@ def test_search_finds_text_json_escapes_and_stops_at_its_budget(
     assert page["complete"] is False
     assert viewer.list_turns(folder, limit=2)["turns"][1]["turn"] == "t298"
     assert viewer.find_turn(folder, "t0") is not None and viewer.find_turn(folder, "t") is None
-    monkeypatch.setattr(viewer, "MAX_SEARCH_BYTES", len(lines[0]) * 50)
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", len(lines[0]) * 50)
     capped = viewer.search(folder, "question 27")
     assert capped["complete"] is False  # only the newest ~50 lines were looked at: t27 is not found
     assert [t["turn"] for t in capped["turns"]] == [f"t{n}" for n in range(279, 269, -1)]
     monkeypatch.undo()
     assert [t["turn"] for t in viewer.search(folder, "question 27")["turns"]][-1] == "t27"
     assert [t["turn"] for t in viewer.search(folder, "NAÏVE")["turns"]] == ["escaped"]
+
+
+def test_listing_and_lookup_stop_at_the_read_budget_and_parse_only_turn_lines(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many days of big valid-JSON-but-not-a-turn lines: a listing, a lookup of a missing turn
+    and a search each read at most the budget (newest days first), parse none of the junk, and
+    say that they stopped early."""
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    days = folder / "conversations" / "turns"
+    days.mkdir(parents=True)
+    (days / "2026-01-01.jsonl").write_text(turn_line("oldest"))
+    junk = json.dumps({"junk": "x" * 100_000, "turn": "nope"}) + "\n"
+    marked = '{"v": 1, "junk": "' + "y" * 100_000 + '"}\n'  # passes the marker, is not a turn
+    for day in range(2, 22):
+        (days / f"2026-01-{day:02}.jsonl").write_text(junk * 4 + marked)
+    day_bytes = len(junk) * 4 + len(marked)
+    read: list[int] = []
+    parsed: list[int] = []
+    real_read, real_parse = viewer.read_day, viewer.parse_line
+    monkeypatch.setattr(viewer, "read_day", lambda f, n: read.append(len(data := real_read(f, n))) or data)
+    monkeypatch.setattr(viewer, "parse_line", lambda line: parsed.append(len(line)) or real_parse(line))
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", 3 * day_bytes)
+    monkeypatch.setattr(viewer, "MAX_PARSE_BYTES", 10 * day_bytes)
+
+    listed = viewer.list_turns(folder)
+    assert listed == {"turns": [], "more": False, "complete": False}
+    assert sum(read) <= 4 * day_bytes  # the budget, and at most the day it ran out in
+    assert sum(parsed) <= 4 * len(marked)  # the junk without the marker was never parsed
+
+    read.clear(), parsed.clear()
+    assert viewer.lookup(folder, "missing") == (None, False)
+    assert sum(read) <= 4 * day_bytes
+    assert parsed == []  # no line holds the id
+
+    read.clear(), parsed.clear()
+    assert viewer.search(folder, "y")["complete"] is False
+    assert sum(read) <= 4 * day_bytes
+
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", 100 * day_bytes)
+    monkeypatch.setattr(viewer, "MAX_PARSE_BYTES", 2 * len(marked))
+    parsed.clear()
+    assert viewer.list_turns(folder)["complete"] is False  # the parse budget stops it too
+    assert sum(parsed) <= 3 * len(marked)
+    monkeypatch.setattr(viewer, "MAX_PARSE_BYTES", 100 * day_bytes)
+    assert [t["turn"] for t in viewer.list_turns(folder)["turns"]] == ["oldest"]
+    assert viewer.lookup(folder, "oldest")[0] is not None
+
+
+async def test_archive_reads_take_turns_and_a_cut_lookup_says_so(
+    web_settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from nanohost import viewer
+    from nanohost.channels.webviewer import ARCHIVE_READS
+
+    days = turns_dir(web_settings)
+    (days / "2026-12-01.jsonl").write_text(turn_line("t1") * 20)
+    await logged_in(client)
+    monkeypatch.setattr(viewer, "MAX_READ_BYTES", len(turn_line("t1")) * 2)
+    listed = await (await client.get("/web/groups/team/turns")).json()
+    assert listed["complete"] is False  # the answer says the budget cut it short
+    missing = await client.get("/web/groups/team/turns/elsewhere")
+    assert missing.status == 404 and "limit" in (await missing.json())["error"]
+    monkeypatch.undo()
+
+    entered, release = threading.Event(), threading.Event()
+    active, most = [0], [0]
+    real = viewer.list_turns
+
+    def slow_listing(*args: Any) -> dict[str, Any]:
+        active[0] += 1
+        most[0] = max(most[0], active[0])
+        entered.set()
+        release.wait()
+        active[0] -= 1
+        return real(*args)
+
+    monkeypatch.setattr(viewer, "list_turns", slow_listing)
+    first = asyncio.ensure_future(client.get("/web/groups/team/turns"))
+    second = asyncio.ensure_future(client.get("/web/groups/team/turns"))
+    await asyncio.to_thread(entered.wait)
+    try:
+        assert client.app is not None and client.app[ARCHIVE_READS].locked()  # the second one waits
+    finally:
+        release.set()
+    assert [(await first).status, (await second).status] == [200, 200]
+    assert most[0] == 1
+
+
+def test_the_download_counts_every_entry_caps_its_skip_list_and_refuses_unsafe_names(
+    host_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Directories and left-out entries count against the entry cap, the skip list is capped (with
+    how many more), a huge directory is read only up to its cap, names a Windows extractor would
+    read as a path are left out, and an agent file named like the host's list is packed as itself."""
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    conversations = folder / "conversations"
+    (conversations / "turns").mkdir(parents=True)
+    (conversations / "SKIPPED.txt").write_text("the agent's own file")
+    (conversations / "..\\..\\evil.txt").write_text("escape on Windows")
+    (conversations / "a:b.md").write_text("a stream on NTFS")
+    (conversations / "NUL.md").write_text("a device")
+    (conversations / "dots.").write_text("trailing dot")
+    (conversations / "new\nline.md").write_text("a second line in the list")
+    links = conversations / "links"
+    links.mkdir()
+    for n in range(40):
+        os.symlink("/etc/passwd", links / f"l{n:03}")
+    dirs = conversations / "dirs"
+    for n in range(30):
+        (dirs / f"d{n:03}").mkdir(parents=True)
+
+    def pack() -> tuple[zipfile.ZipFile, viewer.Packed]:
+        out = io.BytesIO()
+        packed = viewer.write_zip(folder, out)
+        return zipfile.ZipFile(out), packed
+
+    archive, packed = pack()
+    names = archive.namelist()
+    assert len(names) == len(set(names))  # no duplicate member
+    assert archive.read("conversations/SKIPPED.txt") == b"the agent's own file"
+    assert all("\\" not in n and ":" not in n and "NUL" not in n and not n.endswith(".") for n in names)
+    assert not any("new" in n for n in names)
+    skipped = archive.read(viewer.SKIPPED_NAME).decode()
+    assert "conversations/..\\..\\evil.txt: a name unsafe to extract" in skipped
+    assert "'conversations/new\\nline.md': a name unsafe to extract" in skipped  # one line, escaped
+
+    monkeypatch.setattr(viewer, "MAX_DIR_ENTRIES", 35)
+    archive, packed = pack()
+    lines = archive.read(viewer.SKIPPED_NAME).decode().splitlines()
+    assert "conversations/links/: more than 35 entries: the rest left out" in lines
+    assert sum(line.startswith("conversations/links/l") for line in lines) == 35  # read up to the cap
+
+    monkeypatch.setattr(viewer, "MAX_SKIPPED", 10)
+    archive, packed = pack()
+    lines = archive.read(viewer.SKIPPED_NAME).decode().splitlines()
+    assert len(lines) == 11 and lines[-1] == f"… and {packed.skipped_more} more left out"
+    assert packed.skipped_more > 20
+
+    monkeypatch.setattr(viewer, "MAX_DIR_ENTRIES", 10_000)
+    monkeypatch.setattr(viewer, "MAX_DOWNLOAD_ENTRIES", 20)
+    archive, packed = pack()
+    assert packed.entries <= 21  # directories and skipped links count too
+    assert len(archive.namelist()) <= 21
+
+
+async def test_one_download_at_a_time_per_group(
+    web_settings: Settings, client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from nanohost import viewer
+
+    (turns_dir(web_settings) / "2026-12-01.jsonl").write_text(turn_line("t1"))
+    await logged_in(client)
+    entered, release = threading.Event(), threading.Event()
+    real = viewer.write_zip
+
+    def held_zip(folder: Path, out: Any) -> Any:
+        if not entered.is_set():  # the first download is held; any other goes straight through
+            entered.set()
+            release.wait()
+        return real(folder, out)
+
+    monkeypatch.setattr(viewer, "write_zip", held_zip)
+    first = asyncio.ensure_future(client.get("/web/groups/team/archive.zip"))
+    await asyncio.to_thread(entered.wait)
+    try:
+        second = await client.get("/web/groups/team/archive.zip")
+        assert second.status == 429
+        assert "already under way" in (await second.json())["error"]
+    finally:
+        release.set()
+    response = await first
+    assert response.status == 200
+    assert (
+        "conversations/turns/2026-12-01.jsonl"
+        in zipfile.ZipFile(io.BytesIO(await response.read())).namelist()
+    )
+    assert (await client.get("/web/groups/team/archive.zip")).status == 200  # and after it, again
+
+
+def test_a_stalled_listener_holds_a_bounded_number_of_bytes_and_keeps_every_message() -> None:
+    """A hostile agent's steps flood a listener that never reads: its queue stays within its
+    byte cap, drops the oldest steps (never a chat message's hint) and tells it it missed some."""
+    import json as _json
+
+    from nanohost.bus import MAX_SUBSCRIBER_BYTES, MessageBus
+
+    bus = MessageBus()
+    stalled = bus.subscribe(1)
+    step = {
+        "type": "item",
+        "turn": "t",
+        "phase": "item",
+        "item": {"id": "s", "type": "other", "text": "x" * 30_000},
+    }
+    for n in range(2000):
+        bus.publish(1, {**step, "item": {**step["item"], "id": f"s{n}"}})
+        if n % 100 == 0:
+            bus.publish(1, {"type": "message", "id": n})
+    held = []
+    while not stalled.empty():
+        held.append(stalled.get_nowait())
+    assert sum(len(_json.dumps(e)) for e in held) <= MAX_SUBSCRIBER_BYTES + 100
+    assert held[0] == {"type": "missed"}
+    assert [e["id"] for e in held if e["type"] == "message"] == list(range(0, 2000, 100))
+    assert held[-1]["item"]["id"] == "s1999"  # the newest steps are the ones kept
+
+
+def test_a_line_over_the_line_cap_is_never_parsed(host_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nanohost import viewer
+
+    folder = host_env / "groups" / "team"
+    days = folder / "conversations" / "turns"
+    days.mkdir(parents=True)
+    huge = '{"v": 1, "turn": "huge", "junk": "' + "z" * (viewer.MAX_LINE_BYTES + 10) + '"}\n'
+    (days / "2026-12-01.jsonl").write_text(turn_line("t1") + huge)
+    parsed: list[int] = []
+    real = json.loads
+    monkeypatch.setattr(viewer.json, "loads", lambda text: parsed.append(len(text)) or real(text))
+    assert [t["turn"] for t in viewer.list_turns(folder)["turns"]] == ["t1"]
+    assert viewer.lookup(folder, "huge") == (None, True)
+    assert max(parsed) < viewer.MAX_LINE_BYTES and viewer.MAX_LINE_BYTES <= 1024 * 1024
