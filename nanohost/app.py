@@ -37,9 +37,7 @@ from nanohost.gateway import Gateway
 from nanohost.installation import installation_id
 from nanohost.metrics import CONTENT_TYPE
 from nanohost.orchestrator import Orchestrator
-from nanohost.providers import ProviderContribution
-from nanohost.providers.codex import CodexContribution
-from nanohost.providers.mock import MockContribution
+from nanohost.providers.registry import Providers
 from nanohost.router import Router
 from nanohost.runtime import HostContext
 from nanohost.scheduler import SCHEDULER_SENDER, Queue, Scheduler
@@ -100,10 +98,6 @@ def _in_order(*steps: Step) -> Step:
     return host
 
 
-def _contributions(settings: Settings) -> dict[str, ProviderContribution]:
-    return {"codex": CodexContribution(settings.data_dir), "mock": MockContribution()}
-
-
 def _heard(ctx: HostContext, word: str) -> None:
     """The CLI changed something in the database: look at it now, not at the next sweep."""
     (ctx.tasks_changed if word == "tasks" else ctx.sweep_now).set()
@@ -155,7 +149,7 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         db=db_engine.make_session_factory(app[ENGINE]),
         backend=app[BACKEND],
         gateway=app[GATEWAY],
-        contributions=_contributions(settings),
+        contributions=Providers(settings),
         slots=Slots(settings.max_containers, quantum=settings.slot_quantum),
         installation=app[INSTALLATION],
     )

@@ -212,6 +212,8 @@ class Grant:
     group: str
     session_id: int
     egress: tuple[str, ...] = field(default=())
+    routes: frozenset[Route] | None = None
+    """The model API calls its provider makes (``providers.registry``); None: the gateway's own."""
 
     def may_reach(self, host: str) -> bool:
         host = host.lower().rstrip(".")
@@ -260,15 +262,31 @@ class Gateway:
     def egress_socket_path(self) -> Path:
         return self.socket_dir / EGRESS_SOCKET_NAME
 
-    def grant(self, group: str, session_id: int, egress: list[str] | None = None) -> str:
-        """A fresh placeholder for a session's container (not a secret: it only works here)."""
+    def grant(
+        self,
+        group: str,
+        session_id: int,
+        egress: list[str] | None = None,
+        *,
+        routes: frozenset[Route] | None = None,
+    ) -> str:
+        """A fresh placeholder for a session's container (not a secret: it only works here).
+        ``routes``: the calls its provider may make (default: the gateway's ``routes``)."""
         placeholder = PLACEHOLDER_PREFIX + secrets.token_urlsafe(24)
-        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()))
+        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), routes)
         return placeholder
 
-    def restore(self, placeholder: str, group: str, session_id: int, egress: list[str] | None = None) -> None:
+    def restore(
+        self,
+        placeholder: str,
+        group: str,
+        session_id: int,
+        egress: list[str] | None = None,
+        *,
+        routes: frozenset[Route] | None = None,
+    ) -> None:
         """Re-register a placeholder an adopted container already holds (after a host restart)."""
-        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()))
+        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), routes)
 
     def revoke(self, placeholder: str) -> None:
         self._grants.pop(placeholder, None)
@@ -308,7 +326,8 @@ class Gateway:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         grant = self._check(request)
-        refusal = path_refusal(request.method, request.raw_path, self.routes)
+        routes = self.routes if grant.routes is None else grant.routes
+        refusal = path_refusal(request.method, request.raw_path, routes)
         if refusal is not None:
             log.warning(
                 "gateway: refused %s %r for group %s: %s",

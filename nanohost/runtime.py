@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -31,12 +32,13 @@ from nanohost.containers.backend import (
 from nanohost.containers.mounts import check_extra_mount
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
-from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway
+from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway, Route
 from nanohost.importer import KeptFiles, OutboundImport, ReplyTarget
 from nanohost.installation import container_name
 from nanohost.limits import check_limits
 from nanohost.metrics import HostMetrics
-from nanohost.providers import GroupSpec, Mount, ProviderContribution
+from nanohost.providers import GroupSpec, Mount
+from nanohost.providers.registry import HostProvider
 from nanohost.safe_fs import hand_tree_to_agent
 from nanohost.session_dir import LAYOUT, SessionDir
 from nanohost.sessions import start_afresh
@@ -69,7 +71,8 @@ class HostContext:
     db: sessionmaker[Session]
     backend: ContainerBackend
     gateway: Gateway
-    contributions: dict[str, ProviderContribution]
+    contributions: Mapping[str, HostProvider]
+    """The providers' host sides by name (``providers.registry.Providers``)."""
     bus: MessageBus = field(default_factory=MessageBus)
     slots: Slots = field(default_factory=lambda: Slots(8))
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
@@ -220,10 +223,14 @@ class SessionRuntime:
         Its gateway grant comes from the database (host state), never from anything the
         container's side could have written."""
         with transaction(self.ctx.db) as db:
-            session, _ = self._load(db)
+            session, group = self._load(db)
             placeholder, egress = session.gateway_placeholder, list(session.gateway_egress or [])
+            name = session.provider_override or group.agent_provider
+        routes: frozenset[Route] = frozenset()  # an unregistered provider's container calls nothing
+        with contextlib.suppress(InvalidInput, KeyError):
+            routes = self.ctx.contributions[name].routes
         if placeholder:
-            self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress)
+            self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress, routes=routes)
             self.placeholder = placeholder
         await self.ctx.slots.acquire(self)
         self._holds_slot = True
@@ -347,18 +354,21 @@ class SessionRuntime:
             self._write_tasks(db, group.id)
         for item in requeue:  # a host crash between recording and queueing loses nothing
             self.queues.append(*item)
-        contribution = self.ctx.contributions[spec.provider].prepare(spec)
+        provider = self.ctx.contributions[spec.provider]  # an unregistered name: InvalidInput
+        contribution = provider.prepare(spec)
         if self.placeholder is not None:
             self.ctx.gateway.revoke(self.placeholder)
-        self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress)
+        self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress, routes=provider.routes)
         with transaction(self.ctx.db) as db:  # the grant is host state: adoption reads it from here
             session, _ = self._load(db)
             session.gateway_placeholder, session.gateway_egress = self.placeholder, egress
         runner = {
             **contribution.runner,
+            "provider": provider.name,
+            "runner": provider.runner,
             "turn_timeout": settings.turn_timeout,
             "host_away_timeout": settings.idle_timeout,
-            "gateway_socket": f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}",
+            "gateway_socket": f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}" if provider.routes else None,
             "egress_socket": f"{CONTAINER_SOCKET_DIR}/{EGRESS_SOCKET_NAME}" if egress else None,
             "egress_allow": egress,
             "placeholder": self.placeholder,
