@@ -41,6 +41,12 @@ class Reply:
         return cls(tool_call={"name": "exec_command", "arguments": json.dumps({"cmd": cmd})})
 
     @classmethod
+    def function(cls, name: str, **arguments: Any) -> Reply:
+        """The model calls a function tool by its plain name (OpenCode's MCP tools are
+        ``<server>_<tool>``)."""
+        return cls(tool_call={"name": name, "arguments": json.dumps(arguments)})
+
+    @classmethod
     def mcp(cls, server: str, tool: str, **arguments: Any) -> Reply:
         """The model calls an MCP tool (namespaced as codex presents them)."""
         return cls(
@@ -131,7 +137,8 @@ class ModelServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
         await response.prepare(request)
         response_id = f"resp_{next(self._ids)}"
-        await self._event(response, {"type": "response.created", "response": {"id": response_id}})
+        created = {"id": response_id, "created_at": 1_796_000_000, "model": str(body.get("model", ""))}
+        await self._event(response, {"type": "response.created", "response": created})
         self.streaming += 1
         async with self._arrived:
             self._arrived.notify_all()
@@ -145,16 +152,34 @@ class ModelServer:
             request.transport.abort()  # no response.completed: the stream is cut
             return response
         if reply.tool_call is not None:
-            item = {"type": "function_call", "call_id": f"call_{next(self._ids)}", **reply.tool_call}
+            item = {
+                "type": "function_call",
+                "id": f"fc_{next(self._ids)}",
+                "call_id": f"call_{next(self._ids)}",
+                "status": "completed",
+                **reply.tool_call,
+            }
+            await self._event(
+                response, {"type": "response.output_item.added", "output_index": 0, "item": item}
+            )
         else:
             item = {
                 "type": "message",
                 "role": "assistant",
                 "id": f"msg_{next(self._ids)}",
+                "status": "completed",
                 "content": [{"type": "output_text", "text": reply.text or "", "annotations": []}],
             }
-        await self._event(response, {"type": "response.output_item.done", "item": item})
-        await self._event(response, {"type": "response.completed", "response": {"id": response_id}})
+            added = {**item, "content": [], "status": "in_progress"}
+            await self._event(
+                response, {"type": "response.output_item.added", "output_index": 0, "item": added}
+            )
+            delta = {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": reply.text or ""}
+            await self._event(response, {"type": "response.output_text.delta", **delta})
+        await self._event(response, {"type": "response.output_item.done", "output_index": 0, "item": item})
+        usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
+        done = {"id": response_id, "status": "completed", "incomplete_details": None, "usage": usage}
+        await self._event(response, {"type": "response.completed", "response": done})
         await response.write_eof()
         return response
 
