@@ -138,6 +138,7 @@ class OpenCodeQuery:
         if self._continuation:
             try:
                 await server.call("GET", f"/session/{self._continuation}")
+                await self._drop_unanswered(self._continuation)
                 return self._continuation, False
             except ApiError as exc:
                 if exc.status not in (400, 404):
@@ -145,6 +146,15 @@ class OpenCodeQuery:
                 log.warning("opencode session %s is gone (%s): starting a new one", self._continuation, exc)
         created = await server.call("POST", "/session", {})
         return str(created["id"]), bool(self._continuation)
+
+    async def _drop_unanswered(self, session: str) -> None:
+        """A container killed mid-turn leaves its user messages in the session, unanswered; the
+        runner sends them again (they were never acknowledged), so the session drops them first."""
+        messages = await self._provider.server.call("GET", f"/session/{session}/message")
+        dangling = unanswered_from(messages if isinstance(messages, list) else [])
+        if dangling is not None:
+            log.info("opencode session %s: dropping the turn a stopped container left unanswered", session)
+            await self._provider.server.call("POST", f"/session/{session}/revert", {"messageID": dangling})
 
     async def _run(self) -> AsyncIterator[Event]:
         session, fresh = await self._open()
@@ -332,6 +342,23 @@ class OpenCodeQuery:
             await self._provider.server.call(
                 "POST", f"/session/{self._session}/revert", {"messageID": turn.users[0]}
             )
+
+
+def unanswered_from(messages: list[dict[str, Any]]) -> str | None:
+    """The first user message after the last finished answer (an assistant message that ended for
+    a reason other than calling tools, or with an error), if any: where an unfinished turn starts."""
+    start: str | None = None
+    for message in messages:
+        info = message.get("info") if isinstance(message, dict) else None
+        if not isinstance(info, dict):
+            continue
+        if info.get("role") == "user" and start is None:
+            start = str(info.get("id"))
+        elif info.get("role") == "assistant":
+            finish = info.get("finish")
+            if info.get("error") or (isinstance(finish, str) and finish not in ("tool-calls", "unknown")):
+                start = None
+    return start
 
 
 def turn_retry_message(turn: _Turn) -> str:

@@ -21,7 +21,9 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
+import tempfile
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -144,27 +146,31 @@ class Server:
         self.process: asyncio.subprocess.Process | None = None
         self.address: tuple[str, int] | None = None
         self.output: deque[str] = deque(maxlen=20)
+        self.scratch: Path | None = None
         self._drain: asyncio.Task[None] | None = None
 
-    def env(self, config_path: Path) -> dict[str, str]:
+    def env(self, scratch: Path) -> dict[str, str]:
+        """Sessions go to ``$HOME/.local/share/opencode`` (the group's mounted data dir); config,
+        cache and state to a scratch dir of this process's own (the container may run as a uid
+        that owns nothing else under the image's home)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCODE_")}
         env.update(OFFLINE_ENV)
         env.update(
             {
                 "HOME": str(self.home),
                 "XDG_DATA_HOME": str(self.home / ".local" / "share"),
-                "XDG_CONFIG_HOME": str(self.home / ".config"),
-                "XDG_CACHE_HOME": str(self.home / ".cache"),
-                "XDG_STATE_HOME": str(self.home / ".local" / "state"),
-                "OPENCODE_CONFIG": str(config_path),
+                "XDG_CONFIG_HOME": str(scratch / "config"),
+                "XDG_CACHE_HOME": str(scratch / "cache"),
+                "XDG_STATE_HOME": str(scratch / "state"),
+                "OPENCODE_CONFIG": str(scratch / "opencode.json"),
             }
         )
         return env
 
     async def start(self) -> None:
-        config_path = self.home / ".config" / "nanohost" / "opencode.json"
-        config_path.parent.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(json.dumps(self.config, indent=2))
+        self.scratch = Path(tempfile.mkdtemp(prefix="nanohost-opencode-"))
+        (self.scratch / "opencode.json").write_text(json.dumps(self.config, indent=2))
+        (self.home / ".local" / "share" / "opencode").mkdir(parents=True, exist_ok=True)
         try:
             self.process = await asyncio.create_subprocess_exec(
                 self.binary,
@@ -174,7 +180,7 @@ class Server:
                 "--hostname",
                 "127.0.0.1",
                 cwd=self.cwd,
-                env=self.env(config_path),
+                env=self.env(self.scratch),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
@@ -232,6 +238,9 @@ class Server:
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
     async def _open(
         self, method: str, path: str, body: Any = None, accept: str = "application/json"
