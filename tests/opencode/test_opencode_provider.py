@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from agent_runner.config import Paths, RunnerConfig
 from agent_runner.main import build_provider
-from agent_runner.opencode.provider import OpenCodeProvider
+from agent_runner.opencode.provider import MAX_RETRIES, OpenCodeProvider
 from agent_runner.provider import Event, InitEvent, Input, Provider, ResultEvent
 
 from tests.fakes.model_server import ModelServer, Reply, user_texts
@@ -202,3 +202,20 @@ async def test_close_kills_the_whole_process_group(started: Provider) -> None:
         os.killpg(process.pid, 0)  # no member of its group is left
     with pytest.raises(OSError):
         await asyncio.open_connection(host, port)  # and nothing keeps its port
+
+
+async def test_a_model_that_keeps_failing_ends_the_turn_as_retryable_and_rolls_it_back(
+    started: Provider, model_server: ModelServer
+) -> None:
+    model_server.script(*[Reply(status=503) for _ in range(MAX_RETRIES + 1)])
+    query = started.query(Input("are you up?", (1,)), None)
+    seen: list[Event] = []
+    result = await until_result(aiter(query), seen)
+    assert result.status == "failed" and result.kind == "transport" and result.retryable
+    assert len(model_server.requests) == MAX_RETRIES + 1  # OpenCode's own retries are bounded
+    session = next(e.continuation for e in seen if isinstance(e, InitEvent))
+    again = started.query(Input("are you up?", (1,)), session)  # the runner sends it again
+    result = await until_result(aiter(again), [])
+    assert result.status == "completed" and result.text == "echo: are you up?"
+    assert user_texts(model_server.requests[-1].body) == ["are you up?"]  # the failed turn is gone
+    again.end()
