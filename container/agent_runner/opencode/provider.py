@@ -208,7 +208,10 @@ class OpenCodeQuery:
         self._turn = turn
         turn.ids.extend(first.ids)
         turn.texts.append(first.text)
-        self._post(turn, first)
+        turn.posted = 1  # a refused first prompt fails the query: the runner counts the try
+        await server.call(
+            "POST", f"/session/{session}/prompt_async", {"parts": [{"type": "text", "text": first.text}]}
+        )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._provider.turn_timeout
         timed_out = False
