@@ -105,3 +105,29 @@ async def test_killed_container_is_respawned_and_the_session_resumes(
     history = model_server.requests[-1].user_texts
     assert history[0] == "first message" and history[-1] == "survive this"  # the resumed session
     assert history.count("survive this") == 1
+
+
+async def test_a_follow_up_during_a_slow_turn_is_not_lost(
+    tmp_path: Path,
+    start_host: Any,
+    model_server: ModelServer,  # noqa: F811
+) -> None:
+    settings = make_settings(tmp_path, openai_api_key=REAL_KEY, model_base_url=model_server.url)
+    add_group(settings, "steer", provider="opencode")
+    host = await start_host(settings)
+    hold = asyncio.Event()
+    model_server.script(Reply(text="first part", hold=hold))
+    first = await host.send("steer", "start a long job")
+    await model_server.wait_streaming(1, timeout=120)
+    await host.send("steer", "also do this")
+    hold.set()
+    # whether the follow-up reaches OpenCode before or after the held reply ends, it is answered
+    replies = await host.replies_after("steer", first, wait=60)
+    texts = [r["text"] for r in replies]
+    while "echo: also do this" not in texts:
+        more = await host.replies_after("steer", replies[-1]["id"], wait=60)
+        assert more, f"no reply to the follow-up; got {texts!r}"
+        replies += more
+        texts = [r["text"] for r in replies]
+    assert texts in (["echo: also do this"], ["first part", "echo: also do this"])
+    assert any("also do this" in r.user_texts for r in model_server.requests[1:])
