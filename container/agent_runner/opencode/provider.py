@@ -1,4 +1,5 @@
 """The OpenCode provider: drives ``opencode serve`` through its HTTP API and event stream.
+What was observed on the real binary (and the traps) is in ``OPENCODE.md`` beside this file.
 
 - **Thread** = an OpenCode session (its id is the continuation). Sessions live in OpenCode's data
   dir, which the host mounts per group, so a respawned container resumes the same session; an id
