@@ -180,7 +180,12 @@ class Providers(Mapping[str, "HostProvider"]):
 
     def state_dirs(self, folder: str) -> list[Path]:
         """Every provider's state dir for ``folder`` (a group may have switched providers)."""
-        found = []
+        return list(self.state_dirs_by_name(folder).values())
+
+    def state_dirs_by_name(self, folder: str) -> dict[str, Path]:
+        """Each provider's state dir for ``folder``, by provider name (snapshots archive each under
+        its provider's name)."""
+        found: dict[str, Path] = {}
         for name in names():
             try:
                 path = self[name].state_dir(folder)
@@ -188,5 +193,5 @@ class Providers(Mapping[str, "HostProvider"]):
                 log.warning("provider %s: %s", name, exc)
                 continue
             if path is not None:
-                found.append(path)
+                found[name] = path
         return found
