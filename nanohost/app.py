@@ -41,9 +41,7 @@ from nanohost.gateway import Gateway
 from nanohost.installation import installation_id
 from nanohost.metrics import CONTENT_TYPE
 from nanohost.orchestrator import Orchestrator
-from nanohost.providers import ProviderContribution
-from nanohost.providers.codex import CodexContribution
-from nanohost.providers.mock import MockContribution
+from nanohost.providers.registry import Providers
 from nanohost.quota import DiskQuota
 from nanohost.router import Router
 from nanohost.runtime import HostContext
@@ -103,10 +101,6 @@ def _in_order(*steps: Step) -> Step:
             yield
 
     return host
-
-
-def _contributions(settings: Settings) -> dict[str, ProviderContribution]:
-    return {"codex": CodexContribution(settings.data_dir), "mock": MockContribution()}
 
 
 def _heard(ctx: HostContext, word: str) -> None:
@@ -171,7 +165,7 @@ async def _orchestrator(app: web.Application) -> AsyncIterator[None]:
         db=db_engine.make_session_factory(app[ENGINE]),
         backend=app[BACKEND],
         gateway=app[GATEWAY],
-        contributions=_contributions(settings),
+        contributions=Providers(settings),
         slots=Slots(settings.max_containers, quantum=settings.slot_quantum),
         installation=app[INSTALLATION],
         quota=DiskQuota(settings.group_disk_quota_bytes),

@@ -44,6 +44,7 @@ from nanohost.group_config import ConfigEdit, McpServerSpec, apply_edit, effecti
 from nanohost.groups import NotFound, bind_chat, create_group, delete_group, get_group
 from nanohost.installation import installation_id
 from nanohost.limits import SETTINGS_NAMES, check_limits, engine_resources
+from nanohost.providers.registry import help_text as provider_help
 from nanohost.scheduler import plan
 from nanohost.schedules import parse as parse_schedule
 from nanohost.schedules import zone
@@ -518,7 +519,7 @@ def groups_create(
     folder: Annotated[
         str | None, typer.Option(help="Folder under the groups dir (default: the name, lowercased).")
     ] = None,
-    provider: Annotated[str, typer.Option(help="codex or mock.")] = "mock",
+    provider: Annotated[str, typer.Option(help=provider_help())] = "mock",
 ) -> None:
     """Create a group and its folder from groups/templates/."""
     cfg = settings()
@@ -618,7 +619,7 @@ def groups_config(
     effort: Annotated[
         str | None, typer.Option(help="Reasoning effort: none, minimal, low, medium, high or xhigh.")
     ] = None,
-    provider: Annotated[str | None, typer.Option(help="codex or mock.")] = None,
+    provider: Annotated[str | None, typer.Option(help=provider_help())] = None,
     env: Annotated[list[str] | None, typer.Option("--env", help="Set NAME=VALUE in the container.")] = None,
     unset_env: Annotated[list[str] | None, typer.Option("--unset-env", help="Remove an env NAME.")] = None,
     mcp_add: Annotated[str | None, typer.Option("--mcp-add", help="Add an MCP server NAME.")] = None,

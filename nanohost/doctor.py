@@ -117,6 +117,24 @@ def _database(settings: Settings) -> Check:
     return Check("database", True, f"at head ({head})")
 
 
+def _providers() -> Check:
+    """The registered providers (entry points), each loaded as a wake would load it."""
+    from nanohost.providers import registry
+    from nanohost.validation import InvalidInput
+
+    if not registry.names():
+        return Check("providers", False, "none registered; reinstall nanohost (`pip install -e .`)")
+    shown, broken = [], []
+    for name in registry.names():
+        try:
+            shown.append(f"{name} ({registry.get(name).summary})")
+        except InvalidInput as exc:
+            broken.append(str(exc))
+    if broken:
+        return Check("providers", False, "; ".join(broken))
+    return Check("providers", True, "; ".join(shown))
+
+
 def _credentials(settings: Settings) -> Check:
     from nanohost.auth.refresher import describe  # the ChatGPT sign-in (nanohost/auth/)
     from nanohost.auth.store import TokenStore
@@ -130,13 +148,27 @@ def _credentials(settings: Settings) -> Check:
             "model credential", True, "ChatGPT sign-in ok (groups with --auth chatgpt); no OPENAI_API_KEY"
         )
     if settings.openai_api_key is None:
+        from nanohost.providers import registry
+
+        keyless = [n for n in registry.names() if _keyless(n)]
         return Check(
             "model credential",
             False,
-            "no OPENAI_API_KEY; codex groups cannot answer (mock groups "
-            "can); set it in the environment or .env",
+            "no OPENAI_API_KEY; only groups whose provider needs no model can answer ("
+            + (", ".join(keyless) or "none")
+            + "); set it in the environment or .env",
         )
     return Check("model credential", True, f"OPENAI_API_KEY set; upstream {settings.model_base_url}")
+
+
+def _keyless(name: str) -> bool:
+    from nanohost.providers import registry
+    from nanohost.validation import InvalidInput
+
+    try:
+        return not registry.uses_model(name)
+    except InvalidInput:
+        return False
 
 
 def _api_token(settings: Settings) -> Check:
@@ -180,6 +212,7 @@ def run_checks(settings: Settings) -> list[Check]:
         _data_dir(settings),
         _database(settings),
         *_docker(settings),
+        _providers(),
         _credentials(settings),
         _api_token(settings),
         _running_host(settings),

@@ -228,6 +228,8 @@ class Grant:
     auth: str = "api-key"
     """``api-key`` (the real key, to ``upstream``) or ``chatgpt`` (the host's ChatGPT sign-in,
     to the ChatGPT backend: ``nanohost.auth.upstream``)."""
+    routes: frozenset[Route] | None = None
+    """The model API calls its provider makes (``providers.registry``); None: the gateway's own."""
 
     def may_reach(self, host: str) -> bool:
         host = host.lower().rstrip(".")
@@ -279,11 +281,18 @@ class Gateway:
         return self.socket_dir / EGRESS_SOCKET_NAME
 
     def grant(
-        self, group: str, session_id: int, egress: list[str] | None = None, *, auth: str = "api-key"
+        self,
+        group: str,
+        session_id: int,
+        egress: list[str] | None = None,
+        *,
+        auth: str = "api-key",
+        routes: frozenset[Route] | None = None,
     ) -> str:
-        """A fresh placeholder for a session's container (not a secret: it only works here)."""
+        """A fresh placeholder for a session's container (not a secret: it only works here).
+        ``routes``: the calls its provider may make (default: the gateway's ``routes``)."""
         placeholder = PLACEHOLDER_PREFIX + secrets.token_urlsafe(24)
-        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), auth)
+        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), auth, routes)
         return placeholder
 
     def restore(
@@ -294,9 +303,10 @@ class Gateway:
         egress: list[str] | None = None,
         *,
         auth: str = "api-key",
+        routes: frozenset[Route] | None = None,
     ) -> None:
         """Re-register a placeholder an adopted container already holds (after a host restart)."""
-        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), auth)
+        self._grants[placeholder] = Grant(group, session_id, tuple(egress or ()), auth, routes)
 
     def revoke(self, placeholder: str) -> None:
         self._grants.pop(placeholder, None)
@@ -343,10 +353,11 @@ class Gateway:
             chatgpt_grants = {p: g.group for p, g in self._grants.items() if g.auth == "chatgpt"}
             return await chatgpt_upstream.dummy_refresh(request, chatgpt_grants)
         grant = self._check(request)
+        routes = self.routes if grant.routes is None else grant.routes
         if grant.auth == "chatgpt" and chatgpt_upstream.is_models_call(request.method, request.raw_path):
             refusal = None  # Codex's model list on its ChatGPT path: that exact query, nothing else
         else:
-            refusal = path_refusal(request.method, request.raw_path, self.routes)
+            refusal = path_refusal(request.method, request.raw_path, routes)
         if refusal is not None:
             log.warning(
                 "gateway: refused %s %r for group %s: %s",

@@ -13,7 +13,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from nanohost.db.models import PROVIDERS, AgentGroup, ChatBinding, ContainerConfig
+from nanohost.db.models import AgentGroup, ChatBinding, ContainerConfig
+from nanohost.providers.registry import Providers
+from nanohost.providers.registry import check_provider as check_provider
 from nanohost.safe_fs import create_beneath, make_dirs_beneath
 from nanohost.settings import PROJECT_ROOT, Settings
 from nanohost.validation import InvalidInput, check_folder, check_name
@@ -24,14 +26,6 @@ _SKIP_TEMPLATE_FILES = frozenset({".gitkeep"})
 
 class NotFound(LookupError):
     """A named thing does not exist; the message says how to list what does."""
-
-
-def check_provider(value: str) -> str:
-    """A known agent provider, case-insensitive."""
-    provider = value.lower()
-    if provider not in PROVIDERS:
-        raise InvalidInput(f"unknown provider {value!r}; use one of: {', '.join(PROVIDERS)}")
-    return provider
 
 
 def get_group(session: Session, name: str) -> AgentGroup:
@@ -98,7 +92,7 @@ def delete_group(session: Session, settings: Settings, name: str, *, keep_files:
         snapshots = settings.data_dir / "snapshots" / group.folder
         for path in (
             settings.groups_dir / group.folder,
-            settings.codex_homes_dir / group.folder,
+            *Providers(settings).state_dirs(group.folder),
             snapshots,
             *outboxes,
         ):

@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -34,13 +35,14 @@ from nanohost.containers.mounts import check_extra_mount
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
 from nanohost.disk import is_disk_full
-from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway
+from nanohost.gateway import CONTAINER_SOCKET_DIR, EGRESS_SOCKET_NAME, SOCKET_NAME, Gateway, Route
 from nanohost.group_commit import GroupCommit
 from nanohost.importer import KeptFiles, OutboundImport, ReplyTarget
 from nanohost.installation import container_name
 from nanohost.limits import check_limits
 from nanohost.metrics import HostMetrics
-from nanohost.providers import GroupSpec, Mount, ProviderContribution
+from nanohost.providers import GroupSpec, Mount
+from nanohost.providers.registry import HostProvider
 from nanohost.quota import DiskQuota, OverQuota
 from nanohost.safe_fs import hand_tree_to_agent
 from nanohost.session_dir import LAYOUT, SessionDir
@@ -83,7 +85,8 @@ class HostContext:
     db: sessionmaker[Session]
     backend: ContainerBackend
     gateway: Gateway
-    contributions: dict[str, ProviderContribution]
+    contributions: Mapping[str, HostProvider]
+    """The providers' host sides by name (``providers.registry.Providers``)."""
     bus: MessageBus = field(default_factory=MessageBus)
     slots: Slots = field(default_factory=lambda: Slots(8))
     sweep_now: asyncio.Event = field(default_factory=asyncio.Event)
@@ -323,11 +326,17 @@ class SessionRuntime:
         Its gateway grant comes from the database (host state), never from anything the
         container's side could have written."""
         with transaction(self.ctx.db) as db:
-            session, _ = self._load(db)
+            session, group = self._load(db)
             placeholder, egress = session.gateway_placeholder, list(session.gateway_egress or [])
             auth = _stored_auth(session.gateway_auth)
+            name = session.provider_override or group.agent_provider
+        routes: frozenset[Route] = frozenset()  # an unregistered provider's container calls nothing
+        with contextlib.suppress(InvalidInput, KeyError):
+            routes = self.ctx.contributions[name].routes
         if placeholder:
-            self.ctx.gateway.restore(placeholder, self.folder, self.session_id, egress, auth=auth)
+            self.ctx.gateway.restore(
+                placeholder, self.folder, self.session_id, egress, auth=auth, routes=routes
+            )
             self.placeholder = placeholder
         await self.ctx.slots.acquire(self)
         self._holds_slot = True
@@ -463,19 +472,30 @@ class SessionRuntime:
             self._write_tasks(db, group.id)
         for item in requeue:  # a host crash between recording and queueing loses nothing
             self.queues.append(*item)
-        contribution = self.ctx.contributions[spec.provider].prepare(spec)
+        provider = self.ctx.contributions[spec.provider]  # an unregistered name: InvalidInput
+        modes = getattr(provider, "auth_modes", ("api-key",))
+        if provider.routes and auth not in modes:
+            raise InvalidInput(
+                f"the {spec.provider} provider cannot use the {auth} auth mode (it takes "
+                f"{', '.join(modes)}); set it with `nanohost groups config {spec.name} --auth`"
+            )
+        contribution = provider.prepare(spec)
         if self.placeholder is not None:
             self.ctx.gateway.revoke(self.placeholder)
-        self.placeholder = self.ctx.gateway.grant(spec.name, self.session_id, egress, auth=auth)
+        self.placeholder = self.ctx.gateway.grant(
+            spec.name, self.session_id, egress, auth=auth, routes=provider.routes
+        )
         with transaction(self.ctx.db) as db:  # the grant is host state: adoption reads it from here
             session, _ = self._load(db)
             session.gateway_placeholder, session.gateway_egress = self.placeholder, egress
             session.gateway_auth = auth
         runner = {
             **contribution.runner,
+            "provider": provider.name,
+            "runner": provider.runner,
             "turn_timeout": settings.turn_timeout,
             "host_away_timeout": settings.idle_timeout,
-            "gateway_socket": f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}",
+            "gateway_socket": f"{CONTAINER_SOCKET_DIR}/{SOCKET_NAME}" if provider.routes else None,
             "egress_socket": f"{CONTAINER_SOCKET_DIR}/{EGRESS_SOCKET_NAME}" if egress else None,
             "egress_allow": egress,
             "placeholder": self.placeholder,

@@ -7,6 +7,8 @@ a ``snapshots`` row saying when, why, how big, and which threads it resumes. Ins
     snapshot.json   what was taken (group, folder, threads); informational
     workspace/...   the group folder (``<groups dir>/<folder>``), less the group's excludes
     codex/...       its Codex home (``<data dir>/codex/<folder>``: thread rollouts), less auth.json
+    opencode/...    its OpenCode data (``<data dir>/opencode/<folder>``: sessions); one part per
+                    registered provider with per-group state (``HostProvider.state_dir``)
 
 **Taking** one walks trees the agent can write, so it goes through directory descriptors
 (``os.fwalk`` without following links, every file opened ``O_NOFOLLOW`` relative to its
@@ -93,7 +95,6 @@ AUTO_MODES = ("off", "idle", "daily")
 AUTOMATIC = ("idle", "daily")
 MAX_KEEP = 1000
 MAX_PATTERN = 200
-PARTS = ("workspace", "codex")
 MANIFEST = "snapshot.json"
 JOURNAL = "restore.json"
 LOCK = ".lock"
@@ -134,8 +135,20 @@ def group_dir(settings: Settings, folder: str) -> Path:
 
 
 def targets(settings: Settings, folder: str) -> dict[str, Path]:
-    """What a snapshot holds: the group folder and its Codex home."""
-    return {"workspace": settings.groups_dir / folder, "codex": settings.codex_homes_dir / folder}
+    """What a snapshot holds: the group folder and each registered provider's state for it
+    (``codex``: its Codex home; ``opencode``: its sessions), by part name."""
+    from nanohost.providers.registry import Providers
+
+    parts = {"workspace": settings.groups_dir / folder}
+    for name, path in Providers(settings).state_dirs_by_name(folder).items():
+        parts.setdefault(name, path)  # a provider called "workspace" cannot shadow the folder
+    return parts
+
+
+def _journal_targets(settings: Settings, journal: Journal) -> dict[str, Path]:
+    """The parts a restore under way covers (a journal lists them; a provider added since is not
+    one of them and is left alone)."""
+    return {part: path for part, path in targets(settings, journal.folder).items() if part in journal.existed}
 
 
 def staged_path(target: Path) -> Path:
@@ -829,7 +842,7 @@ class Journal:
                 snapshot_id=int(data["snapshot"]),
                 token=str(data["token"]),
                 phase=str(data["phase"]),
-                existed={part: bool(data["existed"][part]) for part in PARTS},
+                existed={str(part): bool(existed) for part, existed in dict(data["existed"]).items()},
             )
         except FileNotFoundError:
             return None
@@ -864,17 +877,17 @@ def _remove_tree(path: Path) -> None:
 
 
 def _swap(settings: Settings, journal: Journal) -> None:
-    for part, target in targets(settings, journal.folder).items():
+    for part, target in _journal_targets(settings, journal).items():
         if journal.existed[part]:
             os.rename(target, aside_path(target))
         os.rename(staged_path(target), target)
-    for parent in {t.parent for t in targets(settings, journal.folder).values()}:
+    for parent in {t.parent for t in _journal_targets(settings, journal).values()}:
         _fsync_dir(parent)
 
 
 def _roll_back(settings: Settings, journal: Journal) -> None:
     """Put every target back as it was before the restore began."""
-    for part, target in targets(settings, journal.folder).items():
+    for part, target in _journal_targets(settings, journal).items():
         aside, staged = aside_path(target), staged_path(target)
         if journal.phase == "swapping":
             if aside.exists() or aside.is_symlink():
@@ -888,7 +901,7 @@ def _roll_back(settings: Settings, journal: Journal) -> None:
 
 
 def _finish(settings: Settings, journal: Journal) -> None:
-    for target in targets(settings, journal.folder).values():
+    for target in _journal_targets(settings, journal).values():
         _remove_tree(aside_path(target))
         _remove_tree(staged_path(target))
     journal.remove(settings)
@@ -1044,8 +1057,10 @@ def _restore_locked(
     )
     journal.save(settings)
     try:
-        roots = {}
+        roots, made = {}, {}
         for part, target in trees.items():
+            if not target.parent.exists():
+                made[part] = target.parent
             target.parent.mkdir(parents=True, exist_ok=True)
             staged = staged_path(target)
             _remove_tree(staged)
@@ -1056,6 +1071,12 @@ def _restore_locked(
             raise SnapshotError(
                 f"the archive of snapshot {snapshot_id} holds no group folder; nothing was restored"
             )
+        for part in [p for p in roots if p not in extracted.parts and not journal.existed[p]]:
+            _remove_tree(roots.pop(part))  # nothing to restore where nothing was: no empty dir
+            del journal.existed[part]
+            if part in made:
+                with contextlib.suppress(OSError):
+                    made[part].rmdir()
         carry_waiting_attachments(settings, db, folder, trees["workspace"], roots["workspace"])
         for staged in roots.values():
             hand_tree_to_agent(staged)

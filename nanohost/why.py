@@ -14,8 +14,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message, utcnow
+from nanohost.providers.registry import uses_model
 from nanohost.sessions import current_sessions
 from nanohost.settings import Settings
+from nanohost.validation import InvalidInput
 
 RECENT = 20
 """How many of the group's newest messages are looked at."""
@@ -96,18 +98,23 @@ def explain(db: Session, settings: Settings, group: AgentGroup) -> list[str]:
 def _session_reasons(db: Session, settings: Settings, group: AgentGroup, session: AgentSession) -> list[str]:
     reasons: list[str] = []
     provider = session.provider_override or group.agent_provider
-    if provider == "codex" and group.config.auth == "chatgpt":  # the host's ChatGPT sign-in (nanohost/auth/)
-        from nanohost.auth.refresher import describe
-        from nanohost.auth.store import TokenStore
+    try:
+        if provider == "codex" and group.config.auth == "chatgpt":  # the host's ChatGPT sign-in
+            from nanohost.auth.refresher import describe
+            from nanohost.auth.store import TokenStore
 
-        sign_in = describe(TokenStore.for_settings(settings))
-        if sign_in["state"] != "ok":
+            sign_in = describe(TokenStore.for_settings(settings))
+            if sign_in["state"] != "ok":
+                reasons.append(
+                    f"It uses the host's ChatGPT sign-in, which is {sign_in['state']}, so every turn is "
+                    "refused; run `nanohost auth login`."
+                )
+        elif uses_model(provider) and settings.openai_api_key is None:
             reasons.append(
-                f"It uses the host's ChatGPT sign-in, which is {sign_in['state']}, so every turn is "
-                "refused; run `nanohost auth login`."
+                f"It uses {provider} but the host has no OPENAI_API_KEY, so every turn is refused."
             )
-    elif provider == "codex" and settings.openai_api_key is None:
-        reasons.append("It uses Codex but the host has no OPENAI_API_KEY, so every turn is refused.")
+    except InvalidInput as exc:
+        reasons.append(f"It cannot wake: {exc}. Set a registered one with `nanohost groups config`.")
     error = session.last_error or ""
     if session.status == "failed" and session.quarantined_at is None:
         reasons.append(

@@ -803,3 +803,20 @@ def test_groups_delete_removes_its_snapshots(cli: Any, host_env: Path) -> None:
     assert (host_env / "data" / "snapshots" / "main" / "1.tar.zst").exists()
     cli("groups", "delete", "main")
     assert not (host_env / "data" / "snapshots" / "main").exists()
+
+
+def test_each_providers_state_is_a_part_of_the_snapshot(
+    cfg: Settings, db: sessionmaker[Session], group: Path
+) -> None:
+    """The group switched to OpenCode: its sessions (``<data dir>/opencode/<folder>``) are
+    archived under ``opencode/`` and come back with the restore; the Codex home too."""
+    opencode = cfg.data_dir / "opencode" / "g"
+    (opencode / "storage").mkdir(parents=True)
+    (opencode / "opencode.db").write_text("sessions as of the snapshot")
+    taken = snapshots.create(cfg, db, "g")
+    (opencode / "opencode.db").write_text("sessions moved on")
+    (opencode / "storage" / "later").write_text("later")
+    snapshots.restore(cfg, db, "g", taken.id, FakeContainers())
+    assert tree(opencode) == {"opencode.db": "sessions as of the snapshot", "storage": "/"}
+    assert "sessions/2026/rollout-A.jsonl" in tree(cfg.codex_homes_dir / "g")
+    assert leftovers(cfg) == [] and [p.name for p in opencode.parent.iterdir()] == ["g"]

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HOST_AWAY_TIMEOUT = 1800.0
 """Default of runner.json ``host_away_timeout`` (the host passes its idle timeout)."""
+
+
+PROVIDER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RUNNER_ENTRY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
 class ConfigError(ValueError):
@@ -39,6 +44,10 @@ class Paths:
 @dataclass(frozen=True)
 class RunnerConfig:
     provider: str
+    runner: str
+    """The provider's runner side, ``module:callable`` (``agent_runner.registry``)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Provider-specific settings from its host side, read only by that provider."""
     model: str | None = None
     reasoning_effort: str | None = None
     mcp_servers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -69,8 +78,16 @@ class RunnerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunnerConfig:
         provider = data.get("provider")
-        if provider not in ("codex", "mock"):
-            raise ConfigError(f"runner.json: provider must be 'codex' or 'mock', not {provider!r}")
+        if not isinstance(provider, str) or not PROVIDER_NAME.match(provider):
+            raise ConfigError(f"runner.json: provider must be a provider name, not {provider!r}")
+        runner = data.get("runner")
+        if not isinstance(runner, str) or not RUNNER_ENTRY.match(runner):
+            raise ConfigError(
+                f"runner.json: runner must be the provider's runner side ('module:callable'), not {runner!r}"
+            )
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError("runner.json: options must be an object")
 
         def optional_str(name: str) -> str | None:
             value = data.get(name)
@@ -97,6 +114,8 @@ class RunnerConfig:
         return cls(
             provider=provider,
             auth=auth,
+            runner=runner,
+            options=options,
             host_away_timeout=float(away),
             model=optional_str("model"),
             reasoning_effort=optional_str("reasoning_effort"),

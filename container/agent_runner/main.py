@@ -483,36 +483,10 @@ class _Burst:
 
 
 def build_provider(config: RunnerConfig, paths: Paths, base_url: str) -> Provider:
-    if config.provider == "mock":
-        from agent_runner.mock import MockProvider
+    """The provider runner.json names (``agent_runner.registry``)."""
+    from agent_runner.registry import build
 
-        return MockProvider()
-    from agent_runner.codex.provider import CodexProvider  # lazily: mock wakes stay fast
-
-    codex: Provider
-    servers = dict(config.mcp_servers)
-    servers["nanohost"] = {
-        "command": sys.executable,
-        "args": ["-m", "agent_runner.mcp_server"],
-        "env": {
-            "NANOHOST_SESSION_DIR": str(paths.session),
-            "NANOHOST_WORKSPACE": str(paths.workspace),
-            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-        },
-    }
-    codex = CodexProvider(
-        codex_home=paths.codex_home,
-        cwd=paths.workspace,
-        base_url=base_url,
-        placeholder=config.placeholder,
-        model=config.model,
-        reasoning_effort=config.reasoning_effort,
-        mcp_servers=servers,
-        turn_timeout=config.turn_timeout,
-        codex_bin=config.codex_bin,
-        auth=config.auth,
-    )
-    return codex
+    return build(config, paths, base_url)
 
 
 async def amain(paths: Paths) -> int:
@@ -531,7 +505,7 @@ async def amain(paths: Paths) -> int:
         scaffold(paths.workspace)
         link_skills(paths.workspace, paths.codex_home)
         base_url = ""
-        if config.provider == "codex" and config.gateway_socket:
+        if config.gateway_socket:  # the host gives one only to providers that call the model
             from agent_runner.forward import LoopbackForward
 
             forward = LoopbackForward(config.gateway_socket)

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from agent_runner.config import Paths, RunnerConfig
 from agent_runner.provider import (
     ErrorEvent,
     Event,
@@ -162,3 +163,8 @@ class MockProvider:
 
     async def close(self) -> None:
         return None
+
+
+def build(config: RunnerConfig, paths: Paths, base_url: str) -> MockProvider:
+    """The runner side of the ``mock`` provider (``runner.json``: ``agent_runner.mock:build``)."""
+    return MockProvider()

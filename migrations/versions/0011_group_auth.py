@@ -3,7 +3,8 @@
 Revision ID: 0011
 Create Date: 2026-12-01 04:30:00.000000
 
-Written beside another branch's 0010: merging rechains ``down_revision`` (and only it) to "0010".
+Both columns are added in place (SQLite ``ALTER TABLE ADD COLUMN``): no table is copied, so no
+``ON DELETE CASCADE`` can empty a child table (see 0010).
 """
 
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0009"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

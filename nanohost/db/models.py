@@ -2,7 +2,9 @@
 
 The schema is owned by Alembic (``migrations/``); these classes must match it, and a test
 checks that they do. Small value sets (providers, engage modes, statuses) are plain strings
-checked here and in the CLI, so adding one is a code change, not a migration.
+checked here and in the CLI, so adding one is a code change, not a migration. Provider names are
+not listed here at all: they come from the registry (``nanohost.providers.registry``) and a stored
+one is checked when the group wakes.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship,
 from nanohost.limits import check_limits
 from nanohost.validation import check_env
 
-PROVIDERS = ("codex", "mock")
 ENGAGE_MODES = ("always", "mention", "trigger")
 SESSION_MODES = ("shared", "per-chat")
 SESSION_STATUSES = ("idle", "starting", "running", "stopped", "failed")
@@ -65,8 +66,6 @@ class AgentGroup(Base):
     )
     bindings: Mapped[list[ChatBinding]] = relationship(back_populates="group", cascade="all, delete-orphan")
     sessions: Mapped[list[AgentSession]] = relationship(back_populates="group", cascade="all, delete-orphan")
-
-    __table_args__ = (CheckConstraint("agent_provider IN ('codex', 'mock')", name="ck_group_provider"),)
 
 
 class ContainerConfig(Base):
@@ -315,7 +314,5 @@ class Snapshot(Base):
     crash knows whether that restore was committed."""
 
     __table_args__ = (
-        CheckConstraint(
-            "reason IN ('manual', 'before-restore', 'idle', 'daily')", name="ck_snapshot_reason"
-        ),
+        CheckConstraint("reason IN ('manual', 'before-restore', 'idle', 'daily')", name="ck_snapshot_reason"),
     )

@@ -1,5 +1,8 @@
 """Host side of each agent provider: what a group's container needs before it starts.
 
+Providers are registered by name (``nanohost.providers.registry``); this module holds the types
+their host sides share.
+
 A provider contribution turns a group's config snapshot into mounts and the provider part of
 ``runner.json``. It runs at every wake, so config edits apply at the next wake.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nanohost.validation import check_env
 
@@ -49,11 +52,3 @@ class Contribution:
     mounts: list[Mount]
     runner: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-
-
-class ProviderContribution(Protocol):
-    """One per provider name."""
-
-    name: str
-
-    def prepare(self, group: GroupSpec) -> Contribution: ...

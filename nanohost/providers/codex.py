@@ -11,12 +11,17 @@ import contextlib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from nanohost.gateway import CODEX_ROUTES
 from nanohost.providers import Contribution, GroupSpec, Mount
 from nanohost.providers.agents_md import Section, compose, core_sections, write_atomically
 from nanohost.safe_fs import agent_owner, create_beneath, open_root, open_subdir
 from nanohost.settings import PROJECT_ROOT
 from nanohost.skills import SKILLS_DIR
+
+if TYPE_CHECKING:
+    from nanohost.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +106,21 @@ def ensure_codex_home(path: Path) -> None:
 
 
 class CodexContribution:
-    """Prepares a Codex group's wake."""
+    """Prepares a Codex group's wake (the host side of the ``codex`` provider)."""
 
     name = "codex"
+    summary = "OpenAI Codex CLI (codex app-server), AGENTS.md, threads in ~/.codex"
+    runner = "agent_runner.codex.runner:build"
+    routes = CODEX_ROUTES
+    auth_modes = ("api-key", "chatgpt")
+    """How its model calls may be paid for: a key, or the host's ChatGPT sign-in (``nanohost/auth``)."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CodexContribution:
+        return cls(settings.data_dir)
+
+    def state_dir(self, folder: str) -> Path:
+        return self.data_dir / "codex" / folder
 
     def __init__(
         self,
@@ -119,7 +136,7 @@ class CodexContribution:
         self.shared_skills = shared_skills
 
     def codex_home(self, group: GroupSpec) -> Path:
-        return self.data_dir / "codex" / group.folder
+        return self.state_dir(group.folder)
 
     def agents_md_path(self, group: GroupSpec) -> Path:
         return self.data_dir / "composed" / group.folder / "AGENTS.md"

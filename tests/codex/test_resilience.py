@@ -230,6 +230,7 @@ async def test_sigterm_mid_turn_exits_within_seconds_and_the_next_runner_answers
     paths = make_paths(tmp_path / "s")
     config = {
         "provider": "codex",
+        "runner": "agent_runner.codex.runner:build",
         "codex_bin": codex_bin,
         "gateway_socket": str(gateway.path),
         "placeholder": "x",

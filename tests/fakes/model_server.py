@@ -45,6 +45,12 @@ class Reply:
         return cls(tool_call={"name": "exec_command", "arguments": json.dumps({"cmd": cmd})})
 
     @classmethod
+    def function(cls, name: str, **arguments: Any) -> Reply:
+        """The model calls a function tool by its plain name (OpenCode's MCP tools are
+        ``<server>_<tool>``)."""
+        return cls(tool_call={"name": name, "arguments": json.dumps(arguments)})
+
+    @classmethod
     def mcp(cls, server: str, tool: str, **arguments: Any) -> Reply:
         """The model calls an MCP tool (namespaced as codex presents them)."""
         return cls(
@@ -135,7 +141,8 @@ class ModelServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **reply.headers})
         await response.prepare(request)
         response_id = f"resp_{next(self._ids)}"
-        await self._event(response, {"type": "response.created", "response": {"id": response_id}})
+        created = {"id": response_id, "created_at": 1_796_000_000, "model": str(body.get("model", ""))}
+        await self._event(response, {"type": "response.created", "response": created})
         self.streaming += 1
         async with self._arrived:
             self._arrived.notify_all()
@@ -148,16 +155,7 @@ class ModelServer:
             assert request.transport is not None
             request.transport.abort()  # no response.completed: the stream is cut
             return response
-        if reply.tool_call is not None:
-            item = {"type": "function_call", "call_id": f"call_{next(self._ids)}", **reply.tool_call}
-        else:
-            item = {
-                "type": "message",
-                "role": "assistant",
-                "id": f"msg_{next(self._ids)}",
-                "content": [{"type": "output_text", "text": reply.text or "", "annotations": []}],
-            }
-        if reply.reasoning is not None:
+        if reply.reasoning is not None:  # a reasoning summary, before what the model does
             thought = {
                 "type": "reasoning",
                 "id": f"rs_{next(self._ids)}",
@@ -166,18 +164,44 @@ class ModelServer:
                 "encrypted_content": None,
             }
             await self._event(response, {"type": "response.output_item.done", "item": thought})
-        await self._event(response, {"type": "response.output_item.done", "item": item})
-        completed: dict[str, Any] = {"id": response_id}
+        if reply.tool_call is not None:
+            item = {
+                "type": "function_call",
+                "id": f"fc_{next(self._ids)}",
+                "call_id": f"call_{next(self._ids)}",
+                "status": "completed",
+                **reply.tool_call,
+            }
+            await self._event(
+                response, {"type": "response.output_item.added", "output_index": 0, "item": item}
+            )
+        else:
+            item = {
+                "type": "message",
+                "role": "assistant",
+                "id": f"msg_{next(self._ids)}",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": reply.text or "", "annotations": []}],
+            }
+            added = {**item, "content": [], "status": "in_progress"}
+            await self._event(
+                response, {"type": "response.output_item.added", "output_index": 0, "item": added}
+            )
+            delta = {"item_id": item["id"], "output_index": 0, "content_index": 0, "delta": reply.text or ""}
+            await self._event(response, {"type": "response.output_text.delta", **delta})
+        await self._event(response, {"type": "response.output_item.done", "output_index": 0, "item": item})
+        usage: dict[str, Any] = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15}
         if reply.usage is not None:
             tokens_in, tokens_out = reply.usage
-            completed["usage"] = {
+            usage = {
                 "input_tokens": tokens_in,
                 "input_tokens_details": {"cached_tokens": 0},
                 "output_tokens": tokens_out,
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": tokens_in + tokens_out,
             }
-        await self._event(response, {"type": "response.completed", "response": completed})
+        done = {"id": response_id, "status": "completed", "incomplete_details": None, "usage": usage}
+        await self._event(response, {"type": "response.completed", "response": done})
         await response.write_eof()
         return response
 

@@ -147,7 +147,8 @@ def test_skill_links_follow_the_selection(layout: dict[str, Path]) -> None:
 
 def test_mock_contribution_is_minimal(layout: dict[str, Path]) -> None:
     result = MockContribution().prepare(spec(layout))
-    assert result.mounts == [] and result.runner == {"provider": "mock"}
+    assert result.mounts == [] and result.runner == {}
+    assert MockContribution.routes == frozenset()  # it calls no model: no gateway port, no key
 
 
 def test_links_the_agent_plants_never_steer_a_wake(layout: dict[str, Path], tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from tests.fakes.chatgpt import ACCOUNT, FakeChatGPTBackend, FakeIssuer
 from tests.fakes.model_server import ModelServer, Reply, model_server  # noqa: F401  (fixture)
 from tests.integration.conftest import add_group, make_settings
 from tests.integration.test_host_codex import everything_the_container_sees
+from tests.support.host import containers_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 
@@ -157,7 +158,19 @@ async def test_an_auth_mode_written_behind_the_cli_stops_the_wake_and_says_so(
     message_id = await host.send("odd", "hi")
     replies = await host.replies_after("odd", message_id)
     assert len(replies) == 1 and "unknown auth mode 'oauth2'" in replies[0]["text"]
-    assert docker_client.containers.list(all=True, filters={"label": "nanohost.group=odd"}) == []
+    assert containers_of(docker_client, settings, "odd", all=True) == []
+
+
+async def test_a_provider_that_cannot_use_the_chatgpt_sign_in_is_refused_at_the_wake(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path)
+    add_group(settings, "open", provider="opencode", auth="chatgpt")
+    host = await start_host(settings)
+    message_id = await host.send("open", "hi")
+    (reply,) = await host.replies_after("open", message_id)
+    assert "the opencode provider cannot use the chatgpt auth mode (it takes api-key)" in reply["text"]
+    assert containers_of(docker_client, settings, "open", all=True) == []
 
 
 async def test_a_restarted_host_adopts_a_chatgpt_container_with_its_auth_mode(

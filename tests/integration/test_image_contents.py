@@ -72,3 +72,21 @@ async def test_the_sqlite_mcp_server_speaks_mcp_in_the_image(agent_image: str, t
             assert tools == {"list_tables", "describe_table", "read_query", "write_query"}
             result = await session.call_tool("write_query", {"sql": "CREATE TABLE t (x)"})
             assert not result.is_error and "done" in str(result.content)
+
+
+def test_every_registered_providers_runner_side_loads_in_the_image(
+    docker_client: Any, agent_image: str
+) -> None:
+    from nanohost.providers import registry
+
+    for name in registry.names():
+        entry = registry.get(name).runner
+        code = f"from agent_runner.registry import load; load('{entry}'); print('ok')"
+        script = f'/opt/venv/bin/python -c "{code}"'
+        assert run_in_image(docker_client, agent_image, script).strip() == "ok", name
+
+
+def test_the_pinned_opencode_runs_in_the_image(docker_client: Any, agent_image: str) -> None:
+    from tests.support.opencode_bin import pinned_version
+
+    assert run_in_image(docker_client, agent_image, "opencode --version").strip() == pinned_version()

@@ -124,7 +124,9 @@ def test_scaffold_never_overwrites_and_skills_are_linked(tmp_path: Path) -> None
 
 async def test_sigterm_ends_the_runner_with_exit_0(tmp_path: Path) -> None:
     paths = make_paths(tmp_path)
-    (paths.session / "runner.json").write_text(json.dumps({"provider": "mock"}))
+    (paths.session / "runner.json").write_text(
+        json.dumps({"provider": "mock", "runner": "agent_runner.mock:build"})
+    )
     host = SessionQueues(paths.session)
     host.append(1, "before the signal", "alice", [])
     rung = asyncio.Event()
@@ -151,7 +153,9 @@ async def test_sigterm_ends_the_runner_with_exit_0(tmp_path: Path) -> None:
 
 async def test_bad_runner_json_is_reported_and_exits_non_zero(tmp_path: Path) -> None:
     paths = make_paths(tmp_path)
-    (paths.session / "runner.json").write_text(json.dumps({"provider": "gpt"}))
+    (paths.session / "runner.json").write_text(
+        json.dumps({"provider": "gpt", "runner": "agent_runner.gpt:build"})
+    )
     env = {
         **os.environ,
         "NANOHOST_SESSION_DIR": str(paths.session),
@@ -164,5 +168,7 @@ async def test_bad_runner_json_is_reported_and_exits_non_zero(tmp_path: Path) ->
     assert await asyncio.wait_for(process.wait(), 10) == 2
     host = SessionQueues(paths.session)
     status = [r.payload for r in host.outbound_after(0) if r.kind == "status"]
-    assert status and "provider must be 'codex' or 'mock'" in str(status[0]["error"])
+    assert status and "provider runner agent_runner.gpt:build is not installed in this image" in str(
+        status[0]["error"]
+    )
     host.close()

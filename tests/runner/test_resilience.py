@@ -98,7 +98,9 @@ async def wait_for(predicate: Any, rung: asyncio.Event, timeout: float = 10) -> 
 
 async def test_sigterm_mid_turn_exits_at_once_and_leaves_the_message_queued(tmp_path: Path) -> None:
     paths = make_paths(tmp_path)
-    (paths.session / "runner.json").write_text(json.dumps({"provider": "mock"}))
+    (paths.session / "runner.json").write_text(
+        json.dumps({"provider": "mock", "runner": "agent_runner.mock:build"})
+    )
     host = SessionQueues(paths.session)
     host.append(1, "[slow] a long job", "alice", [])
     rung = asyncio.Event()
@@ -132,7 +134,9 @@ async def test_sigterm_mid_turn_exits_at_once_and_leaves_the_message_queued(tmp_
 
 async def test_a_runner_whose_host_stays_away_stops_itself(tmp_path: Path) -> None:
     paths = make_paths(tmp_path)
-    (paths.session / "runner.json").write_text(json.dumps({"provider": "mock", "host_away_timeout": 1}))
+    (paths.session / "runner.json").write_text(
+        json.dumps({"provider": "mock", "runner": "agent_runner.mock:build", "host_away_timeout": 1})
+    )
     host = SessionQueues(paths.session)
     rung = asyncio.Event()
     bell = Doorbell(paths.session / "doorbell.sock", rung.set)
@@ -163,7 +167,7 @@ async def test_a_runner_whose_host_stays_away_stops_itself(tmp_path: Path) -> No
     [(None, 1800.0), (60, 60.0), (2.5, 2.5), (0, "error"), ("x", "error"), (True, "error")],
 )
 def test_host_away_timeout_in_runner_json(value: object, expected: object) -> None:
-    data: dict[str, object] = {"provider": "mock"}
+    data: dict[str, object] = {"provider": "mock", "runner": "agent_runner.mock:build"}
     if value is not None:
         data["host_away_timeout"] = value
     if expected == "error":
