@@ -3,11 +3,12 @@ package registers is refused where it is used (the wake, the config edit), sayin
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, MetaData, Table, inspect, text
 
 from nanohost.db import AgentGroup, ContainerConfig, make_engine, make_session_factory, migrate
 from nanohost.db.engine import transaction
@@ -31,12 +32,33 @@ def _to(engine: Engine, revision: str, *, down: bool = False) -> None:
 def test_upgrade_drops_the_check_and_keeps_every_row(engine: Engine) -> None:
     _to(engine, "0009")
     assert [c["name"] for c in inspect(engine).get_check_constraints("agent_groups")] == ["ck_group_provider"]
-    # rows written through the models (their schema is 0009's but for the constraint)
-    with transaction(make_session_factory(engine)) as db:
-        for provider in ("codex", "mock"):
-            db.add(
-                AgentGroup(
-                    name=f"g-{provider}", folder=provider, agent_provider=provider, config=ContainerConfig()
+    # rows written as 0009's schema has them (reflected: the models have later columns)
+    tables = MetaData()
+    groups = Table("agent_groups", tables, autoload_with=engine)
+    configs = Table("container_configs", tables, autoload_with=engine)
+    now = datetime.now()
+    with engine.begin() as connection:
+        for group_id, provider in enumerate(("codex", "mock"), start=1):
+            connection.execute(
+                groups.insert().values(
+                    id=group_id,
+                    name=f"g-{provider}",
+                    folder=provider,
+                    agent_provider=provider,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            connection.execute(
+                configs.insert().values(
+                    group_id=group_id,
+                    mcp_servers={},
+                    env={},
+                    skills=[],
+                    additional_mounts=[],
+                    allowed_senders=[],
+                    engage_mode="always",
+                    updated_at=now,
                 )
             )
     with engine.begin() as connection, pytest.raises(Exception, match="CHECK constraint failed"):

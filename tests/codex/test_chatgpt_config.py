@@ -70,7 +70,8 @@ def test_the_provider_points_codex_refresh_at_the_gateway(tmp_path: Path) -> Non
 
 
 def test_runner_json_auth_is_checked() -> None:
-    assert RunnerConfig.from_dict({"provider": "codex", "auth": "chatgpt"}).auth == "chatgpt"
-    assert RunnerConfig.from_dict({"provider": "codex"}).auth == "api-key"
+    codex = {"provider": "codex", "runner": "agent_runner.codex.runner:build"}
+    assert RunnerConfig.from_dict({**codex, "auth": "chatgpt"}).auth == "chatgpt"
+    assert RunnerConfig.from_dict(codex).auth == "api-key"
     with pytest.raises(ConfigError, match="auth must be"):
-        RunnerConfig.from_dict({"provider": "codex", "auth": "root"})
+        RunnerConfig.from_dict({**codex, "auth": "root"})

@@ -30,7 +30,9 @@ def provider(
     paths = Paths(
         session=tmp_path / "session", workspace=tmp_path / "workspace", codex_home=tmp_path / "codex"
     )
-    config = RunnerConfig(provider="codex", placeholder="nh-ph-x", codex_bin=codex_bin)
+    config = RunnerConfig(
+        provider="codex", runner="agent_runner.codex.runner:build", placeholder="nh-ph-x", codex_bin=codex_bin
+    )
     return build_provider(config, paths, model_server.url)
 
 

@@ -91,7 +91,7 @@ async def test_codex_answers_through_the_chatgpt_path_with_no_token_in_the_conta
     assert latest is not None
     tokens_seen |= {latest.access_token, latest.refresh_token}
 
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=plan"})
+    (container,) = containers_of(docker_client, settings, "plan")
     seen = everything_the_container_sees(container, settings, "plan")
     assert "requires_openai_auth = true" in seen and "nh-ph-" in seen
     _, auth_json = container.exec_run(["cat", "/home/agent/.codex/auth.json"])
@@ -187,7 +187,7 @@ async def test_a_restarted_host_adopts_a_chatgpt_container_with_its_auth_mode(
     assert [r["text"] for r in await host.replies_after("plan", first, wait=120)] == [
         "echo: before the restart"
     ]
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=plan"})
+    (container,) = containers_of(docker_client, settings, "plan")
     await host.client.close()
     set_auth(settings, "plan", "api-key")  # edited while no host runs: the running container keeps its grant
 

@@ -18,6 +18,7 @@ import pytest
 from tests.fakes.model_server import ModelServer, Reply, model_server  # noqa: F401  (fixture)
 from tests.integration.conftest import add_group, make_settings
 from tests.integration.test_lifecycle import docker_event
+from tests.support.host import containers_of
 
 pytestmark = [pytest.mark.docker, pytest.mark.opencode]
 REAL_KEY = "sk-real-upstream-key-0c9e"
@@ -72,7 +73,7 @@ async def test_opencode_answers_through_the_gateway_with_the_key_only_on_the_hos
         assert request.all_text.count(marker) == 1, marker  # the composed instructions, once
     assert "nanohost_send_message" in {t.get("name") for t in request.body.get("tools", [])}
 
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=coders"})
+    (container,) = containers_of(docker_client, settings, "coders")
     seen = everything_the_container_sees(container)
     assert "nh-ph-" in seen and REAL_KEY not in seen
     assert REAL_KEY not in container.logs().decode(errors="replace")
@@ -96,10 +97,10 @@ async def test_killed_container_is_respawned_and_the_session_resumes(
     since = time.time()
     message_id = await host.send("phoenix", "survive this")
     await model_server.wait_streaming(1, timeout=60)
-    (container,) = docker_client.containers.list(filters={"label": "nanohost.group=phoenix"})
+    (container,) = containers_of(docker_client, settings, "phoenix")
     container.kill()
     hold.set()
-    await docker_event(docker_client, group="phoenix", action="start", since=since + 0.001)
+    await docker_event(docker_client, settings, group="phoenix", action="start", since=since + 0.001)
     replies = await host.replies_after("phoenix", message_id, wait=120)
     assert [r["text"] for r in replies] == ["echo: survive this"]
     history = model_server.requests[-1].user_texts
