@@ -144,14 +144,18 @@ async def download(request: web.Request) -> web.StreamResponse:
         )
     downloading.add(group.id)
     try:
-        return await _send_zip(request, group.name, _folder(request, group), settings.data_dir)
+        folder = _folder(request, group)
+        free = lambda: downloading.discard(group.id)  # noqa: E731
+        return await _send_zip(request, group.name, folder, settings.data_dir, free)
     finally:
         downloading.discard(group.id)
 
 
 async def _send_zip(
-    request: web.Request, group_name: str, folder: Path, data_dir: Path
+    request: web.Request, group_name: str, folder: Path, data_dir: Path, done: Callable[[], None]
 ) -> web.StreamResponse:
+    """``done`` is called before the last bytes go out: once a client has the whole archive, the
+    next download of the group is no longer refused."""
     with tempfile.TemporaryFile(dir=data_dir) as spool:
         await asyncio.to_thread(viewer.write_zip, folder, spool)
         size = spool.tell()
@@ -167,8 +171,14 @@ async def _send_zip(
             }
         )
         await response.prepare(request)
-        while chunk := await asyncio.to_thread(spool.read, CHUNK):
+        chunk = await asyncio.to_thread(spool.read, CHUNK)
+        while chunk:
+            following = await asyncio.to_thread(spool.read, CHUNK)
+            if not following:
+                done()
             await response.write(chunk)
+            chunk = following
+        done()
         await response.write_eof()
     return response
 
