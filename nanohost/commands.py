@@ -15,6 +15,7 @@ sender allow-list have let it in, so a command obeys the same rules as a message
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
@@ -109,9 +110,15 @@ class ChatCommands:
             )
         )
         config = group.config
+        provider = session.provider_override or group.agent_provider
+        calls = True
+        with contextlib.suppress(Exception):  # an unregistered name: the wake says so
+            calls = bool(self.orchestrator.ctx.contributions[provider].routes)
+        paid = "the host's ChatGPT sign-in" if config.auth == "chatgpt" else "the host's API key"
         lines = [
-            f"Agent: {session.provider_override or group.agent_provider}"
-            f" (model {config.model or 'default'}, effort {config.reasoning_effort or 'default'})",
+            f"Agent: {provider}"
+            f" (model {config.model or 'default'}, effort {config.reasoning_effort or 'default'}"
+            + (f"; model calls paid by {paid})" if calls else "; no model calls)"),
             f"Container: {'running' if running else 'not running (it starts with the next message)'}",
             f"Messages waiting: {waiting}",
         ]

@@ -44,6 +44,11 @@ async def test_help_and_status_are_answered_by_the_host_without_a_container(
     sent = await host.send("team", "/status")
     (reply,) = await host.replies_after("team", sent)
     assert "model gpt-5.5" in reply["text"] and "not running" in reply["text"]
+    assert "no model calls" in reply["text"]  # the mock agent: nothing is paid for
+    add_group(settings, "plan", provider="codex", auth="chatgpt")
+    sent = await host.send("plan", "/status")
+    (reply,) = await host.replies_after("plan", sent)
+    assert reply["text"].startswith("Agent: codex") and "paid by the host's ChatGPT sign-in" in reply["text"]
     assert "Last error: none" in reply["text"]
     assert containers(docker_client, settings, "team") == []  # the model (and its container) never saw them
 
