@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Self
 
 from nanohost.gateway import CODEX_ROUTES
 from nanohost.providers import Contribution, GroupSpec, Mount
@@ -105,22 +105,10 @@ def ensure_codex_home(path: Path) -> None:
     create_beneath(path, "auth.json", b"", mode=0o600)
 
 
-class CodexContribution:
-    """Prepares a Codex group's wake (the host side of the ``codex`` provider)."""
-
-    name = "codex"
-    summary = "OpenAI Codex CLI (codex app-server), AGENTS.md, threads in ~/.codex"
-    runner = "agent_runner.codex.runner:build"
-    routes = CODEX_ROUTES
-    auth_modes = ("api-key", "chatgpt")
-    """How its model calls may be paid for: a key, or the host's ChatGPT sign-in (``nanohost/auth``)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> CodexContribution:
-        return cls(settings.data_dir)
-
-    def state_dir(self, folder: str) -> Path:
-        return self.data_dir / "codex" / folder
+class ComposedAgent:
+    """What every real agent's host side does at a wake the same way: compose the group's
+    instructions into ``AGENTS.md`` (host-owned, mounted read-only), link the group's skills and
+    mount the shared ones, and pass the group's MCP servers on to runner.json."""
 
     def __init__(
         self,
@@ -135,31 +123,38 @@ class CodexContribution:
         self.modules = modules
         self.shared_skills = shared_skills
 
-    def codex_home(self, group: GroupSpec) -> Path:
-        return self.state_dir(group.folder)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(settings.data_dir)
 
     def agents_md_path(self, group: GroupSpec) -> Path:
         return self.data_dir / "composed" / group.folder / "AGENTS.md"
 
-    def prepare(self, group: GroupSpec) -> Contribution:
+    def compose_agents_md(self, group: GroupSpec) -> tuple[Path, list[str]]:
+        """Write the group's AGENTS.md; returns its path and the wake's notes (sections left out)."""
         contract = self.contract.read_text(encoding="utf-8") if self.contract.is_file() else ""
         composed = compose(
             core_sections(contract, group.folder_path, list(group.skills)),
             [*module_sections(self.modules), *mcp_sections(group.mcp_servers)],
             group=group.name,
         )
-        agents_md = self.agents_md_path(group)
-        write_atomically(agents_md, composed.text)
-        home = self.codex_home(group)
-        ensure_codex_home(home)
+        path = self.agents_md_path(group)
+        write_atomically(path, composed.text)
+        if not composed.omitted:
+            return path, []
+        return path, [f"omitted from AGENTS.md for size: {', '.join(composed.omitted)}"]
+
+    def skill_mounts(self, group: GroupSpec) -> list[Mount]:
+        """Link the group's selected skills into its folder; the shared skills, read-only."""
         sync_skill_links(group.folder_path, list(group.skills), self.shared_skills)
-        mounts = [
-            Mount(agents_md, f"{WORKSPACE}/AGENTS.md", read_only=True),
-            Mount(home, f"{CONTAINER_HOME}/.codex"),
-        ]
-        if self.shared_skills.is_dir():
-            mounts.append(Mount(self.shared_skills, SHARED_SKILLS_TARGET, read_only=True))
-        servers = {
+        if not self.shared_skills.is_dir():
+            return []
+        return [Mount(self.shared_skills, SHARED_SKILLS_TARGET, read_only=True)]
+
+    @staticmethod
+    def mcp_servers(group: GroupSpec) -> dict[str, dict[str, Any]]:
+        """The group's MCP servers as runner.json carries them."""
+        return {
             name: {
                 "command": spec["command"],
                 "args": list(spec.get("args", [])),
@@ -167,13 +162,37 @@ class CodexContribution:
             }
             for name, spec in group.mcp_servers.items()
         }
+
+
+class CodexContribution(ComposedAgent):
+    """Prepares a Codex group's wake (the host side of the ``codex`` provider)."""
+
+    name = "codex"
+    summary = "OpenAI Codex CLI (codex app-server), AGENTS.md, threads in ~/.codex"
+    runner = "agent_runner.codex.runner:build"
+    routes = CODEX_ROUTES
+    auth_modes = ("api-key", "chatgpt")
+    """How its model calls may be paid for: a key, or the host's ChatGPT sign-in (``nanohost/auth``)."""
+
+    def state_dir(self, folder: str) -> Path:
+        return self.data_dir / "codex" / folder
+
+    def codex_home(self, group: GroupSpec) -> Path:
+        return self.state_dir(group.folder)
+
+    def prepare(self, group: GroupSpec) -> Contribution:
+        agents_md, notes = self.compose_agents_md(group)
+        home = self.codex_home(group)
+        ensure_codex_home(home)
+        mounts = [
+            Mount(agents_md, f"{WORKSPACE}/AGENTS.md", read_only=True),
+            Mount(home, f"{CONTAINER_HOME}/.codex"),
+            *self.skill_mounts(group),
+        ]
         runner = {
             "provider": "codex",
             "model": group.model,
             "reasoning_effort": group.reasoning_effort,
-            "mcp_servers": servers,
+            "mcp_servers": self.mcp_servers(group),
         }
-        notes = (
-            [f"omitted from AGENTS.md for size: {', '.join(composed.omitted)}"] if composed.omitted else []
-        )
         return Contribution(mounts=mounts, runner=runner, notes=notes)
