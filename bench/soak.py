@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -36,12 +35,11 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import remove_containers  # noqa: E402
-from bench.latency import AUTH, TOKEN, add_group, pct, settings_for  # noqa: E402
+from bench.common import IMAGE_NAME, remove_containers, serve_process, wait_ready  # noqa: E402
+from bench.latency import AUTH, add_group, pct, settings_for  # noqa: E402
 from nanohost.containers.image import build_image  # noqa: E402
 from nanohost.settings import Settings  # noqa: E402
 
-IMAGE_NAME = "nanohost-bench-agent"
 GROUP = "soak"
 MIB = 1024 * 1024
 
@@ -144,37 +142,6 @@ async def snapshot(
     )
 
 
-def start_host(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NANOHOST_")}
-    env.update(
-        NANOHOST_DATA_DIR=str(settings.data_dir),
-        NANOHOST_GROUPS_DIR=str(settings.groups_dir),
-        NANOHOST_IMAGE_NAME=IMAGE_NAME,
-        NANOHOST_API_TOKEN=TOKEN,
-        NANOHOST_WEB_PORT=str(port),
-        NANOHOST_LOG_LEVEL="WARNING",
-    )
-    with open(log, "w") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "nanohost.cli", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-async def ready(base: str, host: subprocess.Popen[bytes]) -> None:
-    async with aiohttp.ClientSession() as http:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert host.poll() is None, "the host exited at start"
-            try:
-                async with http.get(f"{base}/healthz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)  # waiting for another process to bind its port
-    raise TimeoutError("the host did not come up")
-
-
 def report(start: Snapshot, end: Snapshot, took: float, total: int) -> bool:
     print(f"\n{total} messages through one group in {took:.0f} s ({total / took:.0f} messages/s)")
     print(f"{'':12}{'messages':>10}{'p50 ms':>9}{'p99 ms':>9}{'RSS MiB':>9}{'idle CPU %':>12}")
@@ -214,10 +181,10 @@ async def main() -> int:
         add_group(settings, GROUP, "mock")
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        host = start_host(settings, port, root / "host.log")
+        host = serve_process(settings, port, root / "host.log")
         chat = Chat(base)
         try:
-            await ready(base, host)
+            await wait_ready(base, host)
             await chat.open()
             began = time.perf_counter()
             for i in range(args.warmup):
