@@ -68,6 +68,12 @@ async def cold_reply(app: Any, chat: Chat, group: str, text: str) -> dict[str, f
     runtime = runtime_of(app, group)
     await runtime.stop("bench: cold start")
     assert runtime.container_id is None
+    return await timed_reply(app, chat, group, text)
+
+
+async def timed_reply(app: Any, chat: Chat, group: str, text: str) -> dict[str, float]:
+    """One message to a stopped group → its reply: the host's and the runner's marks."""
+    runtime = runtime_of(app, group)
     sent = time.time()
     await chat.send(text)
     await chat.reply()
@@ -98,10 +104,13 @@ async def series(settings: Any, group: str, runs: int) -> tuple[float, list[dict
     return first, marks
 
 
-async def five_at_once(settings: Any, groups: list[str], rounds: int) -> list[float]:
+async def five_at_once(
+    settings: Any, groups: list[str], rounds: int
+) -> tuple[list[float], list[dict[str, float]]]:
     """All groups stopped (each warm once before), then one message to each at the same moment:
-    milliseconds to the last reply, per round."""
+    milliseconds to the last reply per round, and every group's marks of every round."""
     out: list[float] = []
+    marks: list[dict[str, float]] = []
     async with host(settings) as (base, app):
         chats = [Chat(base, g) for g in groups]
         for chat in chats:
@@ -112,12 +121,13 @@ async def five_at_once(settings: Any, groups: list[str], rounds: int) -> list[fl
             for i in range(rounds):
                 await asyncio.gather(*(runtime_of(app, g).stop("bench") for g in groups))
                 started = time.perf_counter()
-                await asyncio.gather(*(c.round_trip(f"together {i}") for c in chats))
+                pairs = zip(chats, groups, strict=True)
+                marks += await asyncio.gather(*(timed_reply(app, c, g, f"together {i}") for c, g in pairs))
                 out.append((time.perf_counter() - started) * 1000)
         finally:
             for chat in chats:
                 await chat.__aexit__(None, None, None)
-    return out
+    return out, marks
 
 
 def report(
@@ -158,16 +168,20 @@ async def run(opts: Any) -> Result:
                 add_groups(settings, ["bench", *five], "codex")
                 first, marks = await series(settings, "bench", runs)
                 report(result, "codex", first, marks, TARGET_CODEX_P50)
-                together = await five_at_once(settings, five, max(1, min(3, runs)))
+                together, five_marks = await five_at_once(settings, five, max(1, min(3, runs)))
             finally:
                 await model.close()
             result.figures["codex_five_at_once_ms"] = together
+            five_table = breakdown(five_marks)
+            result.figures["codex_five_at_once_phases"] = five_table
             result.row(
                 f"codex: five groups cold at once, to the last reply (worst of {len(together)})",
                 ms(max(together)),
                 f"≤ {TARGET_FIVE:g} ms",
                 check(max(together), TARGET_FIVE),
             )
+            parts = [f"{k} {v['p50']:.0f}/{v['max']:.0f}" for k, v in five_table.items() if k != "total"]
+            result.row("codex: five at once, phases p50/max (ms)", "; ".join(parts))
         finally:
             remove_containers(root)
     return result

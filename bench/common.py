@@ -8,6 +8,7 @@ Each benchmark module has ``async def run(opts) -> Result``; ``python -m bench``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -204,14 +205,21 @@ class Chat:
 
 
 def remove_containers(root: Path) -> None:
-    """The benchmark's containers outlive its host; remove those that mount its temporary dir."""
+    """The benchmark's containers outlive its host; remove those that mount its temporary dir, and
+    the network namespaces they joined (nanohost/containers/netns.py)."""
     import docker
+    from docker.errors import NotFound
+
+    from nanohost.containers.netns import LABEL_JOINED
 
     client = docker.from_env()
     try:
         for container in client.containers.list(all=True, filters={"label": "nanohost.group"}):
             if any(str(root) in m.get("Source", "") for m in container.attrs.get("Mounts", [])):
                 container.remove(force=True)
+                if sandbox := container.labels.get(LABEL_JOINED):
+                    with contextlib.suppress(NotFound):
+                        client.containers.get(sandbox).remove(force=True)
     finally:
         client.close()
 

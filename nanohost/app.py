@@ -124,7 +124,9 @@ def _backend(backend_factory: Any) -> Step:
         if backend_factory:
             backend = backend_factory()
         else:
-            backend = DockerBackend(installation=app[INSTALLATION], data_dir=settings.data_dir)
+            backend = DockerBackend(
+                installation=app[INSTALLATION], data_dir=settings.data_dir, spare_netns=settings.spare_netns
+            )
         app[BACKEND] = backend
         try:
             yield

@@ -254,6 +254,10 @@ class Orchestrator:
         if time.monotonic() - self._quota_checked >= QUOTA_EVERY:
             await self.enforce_quota()
         await self.evict_idle()
+        try:
+            await self.ctx.backend.tend()
+        except Exception:
+            log.exception("sweeper: container housekeeping failed; the next pass tries again")
 
     async def enforce_quota(self) -> None:
         """Stop every running group over its disk quota (``quota.py``)."""

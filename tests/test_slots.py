@@ -300,6 +300,9 @@ class FakeEngine:
     async def layer_bytes(self, container_id: str) -> int | None:
         return None
 
+    async def tend(self) -> None:
+        pass
+
 
 async def test_quantum_holds_back_new_messages_then_requeues_the_session_at_the_back(host_env: Path) -> None:
     settings = load_settings(max_containers=1, slot_quantum=0.001, idle_timeout=3600, api_token="t")

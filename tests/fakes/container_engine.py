@@ -53,6 +53,9 @@ class RecordingBackend:
     async def layer_bytes(self, container_id: str) -> int | None:
         return None
 
+    async def tend(self) -> None:
+        pass
+
 
 class EngineAway:
     """``inner`` behind a switch: ``down = True`` and the engine is gone, ``False`` and it is back."""
@@ -100,3 +103,7 @@ class EngineAway:
     async def layer_bytes(self, container_id: str) -> int | None:
         self._check()
         return await self.inner.layer_bytes(container_id)
+
+    async def tend(self) -> None:
+        self._check()
+        await self.inner.tend()

@@ -189,11 +189,11 @@ def bind(settings: Settings, channel: str, chat_id: str, group: str, session_mod
 def containers_of(
     docker_client: Any, settings: Settings, group: str | None = None, *, all: bool = False
 ) -> Any:
-    """The containers of the installation on ``settings``' data dir (of one group, when given): a
-    test looks at its own, never at another installation's on the same engine."""
+    """The agent containers of the installation on ``settings``' data dir (of one group, when
+    given): a test looks at its own, never at another installation's on the same engine. (Its
+    spare network namespaces, nanohost/containers/netns.py, carry no group label.)"""
     labels = [f"{LABEL_INSTALLATION}={installation_id(settings)}"]
-    if group is not None:
-        labels.append(f"nanohost.group={group}")
+    labels.append("nanohost.group" if group is None else f"nanohost.group={group}")
     return docker_client.containers.list(all=all, filters={"label": labels})
 
 

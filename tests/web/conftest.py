@@ -49,6 +49,9 @@ class FakeBackend:
     async def layer_bytes(self, container_id: str) -> int | None:
         return None
 
+    async def tend(self) -> None:
+        pass
+
 
 @contextmanager
 def web_auth(settings: Settings) -> Iterator[WebAuth]:
