@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         le=32,
         description=(
             "Network-less namespaces kept ready so a cold start joins one instead of making its own "
-            "(~100 ms faster; ~16 MB each; 0: off). See nanohost/containers/netns.py."
+            "(~100 ms faster; ~3 MB of memory each; 0: off). See nanohost/containers/netns.py."
         ),
     )
     allowed_mounts: list[Path] = Field(

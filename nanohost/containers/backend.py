@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nanohost.containers.netns import LABEL_JOINED, LABEL_NETNS, NetworkSandboxes
+from nanohost.containers.netns import LABEL_JOINED, NetworkSandboxes
 from nanohost.providers import Mount
 from nanohost.safe_fs import AGENT_UID
 from nanohost.settings import parse_memory
@@ -265,18 +265,25 @@ class DockerBackend:
         return container_id
 
     def _remove_quietly(self, name: str) -> None:
-        from docker.errors import NotFound
+        """Remove a container that must go, if it is there; a failure is logged, not raised (the
+        sweep's ``tend`` removes what is left)."""
+        from docker.errors import APIError, NotFound
 
         try:
             self.client.api.remove_container(name, force=True)
         except NotFound:
             pass
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: being removed already
+                log.warning("could not remove container %s: %s", name, exc)
 
     def _release(self, container: Any) -> None:
         """The container has ended: remove the network sandbox it joined, if any."""
         sandbox = (container.labels or {}).get(LABEL_JOINED)
         if sandbox and self.sandboxes is not None:
             self.sandboxes.remove(sandbox)
+        elif sandbox:  # a backend without spares (the CLI's) stopped a host's container
+            self._remove_quietly(sandbox)
 
     def _replace(self, old: Any, spec: ContainerSpec) -> None:
         """A container already has the name: remove it when it is this installation's (one still
@@ -348,14 +355,20 @@ class DockerBackend:
     async def list_managed(self) -> list[ContainerState]:
         def listing() -> list[ContainerState]:
             if self.installation is None:
-                found = self.client.containers.list(all=True, filters={"label": LABEL_GROUP})
+                found = self.client.containers.list(
+                    all=True, ignore_removed=True, filters={"label": LABEL_GROUP}
+                )
                 return [_state(c) for c in found]
-            own = self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_INSTALLATION}={self.installation}"}
+            own = self.client.containers.list(  # agents only: not the spare namespaces (netns.py)
+                all=True,
+                ignore_removed=True,
+                filters={"label": [f"{LABEL_INSTALLATION}={self.installation}", LABEL_GROUP]},
             )
-            states = [_state(c) for c in own if LABEL_NETNS not in (c.labels or {})]
+            states = [_state(c) for c in own]
             if self.data_dir is not None:
-                for container in self.client.containers.list(all=True, filters={"label": LABEL_GROUP}):
+                for container in self.client.containers.list(
+                    all=True, ignore_removed=True, filters={"label": LABEL_GROUP}
+                ):
                     state = _state(container)
                     if LABEL_INSTALLATION not in state.labels and mounts_under(state, self.data_dir):
                         states.append(state)
