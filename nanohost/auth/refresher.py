@@ -87,6 +87,18 @@ TOO_SOON = (
 )
 
 
+RETRY_FIRST = 5.0
+RETRY_MAX = 300.0
+"""After the sign-in service fails (unreachable, 5xx, a garbled answer), it is not asked again for
+``RETRY_FIRST`` seconds, doubling with each failure in a row up to ``RETRY_MAX``: every group's
+requests during an outage would otherwise each send a refresh to a service that is down."""
+
+
+class IssuerAway(Exception):
+    """The sign-in service failed moments ago and is not asked again yet. Transient (not a
+    ``ChatGPTUnavailable``): the gateway answers 502 and the runner retries the turn later."""
+
+
 def broken_message(reason: str) -> str:
     return (
         f"this host's ChatGPT sign-in is no longer valid (the sign-in service refused to renew it: "
@@ -164,6 +176,10 @@ class ChatGPTAuth:
         holds ``_unsaved_over``, the refresh token they replaced, which is spent and must never
         be sent again. Saved at the next request that can (``_persist_unsaved``)."""
         self._unsaved_over: str | None = None
+        self._failures = 0
+        """Refreshes in a row that the sign-in service failed (not refused: that is ``broken``)."""
+        self._retry_at: float | None = None
+        """``clock()`` before which the failing service is not asked again."""
 
     def _client(self) -> ClientSession:
         if self._session is None or self._session.closed:
@@ -284,6 +300,11 @@ class ChatGPTAuth:
         if self._refreshed_at is not None and self.clock() - self._refreshed_at < self.min_refresh_interval:
             log.warning("ChatGPT token refresh refused: the last one was less than a minute ago")
             raise RefreshTooSoon(TOO_SOON)
+        if self._retry_at is not None and (wait := self._retry_at - self.clock()) > 0:
+            raise IssuerAway(
+                f"the sign-in service failed {self._failures} time(s) in a row; "
+                f"it is asked again in {wait:.0f} s"
+            )
         try:  # everything the save needs, before the issuer rotates anything
             prepared = await asyncio.to_thread(self.store.prepare_save)
         except (OSError, TokenFormatError) as exc:
@@ -293,17 +314,31 @@ class ChatGPTAuth:
         try:
             got = await oauth.refresh(self._client(), self.issuer, tokens.refresh_token)
         except oauth.RefreshRefused as exc:
+            self._failures, self._retry_at = 0, None
             log.error("ChatGPT sign-in refused at refresh (%s): %s", exc.code, LOGIN_HINT)
             await self._save_or_keep(prepared, marked_broken(tokens, exc.code), tokens.refresh_token)
             raise SignInBroken(broken_message(exc.code)) from None
-        except BaseException:
+        except BaseException as exc:
             self.store.discard(prepared)  # nothing was rotated
+            if isinstance(exc, Exception):
+                self._failed()
             raise
+        self._failures, self._retry_at = 0, None
         self._refreshed_at = self.clock()
         fresh = tokens.rotated(got.id_token, got.access_token, got.refresh_token)
         await self._save_or_keep(prepared, fresh, tokens.refresh_token)  # durable before use, or kept
         log.info("ChatGPT tokens refreshed for account %s", fresh.account_id)
         return fresh
+
+    def _failed(self) -> None:
+        self._failures += 1
+        pause = min(RETRY_FIRST * 2 ** (self._failures - 1), RETRY_MAX)
+        self._retry_at = self.clock() + pause
+        log.warning(
+            "the ChatGPT sign-in service failed (%d in a row); it is not asked again for %.0f s",
+            self._failures,
+            pause,
+        )
 
 
 def describe(store: TokenStore) -> dict[str, Any]:

@@ -196,6 +196,46 @@ async def test_the_issuer_down_is_transient(gw: Gw, store: TokenStore, issuer: F
     assert describe(store)["state"] == "ok"
 
 
+async def test_an_issuer_that_is_down_is_asked_again_only_after_a_growing_pause(
+    gw: Gw, store: TokenStore, issuer: FakeIssuer
+) -> None:
+    """During an outage of the sign-in service, every group's requests would each send it a
+    refresh; after a failure it is left alone for 5 s, then 10 s, ... and a success resets that."""
+    clock = FakeClock()
+    gw.auth.clock = clock
+    placeholder = gw.gateway.grant("g1", 1, auth="chatgpt")
+    issuer.expire_access()
+    issuer.failing = 503
+    status, body = await gw.ask(placeholder, "hello")
+    assert status == 502 and "could not be reached" in body
+    assert issuer.refresh_requests == 1
+    for n in range(10):  # 4 s of requests: none reaches the issuer
+        clock.now += 0.4
+        status, body = await gw.ask(placeholder, f"again {n}")
+        assert status == 502 and "asked again in" in body, body
+    assert issuer.refresh_requests == 1
+    clock.now += 1.1  # 5 s after the failure: asked once more, fails, and the pause doubles
+    assert (await gw.ask(placeholder, "later"))[0] == 502
+    assert issuer.refresh_requests == 2
+    clock.now += 9
+    assert (await gw.ask(placeholder, "within 10 s"))[0] == 502
+    assert issuer.refresh_requests == 2
+    issuer.failing = None
+    clock.now += 1.1
+    status, body = await gw.ask(placeholder, "back")
+    assert status == 200 and "echo: back" in body
+    assert issuer.refresh_requests == 3
+    assert describe(store)["state"] == "ok"  # an outage never marks the sign-in broken
+    # the next outage starts again at the shortest pause
+    clock.now += 61
+    issuer.expire_access()
+    issuer.failing = 500
+    assert (await gw.ask(placeholder, "down again"))[0] == 502
+    clock.now += 5.1
+    assert (await gw.ask(placeholder, "5 s later"))[0] == 502
+    assert issuer.refresh_requests == 5
+
+
 async def test_a_backend_that_keeps_refusing_costs_one_refresh_per_request(
     gw: Gw, issuer: FakeIssuer, backend: FakeChatGPTBackend, store: TokenStore
 ) -> None:

@@ -55,6 +55,8 @@ class FakeIssuer:
         self.refresh_gate: asyncio.Event | None = None
         """When set by a test, refresh requests wait for it (to make callers race)."""
         self.refresh_arrived = asyncio.Event()
+        self.failing: int | None = None
+        """When set by a test, refresh requests are counted and answered with this status."""
         self.device_polls = 0
         app = web.Application()
         app.router.add_post("/oauth/token", self._token)
@@ -98,6 +100,8 @@ class FakeIssuer:
             self.refresh_arrived.set()
             if self.refresh_gate is not None:
                 await self.refresh_gate.wait()
+            if self.failing is not None:
+                return web.json_response({"error": "temporarily unavailable"}, status=self.failing)
             token = body["refresh_token"]
             if token in self.revoked_refresh:
                 return web.json_response({"error": {"code": "refresh_token_invalidated"}}, status=401)
