@@ -97,8 +97,19 @@ async def _read_archive(request: web.Request, read: Callable[..., Any], *args: A
         return await asyncio.to_thread(read, *args)
 
 
-async def turns(request: web.Request) -> web.Response:
-    group = web_group(request)
+GroupLookup = Callable[[web.Request], AgentGroup]
+"""How an endpoint finds its group: ``web_group`` (a web login: web-bound groups only) or
+``api.find_group`` (the API token: every group)."""
+
+
+def _with_group(find: GroupLookup, handler: Callable[[web.Request, AgentGroup], Awaitable[Any]]) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await handler(request, find(request))  # type: ignore[no-any-return]
+
+    return handle
+
+
+async def turns(request: web.Request, group: AgentGroup) -> web.Response:
     before = request.query.get("before") or None
     if before is not None and not TURN_ID.match(before):
         return _error(400, "before must be a turn id")
@@ -106,8 +117,7 @@ async def turns(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
-async def turn(request: web.Request) -> web.Response:
-    group = web_group(request)
+async def turn(request: web.Request, group: AgentGroup) -> web.Response:
     turn_id = request.match_info["turn"]
     if not TURN_ID.match(turn_id):
         return _error(404, "no such turn")
@@ -123,8 +133,7 @@ async def turn(request: web.Request) -> web.Response:
     return web.json_response(found.model_dump(exclude_none=True))
 
 
-async def search(request: web.Request) -> web.Response:
-    group = web_group(request)
+async def search(request: web.Request, group: AgentGroup) -> web.Response:
     query = request.query.get("q", "")
     if len(query) > viewer.MAX_QUERY:
         return _error(400, f"the search is longer than {viewer.MAX_QUERY} characters")
@@ -132,10 +141,9 @@ async def search(request: web.Request) -> web.Response:
     return web.json_response(found)
 
 
-async def download(request: web.Request) -> web.StreamResponse:
+async def download(request: web.Request, group: AgentGroup) -> web.StreamResponse:
     """The group's conversation archive as a zip, built from safe reads into a host-owned
     temporary file (so the response's length is known and no agent file is read twice)."""
-    group = web_group(request)
     settings = _orchestrator(request).ctx.settings
     downloading = request.app[DOWNLOADS]
     if group.id in downloading:  # each spools up to 512 MiB on the host's disk: one at a time
@@ -330,10 +338,14 @@ def add_routes(app: web.Application) -> None:
     app[DOWNLOADS] = set()
     app.router.add_get("/viewer", _page("viewer.html"))
     app.router.add_get("/operator", _page("operator.html"))
-    app.router.add_get("/web/groups/{group}/turns", guarded(turns))
-    app.router.add_get("/web/groups/{group}/turns/{turn}", guarded(turn))
-    app.router.add_get("/web/groups/{group}/search", guarded(search))
-    app.router.add_get("/web/groups/{group}/archive.zip", guarded(download))
+    for prefix, find, wrap in (
+        ("/web", web_group, guarded),  # the web login: web-bound groups only
+        ("/api", api.find_group, lambda handler: handler),  # the API token (middleware): every group
+    ):
+        app.router.add_get(f"{prefix}/groups/{{group}}/turns", wrap(_with_group(find, turns)))
+        app.router.add_get(f"{prefix}/groups/{{group}}/turns/{{turn}}", wrap(_with_group(find, turn)))
+        app.router.add_get(f"{prefix}/groups/{{group}}/search", wrap(_with_group(find, search)))
+        app.router.add_get(f"{prefix}/groups/{{group}}/archive.zip", wrap(_with_group(find, download)))
     app.router.add_get("/web/operator/groups", guarded(web_states))
     app.router.add_post("/web/operator/groups/{group}/restart", guarded(web_restart, changes_state=True))
     app.router.add_post("/web/operator/groups/{group}/snapshot", guarded(web_snapshot, changes_state=True))

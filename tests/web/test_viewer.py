@@ -308,6 +308,40 @@ async def test_the_api_operator_endpoints_need_the_token_and_see_every_group(
     assert (await client.post("/api/groups/nope/snapshots", headers=auth)).status == 404
 
 
+async def test_the_api_token_reads_every_groups_archive_and_a_web_login_does_not(
+    web_settings: Settings, start_client: StartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The viewer's turns, one turn, search and download, for API clients: every group (also one
+    with no web binding), with the token only."""
+    monkeypatch.setenv("NANOHOST_API_TOKEN", "operator-token")
+    client: TestClient = await start_client(load_settings(max_attachment_bytes=4096))
+    (turns_dir(web_settings, "other") / "2026-12-01.jsonl").write_text(
+        turn_line("o-1", "unbound") + turn_line("o-2", "findme please")
+    )
+    paths = [
+        "/api/groups/other/turns",
+        "/api/groups/other/turns/o-1",
+        "/api/groups/other/search?q=findme",
+        "/api/groups/other/archive.zip",
+    ]
+    await logged_in(client)  # a web login is not the API token
+    for path in paths:
+        assert (await client.get(path)).status == 401, path
+    assert (await client.get("/web/groups/other/turns")).status == 404  # no web binding
+    auth = {"Authorization": "Bearer operator-token"}
+    listed = await (await client.get(paths[0], headers=auth)).json()
+    assert [t["turn"] for t in listed["turns"]] == ["o-2", "o-1"]
+    assert (await (await client.get(paths[1], headers=auth)).json())["prompts"] == ["unbound"]
+    found = await (await client.get(paths[2], headers=auth)).json()
+    assert [t["turn"] for t in found["turns"]] == ["o-2"]
+    download = await client.get(paths[3], headers=auth)
+    assert download.status == 200
+    names = zipfile.ZipFile(io.BytesIO(await download.read())).namelist()
+    assert "conversations/turns/2026-12-01.jsonl" in names
+    assert (await client.get("/api/groups/other/turns/..%2Fx", headers=auth)).status == 404
+    assert (await client.get("/api/groups/nope/turns", headers=auth)).status == 404
+
+
 def test_every_viewer_and_operator_route_is_in_the_readme() -> None:
     from aiohttp import web
 
@@ -319,7 +353,7 @@ def test_every_viewer_and_operator_route_is_in_the_readme() -> None:
     section = readme[readme.index("## The conversation viewer") : readme.index("## Chat channels")]
     api_table = readme[readme.index("## The HTTP API") : readme.index("## The web chat")]
     routes = {r.canonical for r in app.router.resources()}
-    assert len(routes) == 12
+    assert len(routes) == 16
     for route in routes:
         where = api_table if route.startswith("/api/") else section
         documented = route.replace("/web/operator/groups/{group}/snapshot", "…/snapshot")
