@@ -44,9 +44,20 @@ def start_afresh(db: Session, old: AgentSession) -> AgentSession:
 
 def current_sessions(db: Session, group_id: int) -> list[AgentSession]:
     """The group's live sessions: the newest one of each chat key."""
-    newest: dict[str | None, AgentSession] = {}
-    for session in db.scalars(
-        select(AgentSession).where(AgentSession.group_id == group_id).order_by(AgentSession.id)
-    ):
-        newest[session.chat_key] = session
-    return [s for s in newest.values() if s.quarantined_at is None]
+    return current_sessions_by_group(db, group_id).get(group_id, [])
+
+
+def current_sessions_by_group(db: Session, group_id: int | None = None) -> dict[int, list[AgentSession]]:
+    """Every group's live sessions (or one group's), in one query: the newest session of each
+    chat key, unless it is quarantined."""
+    query = select(AgentSession).order_by(AgentSession.id)
+    if group_id is not None:
+        query = query.where(AgentSession.group_id == group_id)
+    newest: dict[tuple[int, str | None], AgentSession] = {}
+    for session in db.scalars(query):
+        newest[(session.group_id, session.chat_key)] = session
+    live: dict[int, list[AgentSession]] = {}
+    for session in newest.values():
+        if session.quarantined_at is None:
+            live.setdefault(session.group_id, []).append(session)
+    return live

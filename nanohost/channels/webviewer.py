@@ -36,16 +36,16 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from nanohost import viewer
 from nanohost.channels import api
 from nanohost.channels.web_auth import CHANNEL, COOKIE
 from nanohost.channels.webchat import PAGE_HEADERS, WEB_DIR, _auth, guarded, web_group
 from nanohost.db.engine import transaction
-from nanohost.db.models import AgentGroup, ChatBinding, Message
+from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
 from nanohost.orchestrator import Orchestrator
-from nanohost.sessions import current_sessions
+from nanohost.sessions import current_sessions, current_sessions_by_group
 
 log = logging.getLogger(__name__)
 
@@ -195,30 +195,43 @@ async def _send_zip(
 
 
 def group_states(orchestrator: Orchestrator, *, web_only: bool) -> list[dict[str, Any]]:
-    """Every group (or only the web-bound ones) with its state, last activity and last error."""
+    """Every group (or only the web-bound ones) with its state, last activity and last error.
+
+    The operator view asks every 5 s, so this is a fixed handful of queries that seek indexes, not
+    one per group nor a scan of every message a long-lived host has kept."""
     runtimes = orchestrator.runtimes
     slots = orchestrator.ctx.slots
+    latest = (  # the group's newest message, through ix_messages_group_id
+        select(Message.created_at)
+        .where(Message.group_id == AgentGroup.id)
+        .order_by(Message.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
     with transaction(orchestrator.ctx.db) as db:
-        query = select(AgentGroup).order_by(AgentGroup.name)
+        query = select(AgentGroup, latest).order_by(AgentGroup.name)
         if web_only:
             query = query.where(
                 AgentGroup.id.in_(select(ChatBinding.group_id).where(ChatBinding.channel == CHANNEL))
             )
-        last_message = dict(
-            db.execute(
-                select(Message.group_id, func.max(Message.created_at)).group_by(Message.group_id)
-            ).all()
-        )
-        waiting = set(
+        live_by_group = current_sessions_by_group(db)
+        waiting = set(  # through ix_messages_session_status, per live session
             db.scalars(
-                select(Message.session_id).where(
-                    Message.direction == "in", Message.status.in_(("pending", "queued"))
+                select(AgentSession.id).where(
+                    AgentSession.id.in_([s.id for live in live_by_group.values() for s in live]),
+                    select(Message.id)
+                    .where(
+                        Message.session_id == AgentSession.id,
+                        Message.direction == "in",
+                        Message.status.in_(("pending", "queued")),
+                    )
+                    .exists(),
                 )
             ).all()
         )
         rows = []
-        for group in db.scalars(query):
-            live = current_sessions(db, group.id)
+        for group, last_message in db.execute(query):
+            live = live_by_group.get(group.id, [])
             running = [runtimes[s.id] for s in live if s.id in runtimes and runtimes[s.id].container_id]
             waking = [
                 runtimes[s.id]
@@ -233,7 +246,7 @@ def group_states(orchestrator: Orchestrator, *, web_only: bool) -> list[dict[str
                 state = "queued"
             else:
                 state = "idle"
-            moments = [m for m in [last_message.get(group.id), *(s.last_active_at for s in live)] if m]
+            moments = [m for m in [last_message, *(s.last_active_at for s in live)] if m]
             errors = sorted((s for s in live if s.last_error), key=lambda s: s.id)
             rows.append(
                 {
