@@ -184,12 +184,17 @@ class NetworkSandboxes:
         read, and the agents after, so a sandbox claimed meanwhile is held or seen joined."""
         api = self._client().api  # listings, not per-container inspects: none can vanish midway
         mine = f"nanohost.installation={self.installation}"
-        sandboxes = [
-            str(c["Names"][0]).lstrip("/")
+        listed = {
+            str(c["Names"][0]).lstrip("/"): c.get("State")
             for c in api.containers(all=True, filters={"label": [mine, LABEL_NETNS]})
             if c.get("Names")
-        ]
+        }
+        sandboxes = list(listed)
         with self._lock:
+            dead = [name for name in self._ready if listed.get(name, "running") != "running"]
+            for name in dead:  # the engine restarted, say: a claim must not find these
+                self._ready.remove(name)
+                self._held.discard(name)
             held = set(self._held)
         agents = api.containers(all=True, filters={"label": [mine, LABEL_JOINED]})
         in_use = {(c.get("Labels") or {}).get(LABEL_JOINED) for c in agents if c.get("State") in LIVE}

@@ -113,12 +113,22 @@ async def test_a_dead_spare_makes_the_start_get_its_own_namespace(
     (spare,) = sandboxes_of(docker_client, installation_id(settings))
     spare.kill()  # the engine restarted, say
 
-    await cold_reply(host, "team", "after the spare died")
+    await cold_reply(host, "team", "after the spare died")  # claimed before any sweep saw it
     agent = agent_of(docker_client, settings, "team")
     assert agent.attrs["HostConfig"]["NetworkMode"] == "none"
     assert LABEL_JOINED not in agent.labels
     with pytest.raises(NotFound):
         docker_client.containers.get(spare.id)
+    # a spare that died is also dropped by the next sweep, and replaced
+    assert await asyncio.to_thread(spares_ready, host)
+    (spare,) = sandboxes_of(docker_client, installation_id(settings))
+    spare.kill()
+    await host.app[BACKEND].tend()
+    with pytest.raises(NotFound):
+        docker_client.containers.get(spare.id)
+    assert await asyncio.to_thread(spares_ready, host)
+    await cold_reply(host, "team", "joins the new spare")
+    assert agent_of(docker_client, settings, "team").labels[LABEL_JOINED] != spare.name
 
 
 async def test_the_sweep_removes_a_crashed_hosts_spares_and_ended_agents_namespaces(
