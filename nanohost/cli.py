@@ -634,6 +634,13 @@ def groups_config(
     memory: Annotated[str | None, typer.Option(help="Memory limit, e.g. 512m or 2g.")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPU limit, e.g. 1.5.")] = None,
     pids: Annotated[int | None, typer.Option(help="Process limit, e.g. 256.")] = None,
+    disk_quota: Annotated[
+        str | None,
+        typer.Option(
+            "--disk-quota",
+            help="Disk the group may fill, e.g. 50g; 0: none; default: NANOHOST_GROUP_DISK_QUOTA.",
+        ),
+    ] = None,
     allow_sender: Annotated[
         list[str] | None,
         typer.Option(
@@ -687,6 +694,7 @@ def groups_config(
         memory=memory,
         cpus=cpus,
         pids=pids,
+        disk_quota=disk_quota,
         allow_senders=allow_sender or [],
         deny_senders=deny_sender or [],
         engage=engage,

@@ -16,6 +16,7 @@ from nanohost.containers.image import IMAGE_COMMANDS, WORKSPACE_PREFIX, image_ha
 from nanohost.db.models import ENGAGE_MODES, AgentGroup
 from nanohost.groups import check_provider
 from nanohost.limits import EngineResources, check_limits
+from nanohost.quota import parse_quota
 from nanohost.settings import Settings
 from nanohost.skills import check_skill
 from nanohost.validation import (
@@ -99,6 +100,7 @@ class ConfigEdit:
     allow_egress: list[str] = field(default_factory=list)
     deny_egress: list[str] = field(default_factory=list)
     auth: str | None = None  # api-key | chatgpt (nanohost.auth)
+    disk_quota: str | None = None  # 50g, 0 (none), or "default" (the host's)
 
     def is_empty(self) -> bool:
         return self == ConfigEdit()
@@ -106,7 +108,7 @@ class ConfigEdit:
     def needs_wake(self) -> bool:
         """Whether a part of the edit reaches the container (the router reads the rest, the
         allow-list and engage mode, for every message, so those apply at once)."""
-        routing = {"allow_senders", "deny_senders", "engage", "trigger"}
+        routing = {"allow_senders", "deny_senders", "engage", "trigger", "disk_quota"}  # host-side
         return any(getattr(self, f.name) not in (None, []) for f in fields(self) if f.name not in routing)
 
 
@@ -167,6 +169,12 @@ def apply_edit(
             raise InvalidInput(f"group {group.name!r} has no MCP server {name!r}")
     memory = edit.memory.strip().lower() if edit.memory is not None else None
     check_limits(memory=memory, cpus=edit.cpus, pids=edit.pids, probe=probe)
+    disk_quota = edit.disk_quota.strip().lower() if edit.disk_quota is not None else None
+    if disk_quota not in (None, "default"):
+        try:
+            parse_quota(disk_quota)
+        except ValueError as exc:
+            raise InvalidInput(f"--disk-quota: {exc} (or 0 for none, default for the host's)") from None
     for sender in [*edit.allow_senders, *edit.deny_senders]:
         if not sender.strip() or len(sender) > 128:
             raise InvalidInput(f"sender id {sender!r} must be 1-128 characters")
@@ -235,6 +243,9 @@ def apply_edit(
     if edit.pids is not None:
         config.pids_limit = edit.pids
         changes.append(f"pids = {edit.pids}")
+    if disk_quota is not None:
+        config.disk_quota = None if disk_quota == "default" else disk_quota
+        changes.append(f"disk quota = {config.disk_quota or 'the host default'}")
     if edit.allow_senders or edit.deny_senders:
         config.allowed_senders = _merged(config.allowed_senders, edit.allow_senders, edit.deny_senders)
         changes += [f"sender {s} allowed" for s in edit.allow_senders]
@@ -270,6 +281,7 @@ def effective_config(settings: Settings, group: AgentGroup) -> dict[str, Any]:
         "memory": config.memory_limit or settings.container_memory,
         "cpus": config.cpu_limit if config.cpu_limit is not None else settings.container_cpus,
         "pids": config.pids_limit if config.pids_limit is not None else settings.container_pids,
+        "disk_quota": config.disk_quota or settings.group_disk_quota,
         "engage": config.engage_mode,
         "trigger": config.trigger_word,
         "allowed_senders": list(config.allowed_senders) or "everyone",

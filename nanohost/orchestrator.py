@@ -31,7 +31,7 @@ from nanohost.containers.backend import (
     mounts_under,
 )
 from nanohost.db.engine import transaction
-from nanohost.db.models import AgentGroup, AgentSession, Message
+from nanohost.db.models import AgentGroup, AgentSession, ContainerConfig, Message
 from nanohost.quota import Usage, over_message, tree_bytes
 from nanohost.runtime import LABEL_LAYOUT, HostContext, SessionRuntime
 from nanohost.session_dir import LAYOUT
@@ -260,14 +260,23 @@ class Orchestrator:
             log.exception("sweeper: container housekeeping failed; the next pass tries again")
 
     async def enforce_quota(self) -> None:
-        """Stop every running group over its disk quota (``quota.py``)."""
+        """Stop every running group over its disk quota (``quota.py``): its own, else the host's."""
         self._quota_checked = time.monotonic()
         quota = self.ctx.quota
-        if not quota.enabled:
+        with transaction(self.ctx.db) as db:
+            own: dict[str, str] = dict(
+                db.execute(  # type: ignore[arg-type]
+                    select(AgentGroup.folder, ContainerConfig.disk_quota)
+                    .join(ContainerConfig, ContainerConfig.group_id == AgentGroup.id)
+                    .where(ContainerConfig.disk_quota.is_not(None))
+                ).all()
+            )
+        if not quota.quota and not any(quota.limit(q) for q in own.values()):
             return
         for runtime in list(self.runtimes.values()):
             container_id = runtime.container_id
-            if container_id is None:
+            limit = quota.limit(own.get(runtime.folder))
+            if container_id is None or not limit:
                 continue
             try:
                 state = await self.ctx.backend.inspect(container_id)
@@ -275,9 +284,9 @@ class Orchestrator:
                     continue
                 trees = await asyncio.to_thread(tree_bytes, [Path(p) for p in state.writable_mounts])
                 usage = Usage(trees, await self.ctx.backend.layer_bytes(container_id))
-                if not quota.over_quota(runtime.folder, usage):
+                if not quota.over_quota(runtime.folder, usage, limit):
                     continue
-                why = over_message(runtime.folder, usage, quota.quota)
+                why = over_message(runtime.folder, usage, limit, own=runtime.folder in own)
                 log.warning("session %s: %s; stopping it", runtime.session_id, why)
                 quota.mark(runtime.folder, state.writable_mounts)
                 await runtime.stop_over_quota(why)

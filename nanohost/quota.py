@@ -7,10 +7,13 @@ quota and overlay layers only on some filesystems, so the host measures instead:
 (``NANOHOST_SWEEP_INTERVAL``) it adds up each running group's writable mounts (allocated blocks,
 links never followed, hard links counted once) and its layer, and stops a group over
 ``NANOHOST_GROUP_DISK_QUOTA`` cleanly, at once, even mid-turn. Until it is back under (the operator
-deletes files, or raises the quota and restarts the host), its wakes are refused with the figures
+deletes files, or raises the group's own quota), its wakes are refused with the figures
 in the chat and in ``why``/``status``; its messages wait, nothing is lost. A group can overshoot
 by what it writes within one sweep interval; the host's own low-disk guard (``disk.py``) is the
 backstop for that.
+
+A group may have its own quota (``nanohost groups config G --disk-quota 50g``, ``0`` for none),
+read from its config row at each check, so raising it lets the group start again at once.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import asyncio
 import logging
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanohost.limits import parse_memory
 from nanohost.validation import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -77,11 +81,17 @@ def tree_bytes(paths: Iterable[Path]) -> int:
     return total
 
 
-def over_message(folder: str, usage: Usage, quota: int) -> str:
+def parse_quota(text: str) -> int:
+    """A quota as written (``10g``, ``512m``; ``0``: none) in bytes; ``ValueError`` says why not."""
+    return 0 if text.strip() == "0" else parse_memory(text)
+
+
+def over_message(folder: str, usage: Usage, quota: int, *, own: bool = False) -> str:
     layer = f" (+ {show_size(usage.layer)} inside its container)" if usage.layer else ""
+    source = "the group's own: `nanohost groups config --disk-quota`" if own else "NANOHOST_GROUP_DISK_QUOTA"
     return (
         f"group folder {folder!r} uses {show_size(usage.trees)} on disk{layer}, over its quota of "
-        f"{show_size(quota)} (NANOHOST_GROUP_DISK_QUOTA); delete files from it, or raise the quota"
+        f"{show_size(quota)} ({source}); delete files from it, or raise the quota"
     )
 
 
@@ -101,24 +111,29 @@ class DiskQuota:
 
     def __init__(self, quota: int) -> None:
         self.quota = quota
+        """The host's default (``NANOHOST_GROUP_DISK_QUOTA``); 0: none."""
         self.over: dict[str, tuple[str, ...]] = {}
 
-    @property
-    def enabled(self) -> bool:
-        return self.quota > 0
+    def limit(self, own: str | None) -> int:
+        """The quota of a group whose config says ``own`` (None: the host's default)."""
+        return self.quota if own is None else parse_quota(own)
 
-    def over_quota(self, folder: str, usage: Usage) -> bool:
-        return self.enabled and usage.total > self.quota
+    def over_quota(self, folder: str, usage: Usage, limit: int | None = None) -> bool:
+        limit = self.quota if limit is None else limit
+        return limit > 0 and usage.total > limit
 
-    async def check_wake(self, folder: str) -> None:
+    async def check_wake(self, folder: str, own: Callable[[], str | None] = lambda: None) -> None:
         """Raise ``OverQuota`` when this group was stopped over its quota and still is; a group
-        never found over costs nothing here (a wake is the latency path)."""
+        never found over costs nothing here (a wake is the latency path). ``own`` reads the
+        group's own quota now (an operator may just have raised it)."""
         trees = self.over.get(folder)
         if trees is None:
             return
         usage = Usage(await asyncio.to_thread(tree_bytes, [Path(t) for t in trees]), None)
-        if self.over_quota(folder, usage):
-            raise OverQuota(over_message(folder, usage, self.quota))
+        mine = await asyncio.to_thread(own)
+        limit = self.limit(mine)
+        if self.over_quota(folder, usage, limit):
+            raise OverQuota(over_message(folder, usage, limit, own=mine is not None))
         del self.over[folder]
         log.info("group %s: back under its disk quota (%s); it may start", folder, show_size(usage.total))
 

@@ -429,6 +429,12 @@ class SessionRuntime:
 
     # --- waking ---------------------------------------------------------------------------
 
+    def _own_disk_quota(self) -> str | None:
+        """The group's own disk quota as its config row says now (None: the host's)."""
+        with transaction(self.ctx.db) as db:
+            _, group = self._load(db)
+            return group.config.disk_quota
+
     def _load(self, db: Session) -> tuple[AgentSession, AgentGroup]:
         session = db.get(AgentSession, self.session_id)
         if session is None:
@@ -436,7 +442,7 @@ class SessionRuntime:
         return session, session.group
 
     async def _start(self) -> None:
-        await self.ctx.quota.check_wake(self.folder)
+        await self.ctx.quota.check_wake(self.folder, self._own_disk_quota)
         # never while a snapshot restore swaps the group's folder; a dead restore is finished first
         async with start_guard(self.ctx.settings, self.ctx.db, self.folder):
             await self._start_container()

@@ -301,6 +301,8 @@ def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyP
         (("--pids", "0"), "--pids 0 must be between 16 and 65536"),
         (("--pids", "-1"), "--pids -1 must be between 16 and 65536"),
         (("--pids", "99999999"), "--pids 99999999 must be between 16 and 65536"),
+        (("--disk-quota", "lots"), "--disk-quota: 'lots' is not a memory size"),
+        (("--model", "ok", "--disk-quota", "-1g"), "--disk-quota"),  # nothing else lands
         (("--deny-sender", "stranger"), "not on group 'main''s allow-list"),
         (("--engage", "sometimes"), "unknown engage mode"),
         (("--engage", "trigger"), "needs --trigger"),
@@ -319,6 +321,20 @@ def test_defaults_show_through_until_set(ready: Run, monkeypatch: pytest.MonkeyP
 )
 def test_config_refusals_change_nothing(ready: Run, host_env: Path, args: tuple[str, ...], says: str) -> None:
     refused(ready, host_env, "groups", "config", "main", *args, says=says)
+
+
+def test_a_groups_own_disk_quota_is_set_shown_and_given_back_to_the_host_default(
+    ready: Run, host_env: Path
+) -> None:
+    assert ready("groups", "show", "main", "--json").json()["disk_quota"] == "10g"  # the host's
+    result = ready("groups", "config", "main", "--disk-quota", "50G")
+    assert "disk quota = 50g" in result.stdout
+    assert "next idle" not in result.stdout  # checked by the host, no new container needed
+    assert ready("groups", "show", "main", "--json").json()["disk_quota"] == "50g"
+    ready("groups", "config", "main", "--disk-quota", "0")
+    assert ready("groups", "show", "main", "--json").json()["disk_quota"] == "0"
+    assert "the host default" in ready("groups", "config", "main", "--disk-quota", "default").stdout
+    assert ready("groups", "show", "main", "--json").json()["disk_quota"] == "10g"
 
 
 def test_config_without_options_shows_the_config(ready: Run) -> None:

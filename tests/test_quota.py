@@ -48,6 +48,24 @@ async def test_a_group_over_its_quota_is_refused_until_it_is_under(tmp_path: Pat
     assert quota.over == {}
 
 
+async def test_a_groups_own_quota_is_read_at_the_wake_and_wins_over_the_hosts(tmp_path: Path) -> None:
+    folder = tmp_path / "group"
+    write(folder / "big", 12 * MB)
+    quota = DiskQuota(20 * MB)  # the host's: the group is under it
+    quota.mark("team", [str(folder)])
+    own: list[str | None] = ["10m"]
+    with pytest.raises(OverQuota, match=r"over its quota of 10\.0 MiB \(the group's own"):
+        await quota.check_wake("team", lambda: own[0])
+    own[0] = "50m"  # the operator raised it: the next wake goes ahead, no restart
+    await quota.check_wake("team", lambda: own[0])
+    assert quota.over == {}
+    quota.mark("team", [str(folder)])
+    await quota.check_wake("team", lambda: "0")  # 0: no quota for this group
+    assert quota.limit(None) == 20 * MB and quota.limit("5g") == 5 * 1024**3 and quota.limit("0") == 0
+    usage = Usage(30 * MB, None)
+    assert quota.over_quota("team", usage) and not quota.over_quota("team", usage, 0)
+
+
 def test_the_message_names_the_layer_when_the_container_wrote_there() -> None:
     text = over_message("team", Usage(trees=MB, layer=5 * MB), 4 * MB)
     assert "'team' uses 1.0 MiB on disk (+ 5.0 MiB inside its container), over its quota of 4.0 MiB" in text

@@ -29,7 +29,8 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, validates
 
 from nanohost.limits import check_limits
-from nanohost.validation import check_env
+from nanohost.quota import parse_quota
+from nanohost.validation import InvalidInput, check_env
 
 ENGAGE_MODES = ("always", "mention", "trigger")
 SESSION_MODES = ("shared", "per-chat")
@@ -86,6 +87,8 @@ class ContainerConfig(Base):
     memory_limit: Mapped[str | None] = mapped_column(String(16))
     cpu_limit: Mapped[float | None] = mapped_column(Float)
     pids_limit: Mapped[int | None] = mapped_column(Integer)
+    disk_quota: Mapped[str | None] = mapped_column(String(16))
+    """The group's own disk quota (``10g``; ``0``: none); None: ``NANOHOST_GROUP_DISK_QUOTA``."""
     allowed_senders: Mapped[list[str]] = mapped_column(default=list)
     engage_mode: Mapped[str] = mapped_column(String(16), default="always")
     trigger_word: Mapped[str | None] = mapped_column(String(64))
@@ -111,6 +114,18 @@ class ContainerConfig(Base):
     def _check_env(self, _key: str, value: Any) -> dict[str, str]:
         """Whoever writes the row through the ORM meets the CLI's env rule (``validation``)."""
         return check_env(value)
+
+    @validates("disk_quota")
+    def _check_disk_quota(self, _key: str, value: Any) -> str | None:
+        """A size the quota check can read, stored as written (lower case), or None."""
+        if value is None:
+            return None
+        text = str(value).strip().lower()
+        try:
+            parse_quota(text)
+        except ValueError as exc:
+            raise InvalidInput(f"--disk-quota: {exc}") from None
+        return text
 
     @validates("memory_limit", "cpu_limit", "pids_limit")
     def _check_limit(self, key: str, value: Any) -> Any:

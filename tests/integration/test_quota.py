@@ -91,3 +91,48 @@ async def test_a_container_filling_its_own_layer_is_stopped_and_the_next_wake_st
     assert as_agent(fresh, "test ! -e /tmp/big") == 0
     with transaction(host.orchestrator.ctx.db) as db:
         assert db.get(Message, asked).status == "answered"
+
+
+def set_disk_quota(host: Host, group: str, value: str | None) -> None:
+    """What `nanohost groups config GROUP --disk-quota VALUE` does to the row (the CLI's own
+    parsing is tested in tests/test_cli.py)."""
+    from nanohost.db.models import AgentGroup
+
+    with transaction(host.orchestrator.ctx.db) as db:
+        row = db.scalars(select(AgentGroup).where(AgentGroup.name == group)).one()
+        row.config.disk_quota = value
+
+
+async def test_a_groups_own_quota_is_enforced_without_a_host_quota_and_raising_it_lets_it_start(
+    tmp_path: Path, start_host: Any, docker_client: Any
+) -> None:
+    settings = make_settings(tmp_path, group_disk_quota="0")  # no host-wide quota
+    add_group(settings, "team")
+    add_group(settings, "other")
+    host = await start_host(settings)
+    set_disk_quota(host, "team", "20m")
+    first = await host.send("team", "hello")
+    (answered,) = await host.replies_after("team", first)
+    (container,) = containers_of(docker_client, settings, "team")
+    other = await host.send("other", "hello")
+    assert await host.replies_after("other", other)
+    (other_container,) = containers_of(docker_client, settings, "other")
+    assert as_agent(container, FILL.format("/workspace/agent/big")) == 0
+    assert as_agent(other_container, FILL.format("/workspace/agent/big")) == 0  # no quota: fine
+
+    await host.orchestrator.enforce_quota()
+    container.reload()
+    other_container.reload()
+    assert container.status == "exited" and other_container.status == "running"
+    (notice,) = await host.replies_after("team", answered["id"])
+    assert "over its quota of 20.0 MiB (the group's own" in notice["text"]
+
+    waiting = await host.send("team", "still there?")
+    (refused,) = await host.replies_after("team", notice["id"])
+    assert "I cannot start" in refused["text"]
+    set_disk_quota(host, "team", "50m")  # the operator raises the group's quota: no restart needed
+    again = await host.send("team", "and now?")
+    (answer,) = await host.replies_after("team", refused["id"])
+    assert "still there?" in answer["text"] and "and now?" in answer["text"]
+    with transaction(host.orchestrator.ctx.db) as db:
+        assert {db.get(Message, i).status for i in (waiting, again)} == {"answered"}
