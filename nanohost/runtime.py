@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, joinedload, sessionmaker
 
 from nanohost import container_logs
 from nanohost.auth import check_auth_mode
@@ -436,7 +436,12 @@ class SessionRuntime:
             return group.config.disk_quota
 
     def _load(self, db: Session) -> tuple[AgentSession, AgentGroup]:
-        session = db.get(AgentSession, self.session_id)
+        """The session with its group and config, in one query (a wake reads all three)."""
+        session = db.get(
+            AgentSession,
+            self.session_id,
+            options=[joinedload(AgentSession.group).joinedload(AgentGroup.config)],
+        )
         if session is None:
             raise LookupError(f"session {self.session_id} no longer exists")
         return session, session.group
