@@ -515,8 +515,10 @@ class SessionRuntime:
         self.session_dir.prepare()
         self.session_dir.write("runner.json", json.dumps(runner, indent=2))
         spec.folder_path.mkdir(parents=True, exist_ok=True)
-        for tree in (spec.folder_path, *(m.source for m in contribution.mounts if not m.read_only)):
-            hand_tree_to_agent(tree)
+        writable = [spec.folder_path, *(m.source for m in contribution.mounts if not m.read_only)]
+        # a stat per entry (~160 ms for 50,000 files): never on the loop every other group shares
+        for tree in writable:
+            await asyncio.to_thread(hand_tree_to_agent, tree)
         mounts = [
             Mount(spec.folder_path, str(WORKSPACE)),
             *contribution.mounts,
