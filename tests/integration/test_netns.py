@@ -49,6 +49,17 @@ def spares_ready(host: Host) -> bool:
     return backend.sandboxes.wait_ready(READY)
 
 
+async def host_with_spares(tmp_path: Path, start_host: Any) -> tuple[Host, Any]:
+    """A host with one group, "team", that has answered once (so the backend knows the image),
+    and its one spare ready."""
+    settings = make_settings(tmp_path, spare_netns=1)
+    add_group(settings, "team")
+    host = await start_host(settings)
+    await cold_reply(host, "team", "first")
+    assert await asyncio.to_thread(spares_ready, host)
+    return host, settings
+
+
 def exec_in(container: Any, *cmd: str) -> str:
     code, output = container.exec_run(list(cmd))
     assert code == 0, output
@@ -105,11 +116,7 @@ async def test_a_cold_start_joins_a_locked_down_spare_and_has_loopback_only(
 async def test_a_dead_spare_makes_the_start_get_its_own_namespace(
     tmp_path: Path, start_host: Any, docker_client: Any
 ) -> None:
-    settings = make_settings(tmp_path, spare_netns=1)
-    add_group(settings, "team")
-    host = await start_host(settings)
-    await cold_reply(host, "team", "first")
-    assert await asyncio.to_thread(spares_ready, host)
+    host, settings = await host_with_spares(tmp_path, start_host)
     (spare,) = sandboxes_of(docker_client, installation_id(settings))
     spare.kill()  # the engine restarted, say
 
@@ -165,11 +172,7 @@ async def test_the_sweep_removes_a_crashed_hosts_spares_and_ended_agents_namespa
 async def test_closing_the_backend_removes_its_spares_and_keeps_a_running_agents_namespace(
     tmp_path: Path, start_host: Any, docker_client: Any
 ) -> None:
-    settings = make_settings(tmp_path, spare_netns=1)
-    add_group(settings, "team")
-    host = await start_host(settings)
-    await cold_reply(host, "team", "first")
-    assert await asyncio.to_thread(spares_ready, host)
+    host, settings = await host_with_spares(tmp_path, start_host)
     await cold_reply(host, "team", "joins")
     assert await asyncio.to_thread(spares_ready, host)
     joined = agent_of(docker_client, settings, "team").labels[LABEL_JOINED]
