@@ -355,39 +355,19 @@ class Router:
             with core_transaction(self.orchestrator.ctx.db) as db:
                 for message in run:
                     found = self._route(message, db)
-                    if found is None or not self._admitted(*found, message):
+                    if found is None or not _let_in(*found, message) or not _addressed(found[0], message):
                         continue
                     route = found[0]
-                    where = (route.group_id, route.session_key)
+                    to = (route.group_id, route.session_key)
                     revived = False
-                    if where not in sessions:
-                        sessions[where] = session_of(db, route.group_id, route.session_key)
-                        revived = _revive(db, sessions[where])
-                    message_id = _record_queued(db, route.group_id, sessions[where], message)
-                    recorded.append((route.group_id, message_id, sessions[where], revived, message))
+                    if to not in sessions:  # looked up, and revived when failed, once a run
+                        sessions[to] = session_of(db, route.group_id, route.session_key)
+                        revived = _revive(db, sessions[to])
+                    message_id = _record_queued(db, route.group_id, sessions[to], message)
+                    recorded.append((route.group_id, message_id, sessions[to], revived, message))
                 return recorded
         except IntegrityError:
             raise Duplicate("a message of this run was already received") from None
-
-    def _admitted(self, route: Route, seen: bool, message: InboundMessage) -> bool:
-        """Whether a plain message passes the allow-list, de-duplication and engage mode (in that
-        order; each refusal logged)."""
-        where = _where(message)
-        if not sender_allowed(route.allowed_senders, message):
-            log.info(
-                "%s: sender %s is not on group %s's allow-list; ignored",
-                where,
-                message.sender,
-                route.group_name,
-            )
-            return False
-        if seen:
-            log.info("%s: already received; ignored", where)
-            return False
-        if not _engaged(route, message):
-            log.debug("%s: not addressed to the bot (engage mode %s); ignored", where, route.engage_mode)
-            return False
-        return True
 
     async def _retrying(self, step: Callable[..., T], *args: Any) -> T:
         """Run one database step, waiting out a locked database ``DB_ATTEMPTS`` times."""
@@ -402,32 +382,22 @@ class Router:
         raise AssertionError("unreachable")
 
     async def _receive(self, message: InboundMessage) -> None:
-        """The full path, for a message that is not plain: a chat command, files, an empty or
-        oversized text."""
+        """The full path: for a message that is not plain (a chat command, files, an empty or
+        oversized text), and for a plain one whose run met a platform id recorded meanwhile."""
         where = _where(message)
         found = await self._retrying(self._route_alone, message)
         if found is None:
             return
         route, seen = found
         key = route.session_key
-        if not sender_allowed(route.allowed_senders, message):
-            log.info(
-                "%s: sender %s is not on group %s's allow-list; ignored",
-                where,
-                message.sender,
-                route.group_name,
-            )
-            return
-        if seen:
-            log.info("%s: already received; ignored", where)
+        if not _let_in(route, seen, message):
             return
         if (command := command_of(message.text)) is not None:  # explicit, so in any engage mode
             group = await self._retrying(self._group, route.group_id)
             if group is not None:
                 await self.commands.run(group, message, key, command)
             return
-        if not _engaged(route, message):
-            log.debug("%s: not addressed to the bot (engage mode %s); ignored", where, route.engage_mode)
+        if not _addressed(route, message):
             return
         if len(message.text) > MAX_TEXT:
             self._refuse(
@@ -519,6 +489,7 @@ class Router:
         return route, bool(row.seen)
 
     def _group(self, group_id: int) -> AgentGroup | None:
+        """The group's row, for a chat command (``ChatCommands.run`` takes one)."""
         with transaction(self.orchestrator.ctx.db) as db:
             return db.get(AgentGroup, group_id)
 
@@ -585,6 +556,31 @@ class Router:
 def _where(message: InboundMessage) -> str:
     """How the log names a chat platform's message."""
     return f"{message.channel} chat {message.chat_id} message {message.platform_message_id}"
+
+
+def _let_in(route: Route, seen: bool, message: InboundMessage) -> bool:
+    """The first rules for any message of a bound chat: its sender on the group's allow-list, its
+    platform message id not recorded before. A refusal is logged."""
+    if not sender_allowed(route.allowed_senders, message):
+        log.info(
+            "%s: sender %s is not on group %s's allow-list; ignored",
+            _where(message),
+            message.sender,
+            route.group_name,
+        )
+        return False
+    if seen:
+        log.info("%s: already received; ignored", _where(message))
+        return False
+    return True
+
+
+def _addressed(route: Route, message: InboundMessage) -> bool:
+    """``_engaged``, logging a refusal."""
+    if _engaged(route, message):
+        return True
+    log.debug("%s: not addressed to the bot (engage mode %s); ignored", _where(message), route.engage_mode)
+    return False
 
 
 def _engaged(route: Route, message: InboundMessage) -> bool:

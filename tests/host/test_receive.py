@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
+from nanohost import router as router_module
 from nanohost.app import ORCHESTRATOR, build_app
 from nanohost.channels.api import ROUTER
 from nanohost.channels.base import InboundMessage
@@ -23,7 +24,6 @@ from nanohost.cli import app as cli_app
 from nanohost.db import AgentGroup, AgentSession, Message, make_engine, make_session_factory, migrate
 from nanohost.db.engine import transaction
 from nanohost.groups import bind_chat, create_group
-from nanohost.router import Router
 from nanohost.settings import Settings, load_settings
 from tests.fakes.container_engine import RecordingBackend
 
@@ -134,16 +134,19 @@ async def test_a_platform_id_recorded_by_a_racing_writer_is_a_duplicate(
     unique index refuses it, and the message goes the full path, which finds it recorded."""
     router = client.app[ROUTER]
     await router.receive(chat("first copy", "1"))
-    admitted = Router._admitted
+    let_in = router_module._let_in
+    checks: list[bool] = []
 
-    def unseen(self: Router, route: Any, seen: bool, message: InboundMessage) -> bool:
-        return admitted(self, route, False, message)
+    def first_check_misses_it(route: Any, seen: bool, message: InboundMessage) -> bool:
+        checks.append(seen)
+        return let_in(route, seen and len(checks) > 1, message)
 
-    monkeypatch.setattr(Router, "_admitted", unseen)
+    monkeypatch.setattr(router_module, "_let_in", first_check_misses_it)
     with caplog.at_level(logging.INFO, logger="nanohost.router"):
         await router.receive(chat("second copy", "1"))
     await settled(client)
     assert recorded(settings) == [("team", "first copy", "queued")]
+    assert checks == [True, True]  # the run's check, missed; the full path's
     assert "telegram chat -100 message -100:1: already received; ignored" in caplog.text
 
 
