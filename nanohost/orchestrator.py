@@ -48,30 +48,35 @@ QUOTA_EVERY = 10.0
 
 
 _NEWEST_SHARED = (
-    select(AgentSession.id)
+    select(AgentSession.id, AgentSession.status)
     .where(AgentSession.group_id == bindparam("group_id"), AgentSession.chat_key.is_(None))
     .order_by(AgentSession.id.desc())
     .limit(1)
 )
 _NEWEST_OF_CHAT = (
-    select(AgentSession.id)
+    select(AgentSession.id, AgentSession.status)
     .where(AgentSession.group_id == bindparam("group_id"), AgentSession.chat_key == bindparam("chat_key"))
     .order_by(AgentSession.id.desc())
     .limit(1)
 )
 
 
-def session_of(db: Session | Connection, group_id: int, chat_key: str | None) -> int:
-    """The session a message to the group from ``chat_key`` (None: its shared session) belongs
-    to: the newest one, created when missing, in the caller's transaction. ``db`` is an ORM
-    session or, on the router's hot path, a Core connection (statements built once: building
-    one cost more than running it)."""
+def newest_session(db: Session | Connection, group_id: int, chat_key: str | None) -> tuple[int, str] | None:
+    """(id, status) of the session a message to the group from ``chat_key`` (None: its shared
+    session) belongs to: the newest one; None when there is none yet. ``db`` is an ORM session or,
+    on the router's hot path, a Core connection (statements built once: building one cost more
+    than running it)."""
     if chat_key is None:
-        found = db.scalar(_NEWEST_SHARED, {"group_id": group_id})
+        row = db.execute(_NEWEST_SHARED, {"group_id": group_id}).first()
     else:
-        found = db.scalar(_NEWEST_OF_CHAT, {"group_id": group_id, "chat_key": chat_key})
-    if found is not None:
-        return int(found)
+        row = db.execute(_NEWEST_OF_CHAT, {"group_id": group_id, "chat_key": chat_key}).first()
+    return None if row is None else (int(row.id), str(row.status))
+
+
+def session_of(db: Session | Connection, group_id: int, chat_key: str | None) -> int:
+    """``newest_session``'s id, the session created when missing, in the caller's transaction."""
+    if (found := newest_session(db, group_id, chat_key)) is not None:
+        return found[0]
     if isinstance(db, Session):
         session = AgentSession(group_id=group_id, chat_key=chat_key)
         db.add(session)

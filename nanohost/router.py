@@ -31,7 +31,7 @@ from nanohost.commands import ChatCommands, command_of
 from nanohost.db.engine import core_transaction, new_id, transaction
 from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, ContainerConfig, Message
 from nanohost.disk import is_disk_full
-from nanohost.orchestrator import Orchestrator, session_of
+from nanohost.orchestrator import Orchestrator, newest_session, session_of
 from nanohost.snapshots import Busy
 
 log = logging.getLogger(__name__)
@@ -277,9 +277,8 @@ class Router:
         (pending and queued are both waiting), and one held back puts it back to pending."""
         try:
             with core_transaction(self.orchestrator.ctx.db) as db:
-                session_id = session_of(db, group_id, chat_key)
-                message_id = _record_queued(db, group_id, session_id, message)
-                return message_id, session_id, _revive(db, session_id)
+                session_id, revived = _session_for(db, group_id, chat_key)
+                return _record_queued(db, group_id, session_id, message), session_id, revived
         except IntegrityError:
             raise Duplicate(
                 f"{message.channel} message {message.platform_message_id} was already received"
@@ -361,8 +360,7 @@ class Router:
                     to = (route.group_id, route.session_key)
                     revived = False
                     if to not in sessions:  # looked up, and revived when failed, once a run
-                        sessions[to] = session_of(db, route.group_id, route.session_key)
-                        revived = _revive(db, sessions[to])
+                        sessions[to], revived = _session_for(db, route.group_id, route.session_key)
                     message_id = _record_queued(db, route.group_id, sessions[to], message)
                     recorded.append((route.group_id, message_id, sessions[to], revived, message))
                 return recorded
@@ -609,9 +607,15 @@ _REVIVE = (
 )
 
 
-def _revive(db: Connection, session_id: int) -> bool:
-    """A new message is the way out of a failed session: set it idle again. Whether it had failed."""
-    return bool(db.execute(_REVIVE, {"session_id": session_id}).rowcount)
+def _session_for(db: Connection, group_id: int, key: str | None) -> tuple[int, bool]:
+    """A routed message's session (made when missing), and whether it was revived: a new message
+    is the way out of a failed session. Its status is read in this transaction, so the ``UPDATE``
+    runs only for a failed one."""
+    found = newest_session(db, group_id, key)
+    if found is None:
+        return session_of(db, group_id, key), False
+    session_id, status = found
+    return session_id, status == "failed" and bool(db.execute(_REVIVE, {"session_id": session_id}).rowcount)
 
 
 def inbound_values(
