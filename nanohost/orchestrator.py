@@ -20,7 +20,7 @@ import logging
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from nanohost.containers.backend import (
@@ -30,7 +30,7 @@ from nanohost.containers.backend import (
     EngineWatch,
     mounts_under,
 )
-from nanohost.db.engine import transaction
+from nanohost.db.engine import new_id, transaction
 from nanohost.db.models import AgentGroup, AgentSession, ContainerConfig, Message
 from nanohost.quota import Usage, over_message, tree_bytes
 from nanohost.runtime import LABEL_LAYOUT, HostContext, SessionRuntime
@@ -45,6 +45,44 @@ ENGINE_RETRY = 5.0
 
 QUOTA_EVERY = 10.0
 """Seconds between disk quota checks at most: the engine walks each container's layer for one."""
+
+
+_NEWEST_SHARED = (
+    select(AgentSession.id, AgentSession.status)
+    .where(AgentSession.group_id == bindparam("group_id"), AgentSession.chat_key.is_(None))
+    .order_by(AgentSession.id.desc())
+    .limit(1)
+)
+_NEWEST_OF_CHAT = (
+    select(AgentSession.id, AgentSession.status)
+    .where(AgentSession.group_id == bindparam("group_id"), AgentSession.chat_key == bindparam("chat_key"))
+    .order_by(AgentSession.id.desc())
+    .limit(1)
+)
+
+
+def newest_session(db: Session | Connection, group_id: int, chat_key: str | None) -> tuple[int, str] | None:
+    """(id, status) of the session a message to the group from ``chat_key`` (None: its shared
+    session) belongs to: the newest one; None when there is none yet. ``db`` is an ORM session or,
+    on the router's hot path, a Core connection (statements built once: building one cost more
+    than running it)."""
+    if chat_key is None:
+        row = db.execute(_NEWEST_SHARED, {"group_id": group_id}).first()
+    else:
+        row = db.execute(_NEWEST_OF_CHAT, {"group_id": group_id, "chat_key": chat_key}).first()
+    return None if row is None else (int(row.id), str(row.status))
+
+
+def session_of(db: Session | Connection, group_id: int, chat_key: str | None) -> int:
+    """``newest_session``'s id, the session created when missing, in the caller's transaction."""
+    if (found := newest_session(db, group_id, chat_key)) is not None:
+        return found[0]
+    if isinstance(db, Session):
+        session = AgentSession(group_id=group_id, chat_key=chat_key)
+        db.add(session)
+        db.flush()
+        return session.id
+    return new_id(db.execute(insert(AgentSession).values(group_id=group_id, chat_key=chat_key)))
 
 
 class Orchestrator:
@@ -81,20 +119,8 @@ class Orchestrator:
         in the caller's transaction ``db`` when given (one transaction per routed message)."""
         if db is None:
             with transaction(self.ctx.db) as own:
-                return self.session_for(group, chat_key, own)
-        same_chat = AgentSession.chat_key.is_(None) if chat_key is None else AgentSession.chat_key == chat_key
-        found = db.scalar(
-            select(AgentSession.id)
-            .where(AgentSession.group_id == group.id, same_chat)
-            .order_by(AgentSession.id.desc())
-            .limit(1)
-        )
-        if found is not None:
-            return int(found)
-        session = AgentSession(group_id=group.id, chat_key=chat_key)
-        db.add(session)
-        db.flush()
-        return session.id
+                return session_of(own, group.id, chat_key)
+        return session_of(db, group.id, chat_key)
 
     async def runtime(self, session_id: int) -> SessionRuntime:
         """The live runtime of a session (made when missing). A quarantined session's is its

@@ -64,6 +64,7 @@ def _stored_auth(granted: str | None) -> str:
     except InvalidInput:
         return "api-key"
 
+
 WORKSPACE = PurePosixPath("/workspace/agent")
 MAX_CRASHES = 3
 START_GRACE = 30.0

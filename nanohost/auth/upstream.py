@@ -85,10 +85,7 @@ TOO_MANY = (
     "nanohost gateway: too many model requests at once from this session "
     f"(at most {MAX_IN_FLIGHT} forwarded and {MAX_WAITING} waiting)"
 )
-RESEND = (
-    "nanohost gateway: the ChatGPT sign-in was renewed while this request was on its way; "
-    "send it again"
-)
+RESEND = "nanohost gateway: the ChatGPT sign-in was renewed while this request was on its way; send it again"
 
 
 class _Slots:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -60,3 +60,19 @@ def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
     """One short unit of work: commit on success, roll back on any error."""
     with factory() as session, session.begin():
         yield session
+
+
+@contextmanager
+def core_transaction(factory: sessionmaker[Session]) -> Iterator[Connection]:
+    """``transaction`` without the ORM, for SQLAlchemy Core statements on a hot path: a Session
+    costs ~40 µs a transaction more than its connection (the router's path per chat message)."""
+    engine: Engine = factory.kw["bind"]
+    with engine.begin() as connection:
+        yield connection
+
+
+def new_id(inserted: CursorResult[Any]) -> int:
+    """The primary key a Core insert of one row gave it."""
+    key = inserted.inserted_primary_key
+    assert key is not None
+    return int(key[0])

@@ -48,7 +48,7 @@ async def test_a_locked_database_is_waited_out(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(
     ("text", "step"),
-    [("hi", "_binding_and_seen"), ("/help", "_binding_and_seen")],
+    [("hi", "_insert_run"), ("/help", "_route_alone")],
 )
 async def test_a_database_that_stays_locked_is_logged_as_lost(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, text: str, step: str
