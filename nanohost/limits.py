@@ -42,15 +42,20 @@ SETTINGS_NAMES = {
 """How ``check_limits`` names a value in its messages: as the CLI option or the setting."""
 
 
-def parse_memory(value: str) -> int:
-    """Parse a Docker-style memory size (``512m``, ``2g``, ``1.5g``) into bytes.
+def parse_size(value: str) -> int:
+    """Parse a Docker-style size (``512m``, ``2g``, ``1.5g``) into bytes.
 
     Raises ``ValueError`` with a message a person can act on.
     """
     match = _MEMORY_RE.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a memory size; use a number with k, m or g, e.g. 512m or 2g")
-    size = int(float(match["num"]) * _MEMORY_UNITS[match["unit"].lower()])
+    return int(float(match["num"]) * _MEMORY_UNITS[match["unit"].lower()])
+
+
+def parse_memory(value: str) -> int:
+    """A memory limit (``parse_size``), at least Docker's minimum."""
+    size = parse_size(value)
     if size < MIN_MEMORY_BYTES:
         raise ValueError(f"{value!r} is below Docker's minimum of 6m")
     return size

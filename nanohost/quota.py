@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from nanohost.limits import parse_memory
+from nanohost.limits import parse_size
 from nanohost.validation import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,17 @@ def tree_bytes(paths: Iterable[Path]) -> int:
     return total
 
 
+MIN_QUOTA = 2**20
+
+
 def parse_quota(text: str) -> int:
     """A quota as written (``10g``, ``512m``; ``0``: none) in bytes; ``ValueError`` says why not."""
-    return 0 if text.strip() == "0" else parse_memory(text)
+    if text.strip() == "0":
+        return 0
+    size = parse_size(text)
+    if size < MIN_QUOTA:
+        raise ValueError(f"{text!r} is too small for a disk quota; use 1m or more, or 0 for none")
+    return size
 
 
 def over_message(folder: str, usage: Usage, quota: int, *, own: bool = False) -> str:
@@ -115,8 +123,16 @@ class DiskQuota:
         self.over: dict[str, tuple[str, ...]] = {}
 
     def limit(self, own: str | None) -> int:
-        """The quota of a group whose config says ``own`` (None: the host's default)."""
-        return self.quota if own is None else parse_quota(own)
+        """The quota of a group whose config says ``own`` (None: the host's default). A row
+        written behind the CLI that cannot be read gets the host's default, and is logged: one
+        bad row must not stop the checks of every other group."""
+        if own is None:
+            return self.quota
+        try:
+            return parse_quota(own)
+        except ValueError as exc:
+            log.error("a group's disk quota %r cannot be read (%s); the host's quota applies to it", own, exc)
+            return self.quota
 
     def over_quota(self, folder: str, usage: Usage, limit: int | None = None) -> bool:
         limit = self.quota if limit is None else limit

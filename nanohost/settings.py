@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from nanohost.limits import MAX_CPUS, MAX_PIDS, MIN_CPUS, MIN_PIDS
 from nanohost.limits import parse_memory as parse_memory  # its home was here; callers still import it
+from nanohost.quota import parse_quota
 
 ENV_PREFIX = "NANOHOST_"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -177,14 +178,13 @@ class Settings(BaseSettings):
     @field_validator("group_disk_quota")
     @classmethod
     def _check_quota(cls, value: str) -> str:
-        if value.strip() != "0":
-            parse_memory(value)
+        parse_quota(value)
         return value.strip().lower()
 
     @property
     def group_disk_quota_bytes(self) -> int:
         """The quota in bytes; 0 when off."""
-        return 0 if self.group_disk_quota == "0" else parse_memory(self.group_disk_quota)
+        return parse_quota(self.group_disk_quota)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

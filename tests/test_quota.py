@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nanohost.quota import DiskQuota, OverQuota, Usage, over_message, tree_bytes
+from nanohost.quota import DiskQuota, OverQuota, Usage, over_message, parse_quota, tree_bytes
 from nanohost.settings import SettingsError, load_settings
 
 MB = 1024 * 1024
@@ -64,6 +64,20 @@ async def test_a_groups_own_quota_is_read_at_the_wake_and_wins_over_the_hosts(tm
     assert quota.limit(None) == 20 * MB and quota.limit("5g") == 5 * 1024**3 and quota.limit("0") == 0
     usage = Usage(30 * MB, None)
     assert quota.over_quota("team", usage) and not quota.over_quota("team", usage, 0)
+
+
+def test_a_quota_row_written_behind_the_cli_gets_the_hosts_quota_not_an_error() -> None:
+    quota = DiskQuota(20 * MB)
+    assert [quota.limit(bad) for bad in ("abc", "5", "default", "", "-1g")] == [20 * MB] * 5
+    assert DiskQuota(0).limit("lots") == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "says"), [("5k", "too small for a disk quota"), ("lots", "not a memory size")]
+)
+def test_a_quota_too_small_or_not_a_size_is_refused_in_its_own_words(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        parse_quota(text)
 
 
 def test_the_message_names_the_layer_when_the_container_wrote_there() -> None:

@@ -332,7 +332,7 @@ class ChatGPTAuth:
 
     def _failed(self) -> None:
         self._failures += 1
-        pause = min(RETRY_FIRST * 2 ** (self._failures - 1), RETRY_MAX)
+        pause = min(RETRY_FIRST * 2 ** min(self._failures - 1, 16), RETRY_MAX)  # no float overflow
         self._retry_at = self.clock() + pause
         log.warning(
             "the ChatGPT sign-in service failed (%d in a row); it is not asked again for %.0f s",

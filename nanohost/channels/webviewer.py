@@ -90,6 +90,9 @@ concurrent reads would only multiply what a hostile archive costs."""
 
 DOWNLOADS: web.AppKey[set[int]] = web.AppKey("viewer_downloads", set)
 """Groups whose archive download is under way (one at a time per group; a second gets 429)."""
+MAX_DOWNLOADS = 2
+"""Archive downloads under way at once on the host, all groups together: each spools up to
+512 MiB into the data dir, and the API token reaches every group."""
 
 
 async def _read_archive(request: web.Request, read: Callable[..., Any], *args: Any) -> Any:
@@ -149,6 +152,10 @@ async def download(request: web.Request, group: AgentGroup) -> web.StreamRespons
     if group.id in downloading:  # each spools up to 512 MiB on the host's disk: one at a time
         return _error(
             429, "a download of this group's archive is already under way; try again when it is done"
+        )
+    if len(downloading) >= MAX_DOWNLOADS:
+        return _error(
+            429, f"{MAX_DOWNLOADS} archive downloads are under way on this host; try again when one is done"
         )
     downloading.add(group.id)
     try:

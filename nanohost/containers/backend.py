@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nanohost.containers.netns import LABEL_JOINED, NetworkSandboxes
+from nanohost.containers.netns import LABEL_JOINED, NetworkSandboxes, owner_of
 from nanohost.providers import Mount
 from nanohost.safe_fs import AGENT_UID
 from nanohost.settings import parse_memory
@@ -39,6 +39,10 @@ LABEL_GROUP = "nanohost.group"
 LABEL_SESSION = "nanohost.session"
 LABEL_INSTALLATION = "nanohost.installation"
 EXTRA_HOSTS = {CONTAINER_HOSTNAME: "127.0.0.1"}
+
+
+class SandboxGone(Exception):
+    """The spare network namespace a container was to join is gone or stopped."""
 
 
 def container_user() -> tuple[int, int]:
@@ -158,11 +162,13 @@ class DockerBackend:
         self.installation = installation
         self.data_dir = data_dir
         self.sandboxes: NetworkSandboxes | None = None
-        """Spare network namespaces (``netns.py``); an installation's backend only."""
-        if installation is not None and spare_netns > 0:
+        """Spare network namespaces (``netns.py``); an installation's backend only (with 0 spares
+        too: it still sweeps up those a host before it left)."""
+        if installation is not None:
             self.sandboxes = NetworkSandboxes(
                 lambda: self.client,
                 installation=installation,
+                owner=owner_of(data_dir) if data_dir is not None else installation,
                 spares=spare_netns,
                 hostname=CONTAINER_HOSTNAME,
                 extra_hosts=EXTRA_HOSTS,
@@ -190,7 +196,7 @@ class DockerBackend:
         """Replace the session's previous container, then create and start the new one. It joins a
         spare network namespace when one is ready (``netns.py``: ~100 ms less per start), else it
         gets its own (``none``); either way it has loopback only."""
-        from docker.errors import APIError, NotFound
+        from docker.errors import NotFound
 
         try:
             old = self.client.containers.get(spec.name)
@@ -207,9 +213,8 @@ class DockerBackend:
             container_id = self._create_and_start(spec, sandbox)
             joined = True
             return container_id
-        except APIError as exc:  # the spare died (engine restarted?): the container makes its own
+        except SandboxGone as exc:  # the spare died (engine restarted?): the container makes its own
             log.warning("could not join network sandbox %s (%s); %s gets its own", sandbox, exc, spec.name)
-            self._remove_quietly(spec.name)
             return self._create_and_start(spec, None)
         finally:
             self.sandboxes.joined(sandbox)
@@ -219,7 +224,7 @@ class DockerBackend:
     def _create_and_start(self, spec: ContainerSpec, sandbox: str | None) -> str:
         """Create and start through the engine's API directly: two calls (the SDK's
         ``containers.run`` adds an image lookup and an inspect)."""
-        from docker.errors import ImageNotFound
+        from docker.errors import APIError, ImageNotFound
         from docker.types import Mount as DockerMount
 
         memory = parse_memory(spec.memory)
@@ -261,7 +266,15 @@ class DockerBackend:
                 f"the agent image {spec.image} is missing; run `nanohost image build`"
             ) from None
         container_id = str(created["Id"])
-        api.start(container_id)
+        try:
+            api.start(container_id)
+        except APIError as exc:
+            # joining a spare that is gone (404) or stopped (409): this container is removed (by
+            # id: only what this call made) and the caller starts one with its own namespace
+            if sandbox is None or exc.status_code not in (404, 409):
+                raise
+            self._remove_quietly(container_id)
+            raise SandboxGone(str(exc)) from exc
         return container_id
 
     def _remove_quietly(self, name: str) -> None:

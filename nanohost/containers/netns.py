@@ -25,6 +25,8 @@ and not yet seen joined are ``_held``.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import secrets
 import threading
@@ -32,12 +34,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 LABEL_NETNS = "nanohost.netns"
-"""On a sandbox: marks it as one (its value: ``spare``)."""
+"""On a sandbox: marks it as one; its value is ``owner_of(data_dir)``, so that two hosts on copies
+of one data dir (which share an installation id) never take or remove each other's."""
 LABEL_JOINED = "nanohost.netns.joined"
 """On an agent container: the name of the sandbox whose namespace it joined."""
 SANDBOX_MEMORY = 16 * 1024**2
@@ -48,6 +52,16 @@ QUIET = 0.3
 """Seconds without a claim before spares are made: a start's first ~0.3 s are CPU-bound (the
 runner's imports, Codex's start), and making a namespace is the engine's costliest step, so
 refilling waits for a burst of starts to pass instead of competing with it."""
+
+
+ALIVE = frozenset({"created", "running"})
+"""States a listed spare may be in and still be fine (``created``: listed between its create and
+its start)."""
+
+
+def owner_of(data_dir: Path) -> str:
+    """The value of ``LABEL_NETNS`` on the spares of the host on ``data_dir``."""
+    return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
 
 
 class NetworkSandboxes:
@@ -62,6 +76,7 @@ class NetworkSandboxes:
         client: Callable[[], Any],
         *,
         installation: str,
+        owner: str,
         spares: int,
         hostname: str,
         extra_hosts: dict[str, str],
@@ -69,10 +84,12 @@ class NetworkSandboxes:
     ) -> None:
         self._client = client
         self.installation = installation
+        self.owner = owner
         self.spares = spares
+        """How many to keep ready; 0: none are made, but ``reap`` still sweeps up old ones."""
         self._hostname = hostname
         self._extra_hosts = extra_hosts
-        self._labels = {**labels, LABEL_NETNS: "spare"}
+        self._labels = {**labels, LABEL_NETNS: owner}
         self._lock = threading.Lock()
         self._ready: deque[str] = deque()
         self._held: set[str] = set()
@@ -112,15 +129,19 @@ class NetworkSandboxes:
         except APIError as exc:  # 409: being removed already (the sweep's reap and a stop at once)
             if exc.status_code != 409:
                 log.warning("could not remove network sandbox %s: %s", name, exc)
-        with self._lock:
-            self._held.discard(name)
+        except Exception as exc:  # the engine away: the sweep's reap removes it later
+            log.warning("could not remove network sandbox %s: %s", name, exc)
+        finally:
+            with self._lock:  # no longer held either way, so the reap may judge it
+                self._held.discard(name)
 
     # -- keeping spares ready --------------------------------------------------------------
 
     def refill_soon(self) -> None:
         """Make spares up to ``spares``, in the background (one at a time)."""
-        if self.spares and not self._closed:
-            self._filler.submit(self._refill)
+        with self._lock:  # never a submit after ``close`` shut the filler down
+            if self.spares and not self._closed:
+                self._filler.submit(self._refill)
 
     def _refill(self) -> None:
         while not self._closed:
@@ -136,7 +157,8 @@ class NetworkSandboxes:
                 self._make(name, image)
             except Exception as exc:  # the engine away, the image gone: a start makes its own
                 log.warning("could not make a spare network namespace: %s", exc)
-                self.remove(name)
+                with self._lock:  # _make removed what it created; a name it never got is not ours
+                    self._held.discard(name)
                 return
             with self._lock:
                 self._ready.append(name)
@@ -173,7 +195,12 @@ class NetworkSandboxes:
             host_config=host_config,
             detach=True,
         )
-        api.start(created["Id"])
+        try:
+            api.start(created["Id"])
+        except Exception:
+            with contextlib.suppress(Exception):  # by id: only what this call created
+                api.remove_container(created["Id"], force=True)
+            raise
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -186,12 +213,12 @@ class NetworkSandboxes:
         mine = f"nanohost.installation={self.installation}"
         listed = {
             str(c["Names"][0]).lstrip("/"): c.get("State")
-            for c in api.containers(all=True, filters={"label": [mine, LABEL_NETNS]})
+            for c in api.containers(all=True, filters={"label": [mine, f"{LABEL_NETNS}={self.owner}"]})
             if c.get("Names")
         }
         sandboxes = list(listed)
         with self._lock:
-            dead = [name for name in self._ready if listed.get(name, "running") != "running"]
+            dead = [name for name in self._ready if listed.get(name, "running") not in ALIVE]
             for name in dead:  # the engine restarted, say: a claim must not find these
                 self._ready.remove(name)
                 self._held.discard(name)

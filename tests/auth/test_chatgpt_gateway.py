@@ -234,6 +234,13 @@ async def test_an_issuer_that_is_down_is_asked_again_only_after_a_growing_pause(
     clock.now += 5.1
     assert (await gw.ask(placeholder, "5 s later"))[0] == 502
     assert issuer.refresh_requests == 5
+    gw.auth._failures = 5000  # days of an outage: the pause stays at its cap, no overflow
+    clock.now += 301
+    assert (await gw.ask(placeholder, "days later"))[0] == 502
+    assert issuer.refresh_requests == 6
+    clock.now += 299
+    assert (await gw.ask(placeholder, "within the cap"))[0] == 502
+    assert issuer.refresh_requests == 6
 
 
 async def test_a_backend_that_keeps_refusing_costs_one_refresh_per_request(

@@ -14,7 +14,7 @@ from docker.errors import NotFound
 
 from nanohost.app import BACKEND
 from nanohost.containers.backend import CONTAINER_HOSTNAME, DockerBackend
-from nanohost.containers.netns import LABEL_JOINED, LABEL_NETNS
+from nanohost.containers.netns import LABEL_JOINED, LABEL_NETNS, owner_of
 from tests.integration.conftest import add_group, make_settings
 from tests.support.host import Host, containers_of, installation_id
 
@@ -58,6 +58,18 @@ async def host_with_spares(tmp_path: Path, start_host: Any) -> tuple[Host, Any]:
     await cold_reply(host, "team", "first")
     assert await asyncio.to_thread(spares_ready, host)
     return host, settings
+
+
+def leave_a_spare(docker_client: Any, image: str, installation: str, owner: str) -> Any:
+    """A spare as a host that died without closing leaves it."""
+    return docker_client.containers.run(
+        image,
+        entrypoint=["sleep", "infinity"],
+        name=f"nanohost-{installation}-netns-{owner[:4]}left",
+        labels={"nanohost.installation": installation, LABEL_NETNS: owner},
+        network_mode="none",
+        detach=True,
+    )
 
 
 def exec_in(container: Any, *cmd: str) -> str:
@@ -145,14 +157,7 @@ async def test_the_sweep_removes_a_crashed_hosts_spares_and_ended_agents_namespa
     add_group(settings, "team")
     installation = installation_id(settings)
     # a host that died without closing left a spare behind
-    left_behind = docker_client.containers.run(
-        agent_image,
-        entrypoint=["sleep", "infinity"],
-        name=f"nanohost-{installation}-netns-leftover",
-        labels={"nanohost.installation": installation, LABEL_NETNS: "spare"},
-        network_mode="none",
-        detach=True,
-    )
+    left_behind = leave_a_spare(docker_client, agent_image, installation, owner_of(settings.data_dir))
 
     host = await start_host(settings)
     await cold_reply(host, "team", "first")
@@ -182,3 +187,19 @@ async def test_closing_the_backend_removes_its_spares_and_keeps_a_running_agents
     await host.client.close()  # the host stops; its agent keeps running for the next host to adopt
     assert [c.name for c in sandboxes_of(docker_client, installation)] == [joined]
     assert agent_of(docker_client, settings, "team").status == "running"
+
+
+async def test_with_no_spares_the_sweep_still_removes_old_ones_but_never_a_data_dir_copys(
+    tmp_path: Path, start_host: Any, docker_client: Any, agent_image: str
+) -> None:
+    settings = make_settings(tmp_path, spare_netns=0)
+    installation = installation_id(settings)
+    ours = leave_a_spare(docker_client, agent_image, installation, owner_of(settings.data_dir))
+    # a host on a copy of this data dir has the same installation id, not the same data dir
+    copys = leave_a_spare(docker_client, agent_image, installation, owner_of(tmp_path / "copy"))
+    host = await start_host(settings)
+    await host.app[BACKEND].tend()
+    with pytest.raises(NotFound):
+        docker_client.containers.get(ours.id)
+    copys.reload()
+    assert copys.status == "running"

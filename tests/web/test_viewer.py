@@ -656,6 +656,47 @@ async def test_one_download_at_a_time_per_group(
     assert (await client.get("/web/groups/team/archive.zip")).status == 200  # and after it, again
 
 
+async def test_at_most_two_downloads_at_once_on_the_host(
+    web_settings: Settings, start_client: StartClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API token reaches every group: however many groups, the spools on the host's disk
+    stay bounded."""
+    import asyncio
+    import threading
+
+    from nanohost import viewer
+    from nanohost.groups import create_group
+
+    engine = make_engine(web_settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        create_group(db, web_settings, "third", provider="mock")
+    engine.dispose()
+    monkeypatch.setenv("NANOHOST_API_TOKEN", "operator-token")
+    client: TestClient = await start_client(load_settings(max_attachment_bytes=4096))
+    auth = {"Authorization": "Bearer operator-token"}
+    entered, release = threading.Semaphore(0), threading.Event()
+    real = viewer.write_zip
+
+    def held_zip(folder: Path, out: Any) -> Any:
+        entered.release()
+        release.wait()
+        return real(folder, out)
+
+    monkeypatch.setattr(viewer, "write_zip", held_zip)
+    held = [
+        asyncio.ensure_future(client.get(f"/api/groups/{g}/archive.zip", headers=auth))
+        for g in ("team", "other")
+    ]
+    for _ in held:
+        await asyncio.to_thread(entered.acquire)
+    try:
+        third = await client.get("/api/groups/third/archive.zip", headers=auth)
+        assert third.status == 429 and "2 archive downloads" in (await third.json())["error"]
+    finally:
+        release.set()
+    assert [(await r).status for r in held] == [200, 200]
+
+
 def test_a_stalled_listener_holds_a_bounded_number_of_bytes_and_keeps_every_message() -> None:
     """A hostile agent's steps flood a listener that never reads: its queue stays within its
     byte cap, drops the oldest steps (never a chat message's hint) and tells it it missed some."""
