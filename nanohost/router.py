@@ -154,6 +154,13 @@ class Router:
             group = db.scalar(select(AgentGroup).where(AgentGroup.name == group_name))
             if group is None:
                 raise LookupError(f"no group named {group_name!r}")
+        return await self.to_loaded_group(group, message, chat_key=chat_key)
+
+    async def to_loaded_group(
+        self, group: AgentGroup, message: InboundMessage, *, chat_key: str | None = None
+    ) -> int:
+        """``to_group`` for a group the caller has just read (the API and the web chat look it up
+        to check the URL): no second lookup on the way in."""
         if (command := command_of(message.text)) is not None and not message.attachments:
             return (await self.commands.run(group, message, chat_key, command))[0]
         return await self._record(group, message, chat_key)

@@ -110,7 +110,7 @@ def find_group(request: web.Request, channel: str | None = None) -> AgentGroup:
         group = db.scalar(query.limit(1))
     if group is None:
         where = f" with a {channel} binding" if channel else ""
-        raise _not_found(f"no group named {name!r}{where}")
+        raise not_found(f"no group named {name!r}{where}")
     return group
 
 
@@ -143,7 +143,7 @@ async def record(
     again); a message recorded but not yet queued answers 202 with its id (the session's next wake
     queues it, so sending it again would answer it twice)."""
     try:
-        message_id = await request.app[ROUTER].to_group(group.name, inbound, chat_key=chat_key)
+        message_id = await request.app[ROUTER].to_loaded_group(group, inbound, chat_key=chat_key)
     except Duplicate as exc:
         return _error(409, str(exc))
     except NotQueued as exc:
@@ -193,7 +193,7 @@ def parse_id(raw: str | None) -> int | None:
     return value if value <= MAX_ID else None
 
 
-def _not_found(message: str) -> web.HTTPNotFound:
+def not_found(message: str) -> web.HTTPNotFound:
     return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
 
 
@@ -204,7 +204,7 @@ def _after(request: web.Request, default: int) -> int:
         return default
     after = parse_id(raw)
     if after is None:
-        raise _not_found(f"after must be a message id (0 to {MAX_ID})")
+        raise not_found(f"after must be a message id (0 to {MAX_ID})")
     return after
 
 
