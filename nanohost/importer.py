@@ -117,14 +117,28 @@ class OutboundImport:
     # --- one batch (worker thread) -------------------------------------------------------------
 
     def batch(self) -> tuple[list[dict[str, Any]], bool]:
-        """Import one bounded batch; (events to publish, whether any row was read)."""
+        """Import one bounded batch; (events to publish, whether any row was read).
+
+        The cursor of the batch before is handed to the runner (and ``inbound.db`` pruned) first,
+        here rather than at the end of that batch: both are ``inbound.db`` commits (fsyncs), and
+        its events (a reply) are published before the next batch is asked for. ``runtime.pump``
+        asks again after every batch that read rows, so the runner learns it at once anyway."""
         if self._cursor is None:
             with transaction(self.db) as db:
                 self._cursor = self._session(db).outbound_cursor
+        else:
+            self.settle()
         rows = self.queues.outbound_after(self._cursor)
         copies = self._copy_files(rows)
         events = self._store(rows, copies)
         return events, bool(rows)
+
+    def settle(self) -> None:
+        """After an import has committed: record how far (the runner may prune what the host
+        has imported) and prune the inbound rows the runner has answered."""
+        if self._cursor is not None:
+            self.queues.mark_imported(self._cursor)
+        self.queues.prune()
 
     def _copy_files(self, rows: list[OutboundRow]) -> KeptFiles:
         """Copy the files of new rows before the import transaction: a 50 MiB copy must not
@@ -206,9 +220,7 @@ class OutboundImport:
                 self._on_tasks_changed(db)
                 self.tasks_changed = True
             cursor = session.outbound_cursor
-        self._cursor = cursor  # committed
-        self.queues.mark_imported(cursor)  # the runner may prune what the host has imported
-        self.queues.prune()  # and the host the inbound rows the runner has answered
+        self._cursor = cursor  # committed; the next batch (or ``settle``) tells the runner
         progress = [e for e in events if e["type"] == "progress"]
         live = live_feed(events)
         kept = [e for i, e in enumerate(events) if e["type"] not in ("progress", "item") or i in live]

@@ -297,3 +297,42 @@ def test_a_live_step_keeps_what_fits_before_falling_back_to_its_headline() -> No
         "prompts": [],
         "item": {"id": "r", "type": "reasoning", "status": "completed", "text": "hi"},
     }
+
+
+def _imported_cursor(session_dir: Path) -> str | None:
+    db = sqlite3.connect(session_dir / "inbound.db")
+    try:
+        row = db.execute("SELECT value FROM host_state WHERE key='outbound_imported'").fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
+def test_a_batch_hands_its_cursor_to_the_runner_at_the_next_batch(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    """A reply's events come back without waiting for an inbound.db commit: the import cursor is
+    recorded for the runner at the next batch (the pump always asks again after one that read
+    rows), or by ``settle``."""
+    importer, _, session_dir = session_import
+    writer = hostile_writer(session_dir)
+    writer.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "a"}',)
+    )
+    writer.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "b"}',)
+    )
+    events, read = importer.batch()
+    assert read and [e["type"] for e in events] == ["message", "message"]
+    assert _imported_cursor(session_dir) is None
+    events, read = importer.batch()
+    assert (events, read) == ([], False)
+    assert _imported_cursor(session_dir) == "2"
+    writer.execute(
+        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "c"}',)
+    )
+    writer.close()
+    assert importer.batch()[1]
+    assert _imported_cursor(session_dir) == "2"
+    importer.settle()
+    assert _imported_cursor(session_dir) == "3"
