@@ -275,13 +275,21 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
             while not ws.closed:
                 done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    event, getter = getter.result(), asyncio.ensure_future(queue.get())
-                    if event.get("type") == "message":
-                        for message in _messages_after(request, group, last, prefix):
-                            await ws.send_json({"type": "message", **message})
-                            last = message["id"]
-                    elif event.get("type") in ("progress", "item", "missed"):  # item: the viewer's live feed
-                        await ws.send_json(event)
+                    events = [getter.result()]
+                    while not queue.empty():  # everything already waiting, taken in one go
+                        events.append(queue.get_nowait())
+                    getter = asyncio.ensure_future(queue.get())
+                    read = False
+                    for event in events:
+                        if event.get("type") == "message":
+                            if read:  # published before that read, so it found this hint's row
+                                continue
+                            read = True  # one read for every hint taken (a reply comes with its acks')
+                            for message in _messages_after(request, group, last, prefix):
+                                await ws.send_json({"type": "message", **message})
+                                last = message["id"]
+                        elif event.get("type") in ("progress", "item", "missed"):  # item: live feed
+                            await ws.send_json(event)
                 if receiver in done:
                     if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break

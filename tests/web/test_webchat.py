@@ -680,3 +680,49 @@ def test_the_client_address_behind_proxies(remote: str, headers: dict[str, str],
 def test_a_direct_https_connection_is_https_without_any_proxy() -> None:
     assert forwarded.came_over_https(_request("203.0.113.9", scheme="https"), [])
     assert not forwarded.came_over_https(_request("203.0.113.9", {"X-Forwarded-Proto": "https"}), [])
+
+
+async def test_a_stream_reads_once_for_every_message_hint_waiting(
+    client: TestClient, web_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hints that wait together (a reply comes with its messages' acks) cost one database read:
+    the read comes after they were all published, so it finds every row they announce."""
+    from nanohost.channels import api
+
+    assert await log_in(client) == 200
+    seed = await client.post("/web/groups/team/messages", json={"text": "hello"})
+    assert seed.status == 201
+    ws = await client.ws_connect("/web/groups/team/stream?after=0")
+    assert (await ws.receive_json())["text"] == "hello"  # replayed: the stream listens by now
+    reads: list[int] = []
+    real = api._messages_after
+
+    def counted(*args: Any) -> list[dict[str, Any]]:
+        reads.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(api, "_messages_after", counted)
+    engine = make_engine(web_settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
+        rows = [
+            Message(group_id=team.id, direction="out", channel="web", chat_id="team", text=f"reply {n}")
+            for n in range(2)
+        ]
+        db.add_all(rows)
+        db.flush()
+        ids = [row.id for row in rows]
+    engine.dispose()
+    bus = client.server.app[ROUTER].orchestrator.ctx.bus
+    for message_id in ids:
+        bus.publish(team.id, {"type": "message", "id": message_id})
+    bus.publish(team.id, {"type": "progress", "text": "working"})
+    bus.publish(team.id, {"type": "message", "id": ids[-1]})
+    received = [await ws.receive_json() for _ in range(3)]
+    assert [(e["type"], e.get("text")) for e in received] == [
+        ("message", "reply 0"),
+        ("message", "reply 1"),
+        ("progress", "working"),
+    ]
+    assert len(reads) == 1
+    await ws.close()
