@@ -199,15 +199,20 @@ class OutboundImport:
             events.extend({"type": "message", "id": message_id} for message_id in acked)
             for row in rows:
                 try:
-                    with db.begin_nested():
+                    if isinstance(row.row, (ItemRow, ProgressRow)):
+                        # shown, never stored: no SQL, so no savepoint (a live turn sends many)
                         found, changed = self._store_row(db, session, row, copies)
+                    else:
+                        with db.begin_nested():
+                            found, changed = self._store_row(db, session, row, copies)
                 except Exception as exc:  # a row the models let through but the database refused
                     log.exception("session %s: outbound row %s could not be stored", self.session_id, row.id)
                     self._refuse(session, row.id, f"could not be stored: {exc}")
                     found, changed = [], False
                 events.extend(found)
                 tasks_changed |= changed
-                session.outbound_cursor = row.id
+            if rows:  # past every row read, stored or refused (set once: a savepoint flushes it)
+                session.outbound_cursor = rows[-1].id
             if answered:
                 self.budget = TurnBudget()
             if rows or answered:

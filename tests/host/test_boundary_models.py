@@ -336,3 +336,42 @@ def test_a_batch_hands_its_cursor_to_the_runner_at_the_next_batch(
     assert _imported_cursor(session_dir) == "2"
     importer.settle()
     assert _imported_cursor(session_dir) == "3"
+
+
+def test_live_steps_and_progress_take_no_savepoint(session_import: tuple[OutboundImport, Any, Path]) -> None:
+    """Rows that are only shown (the viewer's steps, progress) issue no SQL, so the import gives
+    them no savepoint of their own (each one flushed the session's cursor: an UPDATE per step); a
+    reply still gets one (a refused row rolls back alone), and the cursor is written once."""
+    from sqlalchemy import event
+
+    importer, factory, session_dir = session_import
+    writer = hostile_writer(session_dir)
+    rows = [
+        ("item", {"turn": "t", "phase": "start"}),
+        ("item", {"turn": "t", "phase": "item", "item": {"id": "s", "type": "reasoning", "text": "x"}}),
+        ("progress", {"text": "working"}),
+        ("message", {"text": "done"}),
+    ]
+    for kind, payload in rows:
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES (?, ?, 0)", (kind, json.dumps(payload))
+        )
+    writer.close()
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        events, read = importer.batch()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert read
+    assert [e["type"] for e in events] == ["item", "item", "message", "progress"]
+    assert sum(s.startswith("SAVEPOINT") for s in statements) == 1
+    (update,) = [s for s in statements if s.startswith("UPDATE sessions")]  # not one per row read
+    assert "outbound_cursor" in update
+    with transaction(factory) as db:
+        assert db.scalars(select(Message.text).where(Message.direction == "out")).all() == ["done"]
