@@ -11,7 +11,9 @@ the host sees between two answered inbound messages.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -41,7 +43,7 @@ from nanohost.boundary import (
 from nanohost.db.engine import transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
 from nanohost.scheduler import MAIN_GROUP, plan
-from nanohost.transport import OutboundRow, SessionQueues
+from nanohost.transport import PRUNE_EVERY, OutboundRow, SessionQueues
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class OutboundImport:
         self._on_answered = on_answered
         """Called with each answered message's seconds from being recorded to being answered."""
         self._cursor: int | None = None
+        self.mark_every = PRUNE_EVERY
+        self.clock: Callable[[], float] = time.monotonic
+        self._marked_at = -math.inf
         self.budget = TurnBudget()
         self.tasks_changed = False
         """Set when an import added or cancelled a task (the runtime tells the scheduler)."""
@@ -119,10 +124,10 @@ class OutboundImport:
     def batch(self) -> tuple[list[dict[str, Any]], bool]:
         """Import one bounded batch; (events to publish, whether any row was read).
 
-        The cursor of the batch before is handed to the runner (and ``inbound.db`` pruned) first,
-        here rather than at the end of that batch: both are ``inbound.db`` commits (fsyncs), and
-        its events (a reply) are published before the next batch is asked for. ``runtime.pump``
-        asks again after every batch that read rows, so the runner learns it at once anyway."""
+        The cursor of the batch before is handed to the runner (and ``inbound.db`` pruned) first
+        (``settle``), here rather than at the end of that batch: both are ``inbound.db`` commits
+        (fsyncs), and its events (a reply) are published before the next batch is asked for;
+        ``runtime.pump`` asks again after every batch that read rows."""
         if self._cursor is None:
             with transaction(self.db) as db:
                 self._cursor = self._session(db).outbound_cursor
@@ -133,10 +138,16 @@ class OutboundImport:
         events = self._store(rows, copies)
         return events, bool(rows)
 
-    def settle(self) -> None:
+    def settle(self, *, force: bool = False) -> None:
         """After an import has committed: record how far (the runner may prune what the host
-        has imported) and prune the inbound rows the runner has answered."""
-        if self._cursor is not None:
+        has imported) and prune the inbound rows the runner has answered. The cursor is written
+        at most every ``mark_every`` seconds unless ``force``: the runner prunes on its own timer
+        anyway (``PRUNE_EVERY``), and each write is an fsynced ``inbound.db`` commit in the way
+        of the next message's append. A quiet session's last cursor is written at its next
+        batch after that (the sweeper pumps every session)."""
+        now = self.clock()
+        if self._cursor is not None and (force or now - self._marked_at >= self.mark_every):
+            self._marked_at = now
             self.queues.mark_imported(self._cursor)
         self.queues.prune()
 

@@ -313,29 +313,37 @@ def test_a_batch_hands_its_cursor_to_the_runner_at_the_next_batch(
 ) -> None:
     """A reply's events come back without waiting for an inbound.db commit: the import cursor is
     recorded for the runner at the next batch (the pump always asks again after one that read
-    rows), or by ``settle``."""
+    rows), then at most every ``mark_every`` seconds, or at once by ``settle(force=True)``."""
     importer, _, session_dir = session_import
+    now = [1000.0]
+    importer.clock = lambda: now[0]
     writer = hostile_writer(session_dir)
-    writer.execute(
-        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "a"}',)
-    )
-    writer.execute(
-        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "b"}',)
-    )
+
+    def reply(text: str) -> None:
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)",
+            (json.dumps({"text": text}),),
+        )
+
+    reply("a")
+    reply("b")
     events, read = importer.batch()
     assert read and [e["type"] for e in events] == ["message", "message"]
     assert _imported_cursor(session_dir) is None
-    events, read = importer.batch()
-    assert (events, read) == ([], False)
+    assert importer.batch() == ([], False)
     assert _imported_cursor(session_dir) == "2"
-    writer.execute(
-        "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)", ('{"text": "c"}',)
-    )
+    reply("c")
+    assert importer.batch()[1]
+    assert importer.batch() == ([], False)
+    assert _imported_cursor(session_dir) == "2"  # written less than mark_every ago
+    now[0] += importer.mark_every
+    assert importer.batch() == ([], False)
+    assert _imported_cursor(session_dir) == "3"
+    reply("d")
     writer.close()
     assert importer.batch()[1]
-    assert _imported_cursor(session_dir) == "2"
-    importer.settle()
-    assert _imported_cursor(session_dir) == "3"
+    importer.settle(force=True)
+    assert _imported_cursor(session_dir) == "4"
 
 
 def test_live_steps_and_progress_take_no_savepoint(session_import: tuple[OutboundImport, Any, Path]) -> None:
