@@ -28,7 +28,7 @@ from nanohost.bus import MessageBus
 from nanohost.channels.base import FileTooLarge, InboundMessage
 from nanohost.channels.inbox import save_for_group
 from nanohost.commands import ChatCommands, command_of
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, Message
 from nanohost.disk import is_disk_full
 from nanohost.orchestrator import Orchestrator
@@ -150,7 +150,7 @@ class Router:
         chat_key: str | None = None,
     ) -> int:
         """Record ``message`` for the named group and queue it; returns the message id."""
-        with transaction(self.orchestrator.ctx.db) as db:
+        with reading(self.orchestrator.ctx.db) as db:
             group = db.scalar(select(AgentGroup).where(AgentGroup.name == group_name))
             if group is None:
                 raise LookupError(f"no group named {group_name!r}")

@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from nanohost.agent_files import kept_copy, open_inside
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
 from nanohost.disk import is_disk_full
 from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, NotQueued, Router
@@ -106,7 +106,7 @@ def find_group(request: web.Request, channel: str | None = None) -> AgentGroup:
     query = select(AgentGroup).where(AgentGroup.name == name)
     if channel is not None:
         query = query.join(ChatBinding).where(ChatBinding.channel == channel)
-    with transaction(router.orchestrator.ctx.db) as db:
+    with reading(router.orchestrator.ctx.db) as db:
         group = db.scalar(query.limit(1))
     if group is None:
         where = f" with a {channel} binding" if channel else ""
@@ -115,7 +115,7 @@ def find_group(request: web.Request, channel: str | None = None) -> AgentGroup:
 
 
 def _messages_after(request: web.Request, group: AgentGroup, after: int, prefix: str) -> list[dict[str, Any]]:
-    with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+    with reading(request.app[ROUTER].orchestrator.ctx.db) as db:
         rows = db.scalars(
             select(Message)
             .where(Message.group_id == group.id, Message.id > after)
@@ -264,7 +264,7 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
                 await ws.send_json({"type": "message", **message})
                 last = message["id"]
         else:
-            with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+            with reading(request.app[ROUTER].orchestrator.ctx.db) as db:
                 newest = db.scalar(
                     select(Message.id).where(Message.group_id == group.id).order_by(Message.id.desc())
                 )

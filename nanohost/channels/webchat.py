@@ -51,7 +51,7 @@ from nanohost.channels.web_auth import (
     WebAuth,
     check_password,
 )
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, ChatBinding
 from nanohost.router import MAX_TEXT, session_key
 from nanohost.settings import Settings
@@ -328,7 +328,7 @@ def web_chat(request: web.Request) -> tuple[AgentGroup, str, str | None]:
     chat id, and the session key when that binding asks for per-chat sessions: one query, since
     every posted message needs all three."""
     name = request.match_info["group"]
-    with transaction(request.app[api.ROUTER].orchestrator.ctx.db) as db:
+    with reading(request.app[api.ROUTER].orchestrator.ctx.db) as db:
         found = db.execute(
             select(AgentGroup, ChatBinding)
             .join(ChatBinding)

@@ -726,3 +726,26 @@ async def test_a_stream_reads_once_for_every_message_hint_waiting(
     ]
     assert len(reads) == 1
     await ws.close()
+
+
+async def test_reading_the_chat_does_not_wait_for_a_writer(
+    client: TestClient, web_settings: Settings
+) -> None:
+    """The cookie check, the group lookup and the history read take no write lock: while another
+    process holds it (the CLI, the import thread), the chat still answers at once."""
+    import sqlite3
+
+    assert await log_in(client) == 200
+    assert (await client.post("/web/groups/team/messages", json={"text": "hello"})).status == 201
+    writer = sqlite3.connect(web_settings.data_dir / "nanohost.db", isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        response = await client.get("/web/groups/team/messages?after=0")
+        assert response.status == 200
+        assert [m["text"] for m in (await response.json())["messages"]] == ["hello"]
+        ws = await client.ws_connect("/web/groups/team/stream?after=0")
+        assert (await ws.receive_json())["text"] == "hello"
+        await ws.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
