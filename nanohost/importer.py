@@ -40,7 +40,7 @@ from nanohost.boundary import (
     live_bytes,
     live_event,
 )
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
 from nanohost.scheduler import MAIN_GROUP, plan
 from nanohost.transport import PRUNE_EVERY, OutboundRow, SessionQueues
@@ -129,14 +129,32 @@ class OutboundImport:
         (fsyncs), and its events (a reply) are published before the next batch is asked for;
         ``runtime.pump`` asks again after every batch that read rows."""
         if self._cursor is None:
-            with transaction(self.db) as db:
+            with reading(self.db) as db:
                 self._cursor = self._session(db).outbound_cursor
         else:
             self.settle()
         rows = self.queues.outbound_after(self._cursor)
+        if not rows and self._nothing_acknowledged():
+            return [], False
         copies = self._copy_files(rows)
         events = self._store(rows, copies)
         return events, bool(rows)
+
+    def _nothing_acknowledged(self) -> bool:
+        """No new acknowledgement of a queued message: an import without rows would change
+        nothing, so it is not begun (it takes the write lock; the look here takes none). The
+        pump asks once more after every batch with rows, and that one almost always finds
+        nothing. Raises LookupError for a deleted session, as the import does."""
+        with reading(self.db) as db:
+            self._session(db)
+            waiting = db.scalars(
+                select(Message.id).where(
+                    Message.session_id == self.session_id,
+                    Message.direction == "in",
+                    Message.status == "queued",
+                )
+            ).all()
+        return not waiting or not self.queues.acks(list(waiting))
 
     def settle(self, *, force: bool = False) -> None:
         """After an import has committed: record how far (the runner may prune what the host

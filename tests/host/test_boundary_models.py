@@ -383,3 +383,43 @@ def test_live_steps_and_progress_take_no_savepoint(session_import: tuple[Outboun
     assert "outbound_cursor" in update
     with transaction(factory) as db:
         assert db.scalars(select(Message.text).where(Message.direction == "out")).all() == ["done"]
+
+
+def test_a_batch_with_nothing_new_takes_no_write_lock(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    """No new row and no new acknowledgement: the import is not begun (no BEGIN IMMEDIATE). An
+    acknowledgement without rows (a refused message) is still applied; a deleted session is
+    still noticed."""
+    from sqlalchemy import delete, event
+
+    importer, factory, session_dir = session_import
+    with transaction(factory) as db:
+        (message,) = db.scalars(select(Message)).all()
+        message.status = "queued"
+        message_id = message.id
+    writer = hostile_writer(session_dir)
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert importer.batch() == ([], False)
+        assert importer.batch() == ([], False)
+        assert "BEGIN IMMEDIATE" not in statements
+        writer.execute("INSERT INTO acks VALUES (?, 'failed', 'refused', 0)", (message_id,))
+        writer.close()
+        events, read = importer.batch()
+        assert (events, read) == ([{"type": "message", "id": message_id}], False)
+        assert "BEGIN IMMEDIATE" in statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    with transaction(factory) as db:
+        assert db.get(Message, message_id).status == "failed"  # type: ignore[union-attr]
+        db.execute(delete(Message))
+        db.execute(delete(AgentSession))
+    with pytest.raises(LookupError):
+        importer.batch()
