@@ -6,6 +6,8 @@ that answers at once: the warm round trip over ``--messages`` messages, through 
 web chat (login cookie, ``POST /web/groups/G/messages``, reply on its websocket): p50/p95/p99.
 "Plumbing" is what nanohost adds: the round trip minus the model server's own time (for Codex:
 minus Codex's own turn time, measured by driving the same binary directly, no host, no container).
+Only Codex's median is subtracted, so a Codex plumbing p99 also holds Codex's own tail: the row
+"Codex alone" shows its p95/p99 beside it.
 
 Run: python -m bench latency [--messages 500]
 """
@@ -168,7 +170,12 @@ async def run(opts: Any) -> Result:
                 await model.close()
             codex_own = statistics.median(direct)
             result.figures["codex_direct_turn_p50"] = codex_own
-            result.row("Codex alone (no host, no container): trivial turn p50", ms(codex_own))
+            result.figures["codex_direct_turn_p95"] = pct(direct, 0.95)
+            result.figures["codex_direct_turn_p99"] = pct(direct, 0.99)
+            result.row(
+                "Codex alone (no host, no container): trivial turn p50/p95/p99",
+                f"{ms(codex_own)} / {ms(pct(direct, 0.95))} / {ms(pct(direct, 0.99))}",
+            )
             for path, times in paths.items():
                 summarise(result, f"codex via {path}", times, codex_own, targets=True)
         finally:
