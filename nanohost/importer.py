@@ -11,7 +11,9 @@ the host sees between two answered inbound messages.
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -38,10 +40,10 @@ from nanohost.boundary import (
     live_bytes,
     live_event,
 )
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, AgentSession, Message, ScheduledTask, utcnow
 from nanohost.scheduler import MAIN_GROUP, plan
-from nanohost.transport import OutboundRow, SessionQueues
+from nanohost.transport import PRUNE_EVERY, OutboundRow, SessionQueues
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,9 @@ class OutboundImport:
         self._on_answered = on_answered
         """Called with each answered message's seconds from being recorded to being answered."""
         self._cursor: int | None = None
+        self.mark_every = PRUNE_EVERY
+        self.clock: Callable[[], float] = time.monotonic
+        self._marked_at = -math.inf
         self.budget = TurnBudget()
         self.tasks_changed = False
         """Set when an import added or cancelled a task (the runtime tells the scheduler)."""
@@ -117,14 +122,52 @@ class OutboundImport:
     # --- one batch (worker thread) -------------------------------------------------------------
 
     def batch(self) -> tuple[list[dict[str, Any]], bool]:
-        """Import one bounded batch; (events to publish, whether any row was read)."""
+        """Import one bounded batch; (events to publish, whether any row was read).
+
+        The cursor of the batch before is handed to the runner (and ``inbound.db`` pruned) first
+        (``settle``), here rather than at the end of that batch: both are ``inbound.db`` commits
+        (fsyncs), and its events (a reply) are published before the next batch is asked for;
+        ``runtime.pump`` asks again after every batch that read rows."""
         if self._cursor is None:
-            with transaction(self.db) as db:
+            with reading(self.db) as db:
                 self._cursor = self._session(db).outbound_cursor
+        else:
+            self.settle()
         rows = self.queues.outbound_after(self._cursor)
+        if not rows and self._nothing_acknowledged():
+            return [], False
         copies = self._copy_files(rows)
         events = self._store(rows, copies)
         return events, bool(rows)
+
+    def _nothing_acknowledged(self) -> bool:
+        """No new acknowledgement of a queued message: an import without rows would change
+        nothing, so it is not begun (it takes the write lock; the look here takes none). The
+        pump asks once more after every batch with rows, and that one almost always finds
+        nothing. Raises LookupError for a deleted session, as the import does."""
+        with reading(self.db) as db:
+            self._session(db)
+            waiting = db.scalars(
+                select(Message.id).where(
+                    Message.session_id == self.session_id,
+                    Message.direction == "in",
+                    Message.status == "queued",
+                )
+            ).all()
+        return not waiting or not self.queues.acks(list(waiting))
+
+    def settle(self, *, force: bool = False) -> None:
+        """After an import has committed: record how far (the runner may prune what the host
+        has imported) and prune the inbound rows the runner has answered. The cursor is written
+        at most every ``mark_every`` seconds unless ``force``: the runner prunes on its own timer
+        anyway (``PRUNE_EVERY``), and each write is an fsynced ``inbound.db`` commit in the way
+        of the next message's append. A quiet session's last cursor is written at its next
+        batch after that (the sweeper pumps every session)."""
+        now = self.clock()
+        if self._cursor is not None and (force or now - self._marked_at >= self.mark_every):
+            self._marked_at = now
+            self.queues.mark_imported(self._cursor)
+        self.queues.prune()
 
     def _copy_files(self, rows: list[OutboundRow]) -> KeptFiles:
         """Copy the files of new rows before the import transaction: a 50 MiB copy must not
@@ -185,15 +228,20 @@ class OutboundImport:
             events.extend({"type": "message", "id": message_id} for message_id in acked)
             for row in rows:
                 try:
-                    with db.begin_nested():
+                    if isinstance(row.row, (ItemRow, ProgressRow)):
+                        # shown, never stored: no SQL, so no savepoint (a live turn sends many)
                         found, changed = self._store_row(db, session, row, copies)
+                    else:
+                        with db.begin_nested():
+                            found, changed = self._store_row(db, session, row, copies)
                 except Exception as exc:  # a row the models let through but the database refused
                     log.exception("session %s: outbound row %s could not be stored", self.session_id, row.id)
                     self._refuse(session, row.id, f"could not be stored: {exc}")
                     found, changed = [], False
                 events.extend(found)
                 tasks_changed |= changed
-                session.outbound_cursor = row.id
+            if rows:  # past every row read, stored or refused (set once: a savepoint flushes it)
+                session.outbound_cursor = rows[-1].id
             if answered:
                 self.budget = TurnBudget()
             if rows or answered:
@@ -206,9 +254,7 @@ class OutboundImport:
                 self._on_tasks_changed(db)
                 self.tasks_changed = True
             cursor = session.outbound_cursor
-        self._cursor = cursor  # committed
-        self.queues.mark_imported(cursor)  # the runner may prune what the host has imported
-        self.queues.prune()  # and the host the inbound rows the runner has answered
+        self._cursor = cursor  # committed; the next batch (or ``settle``) tells the runner
         progress = [e for e in events if e["type"] == "progress"]
         live = live_feed(events)
         kept = [e for i, e in enumerate(events) if e["type"] not in ("progress", "item") or i in live]

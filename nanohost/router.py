@@ -28,7 +28,7 @@ from nanohost.bus import MessageBus
 from nanohost.channels.base import FileTooLarge, InboundMessage
 from nanohost.channels.inbox import save_for_group
 from nanohost.commands import ChatCommands, command_of
-from nanohost.db.engine import core_transaction, new_id, transaction
+from nanohost.db.engine import core_transaction, new_id, reading, transaction
 from nanohost.db.models import AgentGroup, AgentSession, ChatBinding, ContainerConfig, Message
 from nanohost.disk import is_disk_full
 from nanohost.orchestrator import Orchestrator, newest_session, session_of
@@ -203,10 +203,17 @@ class Router:
         chat_key: str | None = None,
     ) -> int:
         """Record ``message`` for the named group and queue it; returns the message id."""
-        with transaction(self.orchestrator.ctx.db) as db:
+        with reading(self.orchestrator.ctx.db) as db:
             group = db.scalar(select(AgentGroup).where(AgentGroup.name == group_name))
             if group is None:
                 raise LookupError(f"no group named {group_name!r}")
+        return await self.to_loaded_group(group, message, chat_key=chat_key)
+
+    async def to_loaded_group(
+        self, group: AgentGroup, message: InboundMessage, *, chat_key: str | None = None
+    ) -> int:
+        """``to_group`` for a group the caller has just read (the API and the web chat look it up
+        to check the URL): no second lookup on the way in."""
         if (command := command_of(message.text)) is not None and not message.attachments:
             return (await self.commands.run(group, message, chat_key, command))[0]
         return await self._record(group.id, message, chat_key)

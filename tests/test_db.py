@@ -150,3 +150,31 @@ def test_concurrent_edits_all_land(engine: Engine) -> None:
     with factory() as session:
         senders = session.scalar(select(ContainerConfig.allowed_senders))
     assert sorted(senders) == sorted(f"w{n}-{i}" for n in range(4) for i in range(10))
+
+
+def test_a_read_takes_no_write_lock_and_sees_the_last_commit(engine: Engine) -> None:
+    """``reading`` begins without the write lock: it does not wait for a writer holding it (a
+    transaction would, for the whole busy timeout) and sees what was committed before; what it
+    loaded stays loaded after it ends."""
+    import sqlite3
+
+    from sqlalchemy import event
+
+    from nanohost.db.engine import reading
+
+    factory = make_session_factory(engine)
+    with transaction(factory) as db:
+        _group(db, "before")
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cur, sql, *args: statements.append(sql))
+    writer = sqlite3.connect(str(engine.url.database), isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    writer.execute("UPDATE agent_groups SET folder = 'changing'")
+    try:
+        with reading(factory) as db:
+            group = db.scalars(select(AgentGroup)).one()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert (group.name, group.folder) == ("before", "before")  # loaded, and not the uncommitted edit
+    assert statements[0] == "BEGIN"

@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from nanohost.agent_files import kept_copy, open_inside
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, ChatBinding, Message
 from nanohost.disk import is_disk_full
 from nanohost.router import MAX_TEXT, Duplicate, InboundMessage, NotQueued, Router
@@ -106,16 +106,16 @@ def find_group(request: web.Request, channel: str | None = None) -> AgentGroup:
     query = select(AgentGroup).where(AgentGroup.name == name)
     if channel is not None:
         query = query.join(ChatBinding).where(ChatBinding.channel == channel)
-    with transaction(router.orchestrator.ctx.db) as db:
+    with reading(router.orchestrator.ctx.db) as db:
         group = db.scalar(query.limit(1))
     if group is None:
         where = f" with a {channel} binding" if channel else ""
-        raise _not_found(f"no group named {name!r}{where}")
+        raise not_found(f"no group named {name!r}{where}")
     return group
 
 
 def _messages_after(request: web.Request, group: AgentGroup, after: int, prefix: str) -> list[dict[str, Any]]:
-    with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+    with reading(request.app[ROUTER].orchestrator.ctx.db) as db:
         rows = db.scalars(
             select(Message)
             .where(Message.group_id == group.id, Message.id > after)
@@ -143,7 +143,7 @@ async def record(
     again); a message recorded but not yet queued answers 202 with its id (the session's next wake
     queues it, so sending it again would answer it twice)."""
     try:
-        message_id = await request.app[ROUTER].to_group(group.name, inbound, chat_key=chat_key)
+        message_id = await request.app[ROUTER].to_loaded_group(group, inbound, chat_key=chat_key)
     except Duplicate as exc:
         return _error(409, str(exc))
     except NotQueued as exc:
@@ -193,7 +193,7 @@ def parse_id(raw: str | None) -> int | None:
     return value if value <= MAX_ID else None
 
 
-def _not_found(message: str) -> web.HTTPNotFound:
+def not_found(message: str) -> web.HTTPNotFound:
     return web.HTTPNotFound(text=json.dumps({"error": message}), content_type="application/json")
 
 
@@ -204,7 +204,7 @@ def _after(request: web.Request, default: int) -> int:
         return default
     after = parse_id(raw)
     if after is None:
-        raise _not_found(f"after must be a message id (0 to {MAX_ID})")
+        raise not_found(f"after must be a message id (0 to {MAX_ID})")
     return after
 
 
@@ -264,7 +264,7 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
                 await ws.send_json({"type": "message", **message})
                 last = message["id"]
         else:
-            with transaction(request.app[ROUTER].orchestrator.ctx.db) as db:
+            with reading(request.app[ROUTER].orchestrator.ctx.db) as db:
                 newest = db.scalar(
                     select(Message.id).where(Message.group_id == group.id).order_by(Message.id.desc())
                 )
@@ -275,13 +275,21 @@ async def stream_response(request: web.Request, group: AgentGroup, prefix: str) 
             while not ws.closed:
                 done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    event, getter = getter.result(), asyncio.ensure_future(queue.get())
-                    if event.get("type") == "message":
-                        for message in _messages_after(request, group, last, prefix):
-                            await ws.send_json({"type": "message", **message})
-                            last = message["id"]
-                    elif event.get("type") in ("progress", "item", "missed"):  # item: the viewer's live feed
-                        await ws.send_json(event)
+                    events = [getter.result()]
+                    while not queue.empty():  # everything already waiting, taken in one go
+                        events.append(queue.get_nowait())
+                    getter = asyncio.ensure_future(queue.get())
+                    read = False
+                    for event in events:
+                        if event.get("type") == "message":
+                            if read:  # published before that read, so it found this hint's row
+                                continue
+                            read = True  # one read for every hint taken (a reply comes with its acks')
+                            for message in _messages_after(request, group, last, prefix):
+                                await ws.send_json({"type": "message", **message})
+                                last = message["id"]
+                        elif event.get("type") in ("progress", "item", "missed"):  # item: live feed
+                            await ws.send_json(event)
                 if receiver in done:
                     if receiver.result().type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.ERROR):
                         break

@@ -79,8 +79,9 @@ class WebAuth:
         stored = self.store.get(PASSWORD_KEY)
         return bool(stored) and check_password(str(stored), password)
 
-    def _secret(self) -> bytes:
-        secret = self.store.get(SECRET_KEY)
+    def _secret(self, stored: str | None = None) -> bytes:
+        """The cookie secret (``stored``: as just read), made on first use."""
+        secret = stored if stored is not None else self.store.get(SECRET_KEY)
         if not secret:
             secret = secrets.token_urlsafe(32)
             self.store.set(SECRET_KEY, secret)
@@ -89,17 +90,24 @@ class WebAuth:
     def issue_cookie(self, now: float | None = None) -> str:
         expires = int((time.time() if now is None else now) + SESSION_SECONDS)
         body = f"{expires}.{secrets.token_urlsafe(12)}"
-        return f"{body}.{self._sign(body)}"
+        return f"{body}.{self._sign(body, self._secret())}"
 
     def check_cookie(self, value: str | None, now: float | None = None) -> bool:
-        """True for a cookie this host signed (with its current secret) that has not expired."""
-        if not value or not self.has_password():
+        """True for a cookie this host signed (with its current secret) that has not expired.
+        The password and the secret are read together, in one transaction (every web request
+        checks its cookie)."""
+        if not value:
+            return False
+        stored = self.store.get_many(PASSWORD_KEY, SECRET_KEY)
+        if not stored.get(PASSWORD_KEY):
             return False
         body, _, signature = value.rpartition(".")
         expires = body.split(".")[0]
-        if not expires.isdigit() or not hmac.compare_digest(signature.encode(), self._sign(body).encode()):
+        expected = self._sign(body, self._secret(stored.get(SECRET_KEY)))
+        if not expires.isdigit() or not hmac.compare_digest(signature.encode(), expected.encode()):
             return False
         return int(expires) > (time.time() if now is None else now)
 
-    def _sign(self, body: str) -> str:
-        return _b64(hmac.new(self._secret(), body.encode(), hashlib.sha256).digest())
+    @staticmethod
+    def _sign(body: str, secret: bytes) -> str:
+        return _b64(hmac.new(secret, body.encode(), hashlib.sha256).digest())

@@ -51,7 +51,7 @@ from nanohost.channels.web_auth import (
     WebAuth,
     check_password,
 )
-from nanohost.db.engine import transaction
+from nanohost.db.engine import reading, transaction
 from nanohost.db.models import AgentGroup, ChatBinding
 from nanohost.router import MAX_TEXT, session_key
 from nanohost.settings import Settings
@@ -323,9 +323,28 @@ async def _read_part(part: BodyPartReader, limit: int) -> bytes | None:
     return bytes(data)
 
 
+def web_chat(request: web.Request) -> tuple[AgentGroup, str, str | None]:
+    """The group in the URL (404 without a web binding, as ``web_group``), its first web binding's
+    chat id, and the session key when that binding asks for per-chat sessions: one query, since
+    every posted message needs all three."""
+    name = request.match_info["group"]
+    with reading(request.app[api.ROUTER].orchestrator.ctx.db) as db:
+        found = db.execute(
+            select(AgentGroup, ChatBinding)
+            .join(ChatBinding)
+            .where(AgentGroup.name == name, ChatBinding.channel == CHANNEL)
+            .order_by(ChatBinding.id)
+            .limit(1)
+        ).first()
+        if found is None:
+            raise api.not_found(f"no group named {name!r} with a {CHANNEL} binding")
+        group, binding = found
+        return group, binding.chat_id, session_key(binding)
+
+
 async def post_message(request: web.Request) -> web.Response:
     """Record a message (and its file) from the web user for the group, as the API does."""
-    group = web_group(request)
+    group, chat_id, key = web_chat(request)
     limit = _settings(request).max_attachment_bytes
     text: object = None
     upload: tuple[str, bytes] | None = None
@@ -363,22 +382,8 @@ async def post_message(request: web.Request) -> web.Response:
             attachments.append(saved)
         except Busy:
             return _error(503, "a snapshot of this group is being restored; send the file again in a moment")
-    chat_id, key = _chat(request, group)
     inbound = InboundMessage(CHANNEL, chat_id, SENDER, str(text), attachments=attachments)
     return await api.record(request, inbound, group, key)
-
-
-def _chat(request: web.Request, group: AgentGroup) -> tuple[str, str | None]:
-    """The web binding's chat id, and the session key when the binding asks for per-chat sessions."""
-    with transaction(request.app[api.ROUTER].orchestrator.ctx.db) as db:
-        binding = db.scalars(
-            select(ChatBinding)
-            .where(ChatBinding.channel == CHANNEL, ChatBinding.group_id == group.id)
-            .order_by(ChatBinding.id)
-        ).first()
-        if binding is None:
-            return group.name, None
-        return binding.chat_id, session_key(binding)
 
 
 def add_routes(app: web.Application) -> None:

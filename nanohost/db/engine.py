@@ -30,11 +30,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+READ_ONLY = "nanohost_read_only"
+"""Execution option of a connection that only reads (``reading``): it begins without the write lock."""
+
+
 def _begin_immediate(connection: Any) -> None:
     # A deferred transaction that reads and then writes fails with SQLITE_BUSY_SNAPSHOT when
     # another writer got in between, and the busy timeout cannot help. Taking the write lock at
     # BEGIN makes concurrent edits (CLI while the host runs) queue up instead of failing.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # A transaction that only reads (``reading``) needs no lock: WAL gives it a snapshot.
+    if connection.get_execution_options().get(READ_ONLY):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def make_engine(url: str) -> Engine:
@@ -76,3 +84,15 @@ def new_id(inserted: CursorResult[Any]) -> int:
     key = inserted.inserted_primary_key
     assert key is not None
     return int(key[0])
+
+
+@contextmanager
+def reading(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A unit of work that only reads: one consistent snapshot, begun without taking the write
+    lock (``BEGIN``, not ``BEGIN IMMEDIATE``), so it never waits for a writer (the import thread,
+    the CLI) and none waits for it: with the write lock, a reader that met a writer slept in
+    SQLite's busy handler (1 ms, then 2, 5, ...). For reads only: a write in it could fail
+    with SQLITE_BUSY_SNAPSHOT. It ends with a commit, so what was loaded stays loaded."""
+    with factory() as session, session.begin():
+        session.connection(execution_options={READ_ONLY: True})
+        yield session

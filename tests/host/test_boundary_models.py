@@ -297,3 +297,129 @@ def test_a_live_step_keeps_what_fits_before_falling_back_to_its_headline() -> No
         "prompts": [],
         "item": {"id": "r", "type": "reasoning", "status": "completed", "text": "hi"},
     }
+
+
+def _imported_cursor(session_dir: Path) -> str | None:
+    db = sqlite3.connect(session_dir / "inbound.db")
+    try:
+        row = db.execute("SELECT value FROM host_state WHERE key='outbound_imported'").fetchone()
+    finally:
+        db.close()
+    return None if row is None else str(row[0])
+
+
+def test_a_batch_hands_its_cursor_to_the_runner_at_the_next_batch(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    """A reply's events come back without waiting for an inbound.db commit: the import cursor is
+    recorded for the runner at the next batch (the pump always asks again after one that read
+    rows), then at most every ``mark_every`` seconds, or at once by ``settle(force=True)``."""
+    importer, _, session_dir = session_import
+    now = [1000.0]
+    importer.clock = lambda: now[0]
+    writer = hostile_writer(session_dir)
+
+    def reply(text: str) -> None:
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES ('message', ?, 0)",
+            (json.dumps({"text": text}),),
+        )
+
+    reply("a")
+    reply("b")
+    events, read = importer.batch()
+    assert read and [e["type"] for e in events] == ["message", "message"]
+    assert _imported_cursor(session_dir) is None
+    assert importer.batch() == ([], False)
+    assert _imported_cursor(session_dir) == "2"
+    reply("c")
+    assert importer.batch()[1]
+    assert importer.batch() == ([], False)
+    assert _imported_cursor(session_dir) == "2"  # written less than mark_every ago
+    now[0] += importer.mark_every
+    assert importer.batch() == ([], False)
+    assert _imported_cursor(session_dir) == "3"
+    reply("d")
+    writer.close()
+    assert importer.batch()[1]
+    importer.settle(force=True)
+    assert _imported_cursor(session_dir) == "4"
+
+
+def test_live_steps_and_progress_take_no_savepoint(session_import: tuple[OutboundImport, Any, Path]) -> None:
+    """Rows that are only shown (the viewer's steps, progress) issue no SQL, so the import gives
+    them no savepoint of their own (each one flushed the session's cursor: an UPDATE per step); a
+    reply still gets one (a refused row rolls back alone), and the cursor is written once."""
+    from sqlalchemy import event
+
+    importer, factory, session_dir = session_import
+    writer = hostile_writer(session_dir)
+    rows = [
+        ("item", {"turn": "t", "phase": "start"}),
+        ("item", {"turn": "t", "phase": "item", "item": {"id": "s", "type": "reasoning", "text": "x"}}),
+        ("progress", {"text": "working"}),
+        ("message", {"text": "done"}),
+    ]
+    for kind, payload in rows:
+        writer.execute(
+            "INSERT INTO outbound (kind, payload, created_at) VALUES (?, ?, 0)", (kind, json.dumps(payload))
+        )
+    writer.close()
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        events, read = importer.batch()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert read
+    assert [e["type"] for e in events] == ["item", "item", "message", "progress"]
+    assert sum(s.startswith("SAVEPOINT") for s in statements) == 1
+    (update,) = [s for s in statements if s.startswith("UPDATE sessions")]  # not one per row read
+    assert "outbound_cursor" in update
+    with transaction(factory) as db:
+        assert db.scalars(select(Message.text).where(Message.direction == "out")).all() == ["done"]
+
+
+def test_a_batch_with_nothing_new_takes_no_write_lock(
+    session_import: tuple[OutboundImport, Any, Path],
+) -> None:
+    """No new row and no new acknowledgement: the import is not begun (no BEGIN IMMEDIATE). An
+    acknowledgement without rows (a refused message) is still applied; a deleted session is
+    still noticed."""
+    from sqlalchemy import delete, event
+
+    importer, factory, session_dir = session_import
+    with transaction(factory) as db:
+        (message,) = db.scalars(select(Message)).all()
+        message.status = "queued"
+        message_id = message.id
+    writer = hostile_writer(session_dir)
+    statements: list[str] = []
+    engine = factory.kw["bind"]
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        assert importer.batch() == ([], False)
+        assert importer.batch() == ([], False)
+        assert "BEGIN IMMEDIATE" not in statements
+        writer.execute("INSERT INTO acks VALUES (?, 'failed', 'refused', 0)", (message_id,))
+        writer.close()
+        events, read = importer.batch()
+        assert (events, read) == ([{"type": "message", "id": message_id}], False)
+        assert "BEGIN IMMEDIATE" in statements
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    with transaction(factory) as db:
+        assert db.get(Message, message_id).status == "failed"  # type: ignore[union-attr]
+        db.execute(delete(Message))
+        db.execute(delete(AgentSession))
+    with pytest.raises(LookupError):
+        importer.batch()

@@ -18,15 +18,17 @@ from typing import Any
 import pytest
 from aiohttp import FormData, WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient, make_mocked_request
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from nanohost.channels import forwarded, webchat
 from nanohost.channels.api import ROUTER
-from nanohost.channels.web_auth import COOKIE, SESSION_SECONDS, check_password
+from nanohost.channels.state import ChannelStore
+from nanohost.channels.web_auth import COOKIE, PASSWORD_KEY, SECRET_KEY, SESSION_SECONDS, check_password
 from nanohost.channels.webchat import LOGIN_LIMITER, LoginLimiter
 from nanohost.db import make_engine, make_session_factory
 from nanohost.db.engine import transaction
-from nanohost.db.models import AgentGroup, Message
+from nanohost.db.models import AgentGroup, AgentSession, ChannelState, Message
+from nanohost.groups import bind_chat
 from nanohost.settings import Settings, load_settings
 from tests.web.conftest import PASSWORD, StartClient, set_web_password, web_auth
 
@@ -242,6 +244,71 @@ async def test_post_json_and_read_it_back(client: TestClient, web_settings: Sett
     ]
     (row,) = messages(web_settings)
     assert (row.channel, row.chat_id) == ("web", "team")
+
+
+async def test_a_post_goes_to_the_first_web_bindings_chat_and_its_session(
+    web_settings: Settings, start_client: StartClient
+) -> None:
+    """The group and its web binding are read together (one query per posted message): the
+    first web binding decides the chat id and, when it says per-chat, the session."""
+    engine = make_engine(web_settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        other = db.scalars(select(AgentGroup).where(AgentGroup.name == "other")).one()
+        bind_chat(db, "web", "desk", other, "per-chat")
+        bind_chat(db, "web", "later", other, "shared")
+    engine.dispose()
+    client = await start_client(web_settings)
+    assert await log_in(client) == 200
+    response = await client.post("/web/groups/other/messages", json={"text": "hi"})
+    assert response.status == 201, await response.text()
+    (row,) = messages(web_settings)
+    assert (row.channel, row.chat_id) == ("web", "desk")
+    engine = make_engine(web_settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        session = db.get(AgentSession, row.session_id)
+        assert session is not None and session.chat_key == "web:desk"
+    engine.dispose()
+
+
+def test_a_cookie_check_reads_the_password_and_secret_in_one_transaction(web_settings: Settings) -> None:
+    with web_auth(web_settings) as auth:
+        cookie = auth.issue_cookie()
+        reads: list[tuple[str, ...]] = []
+        get_many = auth.store.get_many
+
+        def counted(*keys: str) -> dict[str, str]:
+            reads.append(keys)
+            return get_many(*keys)
+
+        auth.store.get = None  # type: ignore[assignment,method-assign]  # any single read fails
+        auth.store.get_many = counted  # type: ignore[method-assign]
+        assert auth.check_cookie(cookie)
+        assert not auth.check_cookie(cookie[:-1] + ("A" if cookie[-1] != "A" else "B"))
+        assert not auth.check_cookie("")
+        assert reads == [(PASSWORD_KEY, SECRET_KEY)] * 2
+
+
+def test_a_cookie_without_a_stored_secret_is_refused_and_a_secret_is_made(web_settings: Settings) -> None:
+    with web_auth(web_settings) as auth:
+        cookie = auth.issue_cookie()
+        with transaction(auth.store.db) as db:
+            db.execute(delete(ChannelState).where(ChannelState.key == SECRET_KEY))
+        assert not auth.check_cookie(cookie)
+        made = auth.store.get(SECRET_KEY)
+        assert made
+        assert auth.check_cookie(auth.issue_cookie())
+        assert auth.store.get(SECRET_KEY) == made
+
+
+def test_a_channel_store_reads_several_keys_at_once(web_settings: Settings) -> None:
+    with web_auth(web_settings) as auth:
+        auth.store.set("a", "1")
+        auth.store.set("b", "2")
+        assert auth.store.get_many("a", "b", "missing") == {"a": "1", "b": "2"}
+        assert auth.store.get_many() == {}
+        other = ChannelStore(auth.store.db, "telegram")
+        other.set("a", "elsewhere")
+        assert auth.store.get_many("a") == {"a": "1"}
 
 
 @pytest.mark.parametrize(
@@ -613,3 +680,72 @@ def test_the_client_address_behind_proxies(remote: str, headers: dict[str, str],
 def test_a_direct_https_connection_is_https_without_any_proxy() -> None:
     assert forwarded.came_over_https(_request("203.0.113.9", scheme="https"), [])
     assert not forwarded.came_over_https(_request("203.0.113.9", {"X-Forwarded-Proto": "https"}), [])
+
+
+async def test_a_stream_reads_once_for_every_message_hint_waiting(
+    client: TestClient, web_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hints that wait together (a reply comes with its messages' acks) cost one database read:
+    the read comes after they were all published, so it finds every row they announce."""
+    from nanohost.channels import api
+
+    assert await log_in(client) == 200
+    seed = await client.post("/web/groups/team/messages", json={"text": "hello"})
+    assert seed.status == 201
+    ws = await client.ws_connect("/web/groups/team/stream?after=0")
+    assert (await ws.receive_json())["text"] == "hello"  # replayed: the stream listens by now
+    reads: list[int] = []
+    real = api._messages_after
+
+    def counted(*args: Any) -> list[dict[str, Any]]:
+        reads.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(api, "_messages_after", counted)
+    engine = make_engine(web_settings.db_url)
+    with transaction(make_session_factory(engine)) as db:
+        team = db.scalars(select(AgentGroup).where(AgentGroup.name == "team")).one()
+        rows = [
+            Message(group_id=team.id, direction="out", channel="web", chat_id="team", text=f"reply {n}")
+            for n in range(2)
+        ]
+        db.add_all(rows)
+        db.flush()
+        ids = [row.id for row in rows]
+    engine.dispose()
+    bus = client.server.app[ROUTER].orchestrator.ctx.bus
+    for message_id in ids:
+        bus.publish(team.id, {"type": "message", "id": message_id})
+    bus.publish(team.id, {"type": "progress", "text": "working"})
+    bus.publish(team.id, {"type": "message", "id": ids[-1]})
+    received = [await ws.receive_json() for _ in range(3)]
+    assert [(e["type"], e.get("text")) for e in received] == [
+        ("message", "reply 0"),
+        ("message", "reply 1"),
+        ("progress", "working"),
+    ]
+    assert len(reads) == 1
+    await ws.close()
+
+
+async def test_reading_the_chat_does_not_wait_for_a_writer(
+    client: TestClient, web_settings: Settings
+) -> None:
+    """The cookie check, the group lookup and the history read take no write lock: while another
+    process holds it (the CLI, the import thread), the chat still answers at once."""
+    import sqlite3
+
+    assert await log_in(client) == 200
+    assert (await client.post("/web/groups/team/messages", json={"text": "hello"})).status == 201
+    writer = sqlite3.connect(web_settings.data_dir / "nanohost.db", isolation_level=None, timeout=0)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        response = await client.get("/web/groups/team/messages?after=0")
+        assert response.status == 200
+        assert [m["text"] for m in (await response.json())["messages"]] == ["hello"]
+        ws = await client.ws_connect("/web/groups/team/stream?after=0")
+        assert (await ws.receive_json())["text"] == "hello"
+        await ws.close()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
