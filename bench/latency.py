@@ -164,7 +164,7 @@ async def run(opts: Any) -> Result:
             settings = settings_for(root / "mock")
             for path, times in (await both_paths(settings, "mock", messages)).items():
                 summarise(result, f"mock via {path}", times, 0.0, targets=True)
-            model = ModelServer()
+            model = ModelServer(record=False)  # a bench of 500 turns must not keep 500 threads
             await model.start()
             try:
                 settings = settings_for(root / "codex", openai_api_key="sk-bench", model_base_url=model.url)

@@ -86,7 +86,11 @@ def user_texts(body: dict[str, Any]) -> list[str]:
 class ModelServer:
     """The fake upstream. Start with ``await start()``; ``url`` ends in ``/v1``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, record: bool = True) -> None:
+        self.record = record
+        """Keep every request (``requests``); a benchmark turns it off: each Codex request carries
+        the whole thread, so keeping them grows the process's heap (and its collections) with
+        the square of the turns."""
         self.requests: list[Recorded] = []
         self.queue: deque[Reply] = deque()
         self.streaming = 0
@@ -122,7 +126,8 @@ class ModelServer:
 
     async def _responses(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        self.requests.append(Recorded(dict(request.headers), body))
+        if self.record:
+            self.requests.append(Recorded(dict(request.headers), body))
         async with self._arrived:
             self._arrived.notify_all()
         reply = self.queue.popleft() if self.queue else None

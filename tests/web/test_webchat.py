@@ -749,3 +749,17 @@ async def test_reading_the_chat_does_not_wait_for_a_writer(
     finally:
         writer.execute("ROLLBACK")
         writer.close()
+
+
+async def test_a_running_host_keeps_its_startup_heap_out_of_the_collector(
+    web_settings: Settings, start_client: StartClient
+) -> None:
+    """What the host built at start is frozen (a full collection no longer walks it, stalling the
+    event loop), and handed back to the collector at shutdown."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    client = await start_client(web_settings)
+    assert gc.get_freeze_count() > 10_000
+    await client.close()
+    assert gc.get_freeze_count() == 0
