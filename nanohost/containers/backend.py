@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from nanohost.containers.netns import LABEL_JOINED, NetworkSandboxes, owner_of
+from nanohost.containers.netns import LABEL_JOINED, NetworkSandboxes, owner_of, remove_quietly
 from nanohost.providers import Mount
 from nanohost.safe_fs import AGENT_UID
 from nanohost.settings import parse_memory
@@ -273,22 +273,9 @@ class DockerBackend:
             # id: only what this call made) and the caller starts one with its own namespace
             if sandbox is None or exc.status_code not in (404, 409):
                 raise
-            self._remove_quietly(container_id)
+            remove_quietly(self.client.api, container_id)
             raise SandboxGone(str(exc)) from exc
         return container_id
-
-    def _remove_quietly(self, name: str) -> None:
-        """Remove a container that must go, if it is there; a failure is logged, not raised (the
-        sweep's ``tend`` removes what is left)."""
-        from docker.errors import APIError, NotFound
-
-        try:
-            self.client.api.remove_container(name, force=True)
-        except NotFound:
-            pass
-        except APIError as exc:
-            if exc.status_code != 409:  # 409: being removed already
-                log.warning("could not remove container %s: %s", name, exc)
 
     def _release(self, container: Any) -> None:
         """The container has ended: remove the network sandbox it joined, if any."""
@@ -296,7 +283,7 @@ class DockerBackend:
         if sandbox and self.sandboxes is not None:
             self.sandboxes.remove(sandbox)
         elif sandbox:  # a backend without spares (the CLI's) stopped a host's container
-            self._remove_quietly(sandbox)
+            remove_quietly(self.client.api, sandbox)
 
     def _replace(self, old: Any, spec: ContainerSpec) -> None:
         """A container already has the name: remove it when it is this installation's (one still

@@ -59,6 +59,22 @@ ALIVE = frozenset({"created", "running"})
 its start)."""
 
 
+def remove_quietly(api: Any, name: str) -> None:
+    """Remove a container that must go, if it is there (by name or id). A failure is logged, not
+    raised: the sweep's reap removes what is left."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        api.remove_container(name, force=True)
+    except NotFound:
+        pass
+    except APIError as exc:  # 409: being removed already (the sweep's reap and a stop at once)
+        if exc.status_code != 409:
+            log.warning("could not remove container %s: %s", name, exc)
+    except Exception as exc:  # the engine away
+        log.warning("could not remove container %s: %s", name, exc)
+
+
 def owner_of(data_dir: Path) -> str:
     """The value of ``LABEL_NETNS`` on the spares of the host on ``data_dir``."""
     return hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
@@ -120,17 +136,8 @@ class NetworkSandboxes:
 
     def remove(self, name: str) -> None:
         """Remove a sandbox (its agent has ended, or joining it failed)."""
-        from docker.errors import APIError, NotFound
-
         try:
-            self._client().api.remove_container(name, force=True)
-        except NotFound:
-            pass
-        except APIError as exc:  # 409: being removed already (the sweep's reap and a stop at once)
-            if exc.status_code != 409:
-                log.warning("could not remove network sandbox %s: %s", name, exc)
-        except Exception as exc:  # the engine away: the sweep's reap removes it later
-            log.warning("could not remove network sandbox %s: %s", name, exc)
+            remove_quietly(self._client().api, name)
         finally:
             with self._lock:  # no longer held either way, so the reap may judge it
                 self._held.discard(name)
