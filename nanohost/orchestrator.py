@@ -297,11 +297,12 @@ class Orchestrator:
                     .where(ContainerConfig.disk_quota.is_not(None))
                 ).all()
             )
-        if not quota.quota and not any(quota.limit(q) for q in own.values()):
+        limits = {folder: quota.limit(text) for folder, text in own.items()}  # each row read once
+        if not quota.quota and not any(limits.values()):
             return
         for runtime in list(self.runtimes.values()):
             container_id = runtime.container_id
-            limit = quota.limit(own.get(runtime.folder))
+            limit = limits.get(runtime.folder, quota.quota)
             if container_id is None or not limit:
                 continue
             try:
